@@ -1,0 +1,35 @@
+"""flops_fit: compute-optimal N, D and loss for your model and data.
+
+plan_sweep -> run_sweep (Ray) -> fit -> report. Importing this package imports neither
+ray nor torch: the names below are loaded on first use, so a finished sweep can be
+re-analysed on a machine without either.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "fit": "flops_fit.fit",
+    "ScalingLaws": "flops_fit.fit",
+    "plan_sweep": "flops_fit.plan",
+    "SweepPlan": "flops_fit.plan",
+    "SweepPoint": "flops_fit.plan",
+    "Task": "flops_fit.task",
+    "run_sweep": "flops_fit.execute",
+    "SweepResults": "flops_fit.results",
+    "load_results": "flops_fit.results",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'flops_fit' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__ + ["__version__"]

@@ -1,0 +1,297 @@
+"""Local token sources; nothing is downloaded.
+
+TextCorpus and TokenFile are picklable factories: they hold paths and settings only, and
+calling one (on each Ray worker) returns (train, validation) TokenDatasets backed by
+memory-mapped token files, so every worker on a node shares one copy in the page cache.
+
+- TextCorpus: byte-level tokens (vocab 256) from text files; by default the .py files of
+  the running Python's standard library (~12 MB on CPython 3.11), which every install has.
+- TokenFile: pre-tokenized train.bin / val.bin in nanoGPT's layout (uint16 little-endian).
+"""
+
+import hashlib
+import json
+import os
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BYTE_VOCAB = 256  # UTF-8 bytes: every text is representable, no tokenizer to ship
+SEPARATOR = 0  # appended after every file: NUL never occurs in text, so it marks "document ends"
+# directories are walked for these; files named explicitly are taken whatever their extension
+TEXT_SUFFIXES = frozenset({
+    ".txt", ".md", ".rst", ".py", ".tex", ".org", ".c", ".h", ".cpp", ".hpp", ".rs", ".go",
+    ".java", ".js", ".ts", ".html", ".css", ".json", ".yaml", ".yml", ".toml", ".cfg", ".ini",
+    ".csv", ".sh", ".xml",
+})
+SKIP_DIRS = frozenset({"__pycache__", "site-packages", "dist-packages", "node_modules"})
+STDLIB_TEST_DIRS = frozenset({"test", "tests", "idle_test"})  # test suites: repetitive fixtures
+CACHE_VERSION = 1  # bump when the cache layout or tokenization changes
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """Non-overlapping windows of seq_len + 1 tokens (inputs plus the shifted target)."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, vocab_size: int = BYTE_VOCAB):
+        if tokens.ndim != 1:
+            raise ValueError(f"tokens must be a 1-D array of token ids, got shape {tokens.shape}")
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        self.tokens = tokens
+        self.seq_len = seq_len
+        self.num_tokens = len(tokens)
+        self.vocab_size = vocab_size
+
+    def __len__(self) -> int:
+        return max(0, (self.num_tokens - 1) // self.seq_len)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"sample {i} out of range for {n} samples")
+        start = i * self.seq_len
+        return torch.from_numpy(self.tokens[start:start + self.seq_len + 1].astype(np.int64))
+
+
+def _check_splits(train: np.ndarray, val: np.ndarray, seq_len: int, what: str, fixes: tuple):
+    for name, arr, fix in (("training", train, fixes[0]), ("validation", val, fixes[1])):
+        if len(arr) < seq_len + 1:
+            raise ValueError(
+                f"{what}: the {name} split has {len(arr)} tokens, fewer than one sample of "
+                f"seq_len + 1 = {seq_len + 1}; {fix}"
+            )
+
+
+def _atomic_write(path: Path, write) -> None:
+    """write(file) into a temporary file beside path, then os.replace: several workers on one
+    node may build the same cache at once, and a reader must never see a partial file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_token_file(path, tokens, dtype: str = "uint16") -> Path:
+    """Write token ids as a flat little-endian binary file (nanoGPT's train.bin layout)."""
+    path = Path(path)
+    dt = np.dtype(dtype).newbyteorder("<")
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(dt).max):
+        raise ValueError(f"token ids span [{tokens.min()}, {tokens.max()}], outside {dtype}; pass a wider dtype")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda f: f.write(tokens.astype(dt).tobytes()))
+    return path
+
+
+def _open_tokens(path: Path, dtype: np.dtype) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"token file {path} does not exist")
+    size = path.stat().st_size
+    if size % dtype.itemsize != 0:
+        raise ValueError(
+            f"{path} has {size} bytes, not a multiple of {dtype.itemsize}: "
+            f"truncated or not a {dtype.name} token file (set dtype=...)"
+        )
+    if size == 0:
+        raise ValueError(f"token file {path} is empty")
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+class TextCorpus:
+    """Byte-level corpus from text files, split into train / validation by file.
+
+    paths: files and/or directories (walked recursively for TEXT_SUFFIXES); None means the
+    .py files of this Python's standard library, tests excluded. Every val_every-th file in
+    sorted order goes to validation, so no document straddles the split. Tokens are cached
+    as uint16 train.bin / val.bin in cache_dir (default ~/.cache/flops_fit/corpus-<hash of
+    files, sizes, mtimes>), so a changed file means a new cache, never a stale one.
+    """
+
+    def __init__(self, paths=None, *, seq_len: int = 128, val_every: int = 10, cache_dir=None):
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.paths = None if paths is None else [str(p) for p in paths]
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1 tokens, got {seq_len}")
+        if val_every < 2:
+            raise ValueError(f"val_every must be >= 2 (every val_every-th file is validation), got {val_every}")
+        self.seq_len = seq_len
+        self.val_every = val_every
+        self.cache_dir = None if cache_dir is None else str(cache_dir)
+
+    @property
+    def tokens_per_sample(self) -> int:
+        return self.seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return BYTE_VOCAB
+
+    def files(self) -> list:
+        """The corpus's non-empty files, sorted: the order fixes the split and the hash."""
+        if self.paths is None:
+            root = Path(sysconfig.get_paths()["stdlib"])
+            found = self._walk(root, {".py"}, SKIP_DIRS | STDLIB_TEST_DIRS)
+        else:
+            found = []
+            for p in map(Path, self.paths):
+                if p.is_dir():
+                    found += self._walk(p, TEXT_SUFFIXES, SKIP_DIRS)
+                elif p.is_file():
+                    found.append(p.resolve())
+                else:
+                    raise FileNotFoundError(f"corpus path {p} does not exist")
+        files = sorted({f for f in found if f.stat().st_size > 0})
+        if not files:
+            where = "the standard library" if self.paths is None else ", ".join(self.paths)
+            raise ValueError(f"no non-empty text files found in {where}; "
+                             f"directories are searched for {sorted(TEXT_SUFFIXES)}")
+        return files
+
+    @staticmethod
+    def _walk(root: Path, suffixes, skip) -> list:
+        out = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d not in skip and not d.startswith(".")]
+            out += [Path(dirpath, f).resolve() for f in filenames if Path(f).suffix in suffixes]
+        return out
+
+    def _split(self, files: list) -> tuple:
+        val = [f for i, f in enumerate(files) if (i + 1) % self.val_every == 0]
+        train = [f for i, f in enumerate(files) if (i + 1) % self.val_every != 0]
+        return train, val
+
+    def _cache_path(self, files: list) -> Path:
+        h = hashlib.sha256(f"v{CACHE_VERSION} sep={SEPARATOR} val_every={self.val_every}\n".encode())
+        for f in files:
+            st = f.stat()
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        base = Path(self.cache_dir) if self.cache_dir else Path.home() / ".cache" / "flops_fit"
+        return base / f"corpus-{h.hexdigest()[:16]}"
+
+    def __call__(self) -> tuple:
+        """Build (or reuse) the token cache; return (train, validation) TokenDatasets."""
+        files = self.files()
+        cache = self._cache_path(files)
+        meta = cache / "meta.json"
+        if not meta.is_file():  # written last, so its presence means both .bin files are complete
+            cache.mkdir(parents=True, exist_ok=True)
+            counts = {}
+            for name, split in zip(("train", "val"), self._split(files)):
+                counts[name] = {"files": len(split), "tokens": self._write_split(cache / f"{name}.bin", split)}
+            _atomic_write(meta, lambda f: f.write(json.dumps(counts, indent=1).encode()))
+        train, val = (np.memmap(cache / f"{n}.bin", dtype=np.uint16, mode="r")
+                      if (cache / f"{n}.bin").stat().st_size else np.zeros(0, np.uint16)
+                      for n in ("train", "val"))
+        _check_splits(train, val, self.seq_len, f"text corpus of {len(files)} files",
+                      ("add files", "add files or lower val_every"))
+        return TokenDataset(train, self.seq_len), TokenDataset(val, self.seq_len)
+
+    @staticmethod
+    def _write_split(path: Path, files: list) -> int:
+        n = 0
+        sep = np.array([SEPARATOR], dtype="<u2")
+
+        def write(out):
+            nonlocal n
+            for f in files:  # one file at a time: memory stays at the largest file
+                tokens = np.frombuffer(f.read_bytes(), dtype=np.uint8).astype("<u2")
+                out.write(tokens.tobytes())
+                out.write(sep.tobytes())
+                n += len(tokens) + 1
+        _atomic_write(path, write)
+        return n
+
+    def describe(self) -> str:
+        files = self.files()
+        train, val = self._split(files)
+        # byte-level: tokens = bytes + one separator per file, known without building
+        tokens = [sum(f.stat().st_size for f in s) + len(s) for s in (train, val)]
+        what = "Python standard library .py files" if self.paths is None else ", ".join(self.paths)
+        return (f"TextCorpus({what}): {len(files)} files, byte-level (vocab {BYTE_VOCAB}), "
+                f"train {len(train)} files / {tokens[0]:,} tokens, "
+                f"validation every {self.val_every}th file: {len(val)} files / {tokens[1]:,} tokens, "
+                f"seq_len {self.seq_len}")
+
+    def __repr__(self) -> str:
+        return (f"TextCorpus(paths={self.paths!r}, seq_len={self.seq_len}, "
+                f"val_every={self.val_every}, cache_dir={self.cache_dir!r})")
+
+
+class TokenFile:
+    """Pre-tokenized binary token files (nanoGPT layout: train.bin / val.bin, uint16 LE).
+
+    train: a file, or a directory holding train.bin (and optionally val.bin). Without a
+    validation file the last val_fraction of the training file is held out.
+    """
+
+    def __init__(self, train, val=None, *, seq_len: int = 128, dtype: str = "uint16",
+                 vocab_size: int | None = None, val_fraction: float = 0.05):
+        train = Path(train)
+        if train.is_dir():
+            if val is None and (train / "val.bin").is_file():
+                val = train / "val.bin"
+            train = train / "train.bin"
+        if not train.is_file():
+            raise FileNotFoundError(f"token file {train} does not exist")
+        if val is not None and not Path(val).is_file():
+            raise FileNotFoundError(f"validation token file {val} does not exist")
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1 tokens, got {seq_len}")
+        self.train = str(train)
+        self.val = None if val is None else str(val)
+        self.seq_len = seq_len
+        self.dtype = np.dtype(dtype).newbyteorder("<").str  # a string: pickles everywhere
+        self.val_fraction = val_fraction
+        self._vocab_size = vocab_size
+
+    @property
+    def tokens_per_sample(self) -> int:
+        return self.seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        """As given, else the largest token id + 1 (scanned once, then remembered)."""
+        if self._vocab_size is None:
+            self._vocab_size = max(int(a.max()) for a in self._arrays()) + 1
+        return self._vocab_size
+
+    def _arrays(self) -> tuple:
+        tokens = _open_tokens(Path(self.train), np.dtype(self.dtype))
+        if self.val is not None:
+            return tokens, _open_tokens(Path(self.val), np.dtype(self.dtype))
+        n_val = int(len(tokens) * self.val_fraction)
+        return tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:]
+
+    def __call__(self) -> tuple:
+        train, val = self._arrays()
+        fixes = ("use a larger token file", "use a larger validation file" if self.val else "raise val_fraction")
+        _check_splits(train, val, self.seq_len, f"token file {self.train}", fixes)
+        vocab = self.vocab_size
+        return TokenDataset(train, self.seq_len, vocab), TokenDataset(val, self.seq_len, vocab)
+
+    def describe(self) -> str:
+        train, val = self._arrays()
+        held = self.val if self.val else f"last {self.val_fraction:.0%} of {self.train}"
+        vocab = self._vocab_size if self._vocab_size is not None else "not yet scanned"
+        return (f"TokenFile({self.train}): {np.dtype(self.dtype).name}, vocab {vocab}, "
+                f"train {len(train):,} tokens, validation {len(val):,} tokens ({held}), "
+                f"seq_len {self.seq_len}")
+
+    def __repr__(self) -> str:
+        return (f"TokenFile(train={self.train!r}, val={self.val!r}, seq_len={self.seq_len}, "
+                f"dtype={np.dtype(self.dtype).name!r}, vocab_size={self._vocab_size!r}, "
+                f"val_fraction={self.val_fraction})")

@@ -1,0 +1,137 @@
+import pickle
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from flops_fit.data import SEPARATOR, TextCorpus, TokenDataset, TokenFile, write_token_file
+
+
+def make_corpus(root, n_files=20, size=400):
+    root.mkdir()
+    (root / "sub").mkdir()
+    for i in range(n_files):
+        where = root / "sub" if i % 2 else root
+        (where / f"doc{i:02d}.txt").write_text(f"file {i}: " + "abcdefgh" * (size // 8))
+    (root / "image.png").write_bytes(b"\x89PNG not text")  # skipped: not a text suffix
+    return root
+
+
+def test_token_dataset_windows_are_shifted_targets():
+    ds = TokenDataset(np.arange(25, dtype=np.uint16), seq_len=8)
+    assert len(ds) == 3  # (25 - 1) // 8
+    assert ds[0].dtype == torch.int64
+    assert ds[0].tolist() == list(range(0, 9))
+    assert ds[2].tolist() == list(range(16, 25))  # last window uses the final token as target
+    assert ds[-1].tolist() == ds[2].tolist()
+    with pytest.raises(IndexError):
+        ds[3]
+
+
+def test_text_corpus_split_by_file_and_samples(tmp_path):
+    root = make_corpus(tmp_path / "corpus")
+    corpus = TextCorpus([root], seq_len=16, val_every=5, cache_dir=tmp_path / "cache")
+    files = corpus.files()
+    assert len(files) == 20 and all(f.suffix == ".txt" for f in files)
+    train, val = corpus()
+    sizes = [f.stat().st_size + 1 for f in files]  # + one separator per file
+    val_idx = {4, 9, 14, 19}  # every 5th file in sorted order
+    assert val.num_tokens == sum(s for i, s in enumerate(sizes) if i in val_idx)
+    assert train.num_tokens == sum(s for i, s in enumerate(sizes) if i not in val_idx)
+    # the validation stream is exactly the validation files' bytes, separated
+    expected = b"".join(files[i].read_bytes() + bytes([SEPARATOR]) for i in sorted(val_idx))
+    assert bytes(val.tokens.astype(np.uint8)) == expected
+    x = train[1]
+    assert x.shape == (17,)
+    assert train.tokens[16:33].tolist() == x.tolist()  # window i starts at i * seq_len
+    assert x[1:].tolist() == train.tokens[17:33].tolist()  # targets: inputs shifted by one
+    assert corpus.vocab_size == train.vocab_size == 256 and corpus.tokens_per_sample == 16
+    assert "20 files" in corpus.describe() and "4 files" in corpus.describe()
+
+
+def test_text_corpus_deterministic_and_cached(tmp_path):
+    root = make_corpus(tmp_path / "corpus")
+    corpus = TextCorpus([root], seq_len=16, val_every=5, cache_dir=tmp_path / "cache")
+    train1, val1 = corpus()
+    (cache,) = (tmp_path / "cache").iterdir()
+    stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    time.sleep(0.01)
+    train2, val2 = pickle.loads(pickle.dumps(corpus))()  # as on a worker
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps  # not rebuilt
+    assert np.array_equal(train1.tokens, train2.tokens) and np.array_equal(val1.tokens, val2.tokens)
+    # a rebuild into a fresh cache gives the same bytes
+    train3, _ = TextCorpus([root], seq_len=16, val_every=5, cache_dir=tmp_path / "other")()
+    assert np.array_equal(train1.tokens, train3.tokens)
+    # editing a file changes the cache key
+    (root / "doc00.txt").write_text("changed")
+    TextCorpus([root], seq_len=16, val_every=5, cache_dir=tmp_path / "cache")()
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_explicit_file_taken_whatever_extension(tmp_path):
+    f = tmp_path / "data.log"
+    f.write_text("x" * 100)
+    g = tmp_path / "notes.dat"
+    g.write_text("y" * 100)
+    corpus = TextCorpus([f, g], seq_len=8, val_every=2, cache_dir=tmp_path / "c")
+    train, val = corpus()
+    assert train.num_tokens == val.num_tokens == 101
+
+
+def test_text_corpus_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        TextCorpus([tmp_path / "nowhere"], cache_dir=tmp_path)()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no non-empty text files"):
+        TextCorpus([tmp_path / "empty"], cache_dir=tmp_path)()
+    root = make_corpus(tmp_path / "corpus", n_files=4)
+    with pytest.raises(ValueError, match="validation split.*lower val_every"):
+        TextCorpus([root], val_every=10, cache_dir=tmp_path / "c")()
+    with pytest.raises(ValueError, match="val_every"):
+        TextCorpus([root], val_every=1)
+
+
+def test_default_stdlib_corpus(tmp_path):
+    start = time.perf_counter()
+    train, val = TextCorpus(cache_dir=tmp_path)()
+    elapsed = time.perf_counter() - start
+    assert train.num_tokens > 1_000_000 and val.num_tokens > 100_000
+    assert len(val) > 0 and train[0].max() < 256
+    assert elapsed < 10, f"building the stdlib corpus took {elapsed:.1f} s"
+
+
+def test_token_file_round_trip_and_val_fraction(tmp_path):
+    tokens = np.arange(1000) % 500
+    write_token_file(tmp_path / "train.bin", tokens)
+    assert (tmp_path / "train.bin").stat().st_size == 2000
+    src = TokenFile(tmp_path, seq_len=10, val_fraction=0.1)  # directory without val.bin
+    train, val = pickle.loads(pickle.dumps(src))()
+    assert (train.num_tokens, val.num_tokens) == (900, 100)
+    assert np.array_equal(np.concatenate([train.tokens, val.tokens]), tokens)
+    assert src.vocab_size == train.vocab_size == 500  # scanned: max id + 1
+    assert "last 10%" in src.describe()
+    assert train[3].tolist() == list(range(30, 41))
+
+
+def test_token_file_with_val_file_and_given_vocab(tmp_path):
+    write_token_file(tmp_path / "train.bin", np.arange(300))
+    write_token_file(tmp_path / "val.bin", np.arange(50))
+    train, val = TokenFile(tmp_path, seq_len=7, vocab_size=50257)()
+    assert (train.num_tokens, val.num_tokens, val.vocab_size) == (300, 50, 50257)
+    wide = write_token_file(tmp_path / "wide.bin", np.array([0, 70_000] * 40), dtype="uint32")
+    assert TokenFile(wide, seq_len=4, dtype="uint32").vocab_size == 70_001
+
+
+def test_token_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.bin"):
+        TokenFile(tmp_path / "missing.bin")
+    bad = tmp_path / "odd.bin"
+    bad.write_bytes(b"\x01\x00\x02")
+    with pytest.raises(ValueError, match="odd.bin.*truncated or not a uint16 token file"):
+        TokenFile(bad)()
+    with pytest.raises(ValueError, match="outside uint16"):
+        write_token_file(tmp_path / "x.bin", [70_000])
+    write_token_file(tmp_path / "small.bin", np.arange(100))
+    with pytest.raises(ValueError, match="validation split.*raise val_fraction"):
+        TokenFile(tmp_path / "small.bin", seq_len=10, val_fraction=0.05)()

@@ -1,0 +1,252 @@
+"""Presentation of fitted scaling laws: Chinchilla-style table, summary text, plots.
+
+Never fits anything (the numbers come from `flops_fit.fit.ScalingLaws`), writes only to
+the paths it is given, and draws on `matplotlib.figure.Figure` objects with the Agg
+canvas so no global pyplot state or rcParams are touched.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+# Default prediction budgets: the sweep's budgets plus this many powers of ten above the
+# largest one (Chinchilla Table 3 extrapolates several decades past the sweep).
+DEFAULT_EXTRA_DECADES = 3
+FIGURE_DPI = 120
+FIGURE_SIZE = (7.0, 5.0)  # inches
+BAND_ALPHA = 0.2  # opacity of bootstrap interval bands
+CURVE_POINTS = 200  # samples along each drawn curve
+PLOT_FILES = ("isoflop_curves.png", "optima_vs_compute.png", "parametric_residuals.png")
+
+
+def default_budgets(laws):
+    """Sweep budgets (FLOPs, bracketed or not) plus the next powers of ten above them."""
+    sweep = np.sort(laws.isoflop.optima["budget"].to_numpy())
+    top = math.floor(math.log10(sweep.max()))
+    extra = [10.0 ** (top + i) for i in range(1, DEFAULT_EXTRA_DECADES + 1)]
+    return np.concatenate([sweep, extra])
+
+
+def _fmt(x, spec=".3g"):
+    return "nan" if not np.isfinite(x) else format(x, spec)
+
+
+def _with_interval(v, lo, hi, spec=".3g"):
+    if np.isfinite(lo) and np.isfinite(hi):
+        return f"{_fmt(v, spec)} [{_fmt(lo, spec)}, {_fmt(hi, spec)}]"
+    return _fmt(v, spec)
+
+
+def markdown_table(laws, budgets=None):
+    """Chinchilla-Table-3-style markdown: one row per approach per budget (FLOPs)."""
+    budgets = default_budgets(laws) if budgets is None else np.atleast_1d(np.asarray(budgets, float))
+    pred = laws.predict(budgets)
+    pct = int(round(100 * laws.level))
+    lines = [
+        f"| approach | FLOPs | parameters ({pct}% CI) | tokens ({pct}% CI) | tokens/parameter "
+        f"| loss, nats/token ({pct}% CI) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in pred.itertuples():
+        lines.append(
+            f"| {r.approach} | {r.flops:.2e} | {_with_interval(r.params, r.params_low, r.params_high)} "
+            f"| {_with_interval(r.tokens, r.tokens_low, r.tokens_high)} | {r.tokens / r.params:.3g} "
+            f"| {_with_interval(r.loss, r.loss_low, r.loss_high, '.4g')} |"
+        )
+    return "\n".join(lines)
+
+
+def summary_text(laws):
+    """Exponents, coefficients and parametric parameters with intervals, exclusions, counts."""
+    iso, par = laws.isoflop, laws.parametric
+    pct = int(round(100 * laws.level))
+    ci = f"{pct}% bootstrap interval, {laws.bootstrap} replicates, seed {laws.seed}" \
+        if laws.bootstrap else "no bootstrap (bootstrap=0)"
+    opt = iso.optima
+    used = opt[opt["bracketed"]]
+    out = [
+        f"Scaling-law fit of {laws.source}" if laws.source else "Scaling-law fit",
+        f"  points used: {len(laws.points)} in {laws.points['budget'].nunique()} FLOP groups; "
+        f"excluded rows: {int((laws.excluded['kind'] == 'row').sum())}; "
+        f"budgets in the power laws: {len(used)} of {len(opt)}",
+        f"  intervals: {ci}",
+        f"  FLOPs per parameter per token: {iso.flops_per_param_token:.4g}",
+    ]
+    for note in laws.notes:
+        out.append(f"  note: {note}")
+    out += [
+        "",
+        f"IsoFLOP approach (optimum = {iso.optimum}; C = budget FLOPs)",
+        f"  N_opt = k_N * C^a   a = {iso.a}   k_N = {iso.k_N}",
+        f"  D_opt = k_D * C^b   b = {iso.b}   k_D = {iso.k_D}",
+        f"  L_opt = k_L * C^c   c = {iso.loss_exponent}   k_L = {iso.k_L}",
+    ]
+    if iso.bootstrap_failed:
+        out.append(f"  {iso.bootstrap_failed} bootstrap replicate(s) had fewer than 3 bracketed "
+                   "budgets and were left out of the intervals")
+    if par is not None:
+        out += [
+            "",
+            f"Parametric approach L(N, D) = E + A/N^alpha + B/D^beta "
+            f"({par.n_points} points, Huber delta=1e-3 on log loss, objective {par.objective:.6g})",
+            f"  E = {par.E}   A = {par.A}   B = {par.B}",
+            f"  alpha = {par.alpha}   beta = {par.beta}",
+            f"  compute-optimal: N_opt ~ C^a, a = beta/(alpha+beta) = {par.a}; "
+            f"D_opt ~ C^b, b = alpha/(alpha+beta) = {par.b}",
+            f"  G = (alpha A / (beta B))^(1/(alpha+beta)) = {par.G}  "
+            f"(N_opt = G (C/{par.flops_per_param_token:.3g})^a, D_opt = (C/{par.flops_per_param_token:.3g})^b / G)",
+        ]
+    ex = laws.excluded
+    out += ["", f"Excluded ({len(ex)})" if len(ex) else "Excluded: nothing"]
+    if len(ex):
+        grouped = ex.groupby("reason", sort=False)
+        for reason, grp in grouped:
+            if (grp["kind"] == "budget").all():
+                which = ", ".join(f"{b:.3g}" for b in grp["budget"])
+                out.append(f"  budget(s) {which} FLOPs: {reason}")
+            else:
+                rows = ", ".join(str(int(r)) for r in grp["row"].head(12))
+                more = " ..." if len(grp) > 12 else ""
+                out.append(f"  {len(grp)} row(s) [{rows}{more}]: {reason}")
+    return "\n".join(out)
+
+
+def _new_figure():
+    fig = Figure(figsize=FIGURE_SIZE, dpi=FIGURE_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _budget_colours(budgets):
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm
+
+    norm = LogNorm(vmin=min(budgets), vmax=max(budgets) * (1 + 1e-9))
+    return colormaps["viridis"], norm
+
+
+def plot_isoflop_curves(laws, path):
+    """Loss vs N (log x) per budget, fitted parabolas, optima; unbracketed ones hollow."""
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    pts = laws.points
+    opt = laws.isoflop.optima
+    cmap, norm = _budget_colours(opt["budget"].to_numpy())
+    for rec in opt.itertuples():
+        colour = cmap(norm(rec.budget))
+        grp = pts[pts["budget"] == rec.budget]
+        ax.scatter(grp["params"], grp["loss"], s=14, color=colour, alpha=0.8)
+        if laws.isoflop.optimum == "parabola" and np.isfinite(rec.c2):
+            x = np.linspace(math.log(rec.params_min), math.log(rec.params_max), CURVE_POINTS) - rec.log_n_centre
+            ax.plot(np.exp(x + rec.log_n_centre), rec.c0 + rec.c1 * x + rec.c2 * x * x,
+                    color=colour, lw=1)
+        if rec.bracketed:
+            ax.scatter([rec.params_opt], [rec.loss_opt], marker="*", s=120, color=colour,
+                       edgecolor="black", zorder=3)
+        else:
+            ax.scatter([rec.params_opt], [rec.loss_opt], marker="X", s=90, facecolor="none",
+                       edgecolor="red", zorder=3)
+    ax.scatter([], [], marker="*", s=120, color="grey", edgecolor="black", label="optimum (used)")
+    ax.scatter([], [], marker="X", s=90, facecolor="none", edgecolor="red",
+               label="not bracketed (excluded)")
+    ax.set_xscale("log")
+    ax.set_xlabel("model size N (parameters)")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"IsoFLOP profiles (optimum: {laws.isoflop.optimum})")
+    ax.legend(loc="upper right", fontsize=8)
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="compute budget C (FLOPs)")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_optima_vs_compute(laws, path):
+    """N_opt, D_opt, L_opt against C (log axes): per-budget optima, laws, bootstrap bands."""
+    fig = Figure(figsize=(FIGURE_SIZE[0] * 1.8, FIGURE_SIZE[1] * 0.9), dpi=FIGURE_DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    opt = laws.isoflop.optima
+    budgets = opt["budget"].to_numpy()
+    grid = np.logspace(math.log10(budgets.min()), math.log10(budgets.max()) + 1, CURVE_POINTS)
+    pred = laws.predict(grid)
+    specs = [("params", "params_opt", "N_opt (parameters)"),
+             ("tokens", "tokens_opt", "D_opt (tokens)"),
+             ("loss", "loss_opt", "L_opt (nats/token)")]
+    styles = {"isoflop": ("tab:blue", "-"), "parametric": ("tab:orange", "--")}
+    for ax, (col, opt_col, label) in zip(axes, specs):
+        used = opt[opt["bracketed"]]
+        left = opt[~opt["bracketed"]]
+        ax.scatter(used["budget"], used[opt_col], color="black", s=18, zorder=3,
+                   label="per-budget optimum")
+        if len(left):
+            ax.scatter(left["budget"], left[opt_col], marker="x", color="red", s=30, zorder=3,
+                       label="not bracketed (excluded)")
+        for approach, grp in pred.groupby("approach", sort=False):
+            colour, ls = styles.get(approach, ("tab:green", ":"))
+            ax.plot(grp["flops"], grp[col], color=colour, ls=ls, label=f"{approach} law")
+            if np.isfinite(grp[f"{col}_low"]).all():
+                ax.fill_between(grp["flops"], grp[f"{col}_low"], grp[f"{col}_high"],
+                                color=colour, alpha=BAND_ALPHA)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("compute C (FLOPs)")
+        ax.set_ylabel(label)
+        ax.set_title(label.split(" ")[0] + " vs compute")
+    pct = int(round(100 * laws.level))
+    band = f"bands: {pct}% bootstrap intervals" if laws.bootstrap else "no bootstrap"
+    axes[0].legend(fontsize=7, loc="upper left", title=band, title_fontsize=7)
+    fig.suptitle("Compute-optimal allocation")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_parametric_residuals(laws, path):
+    """Residual ln L_fit - ln L_obs vs N, and predicted vs observed loss."""
+    fig = Figure(figsize=(FIGURE_SIZE[0] * 1.6, FIGURE_SIZE[1]), dpi=FIGURE_DPI)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    pts = laws.points
+    par = laws.parametric
+    pred = par.loss(pts["params"], pts["tokens"])
+    resid = np.log(pred) - np.log(pts["loss"].to_numpy())
+    cmap, norm = _budget_colours(pts["budget"].to_numpy())
+    left.scatter(pts["params"], resid, c=pts["budget"], cmap=cmap, norm=norm, s=14)
+    left.axhline(0.0, color="black", lw=0.8)
+    left.set_xscale("log")
+    left.set_xlabel("model size N (parameters)")
+    left.set_ylabel("residual ln L_fit - ln L_observed")
+    left.set_title("Parametric fit residuals")
+    right.scatter(pts["loss"], pred, c=pts["budget"], cmap=cmap, norm=norm, s=14)
+    lo = min(pts["loss"].min(), pred.min())
+    hi = max(pts["loss"].max(), pred.max())
+    right.plot([lo, hi], [lo, hi], color="black", lw=0.8, label="y = x")
+    right.set_xlabel("observed loss (nats/token)")
+    right.set_ylabel("fitted L(N, D) (nats/token)")
+    right.set_title("Predicted vs observed")
+    right.legend(fontsize=8)
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=[left, right],
+                 label="FLOP group C (FLOPs)")
+    fig.savefig(path)
+    return path
+
+
+def plot_all(laws, out_dir):
+    """Write the plots to out_dir (created if missing); return the list of paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [plot_isoflop_curves(laws, out / PLOT_FILES[0]),
+             plot_optima_vs_compute(laws, out / PLOT_FILES[1])]
+    if laws.parametric is not None:
+        paths.append(plot_parametric_residuals(laws, out / PLOT_FILES[2]))
+    return paths

@@ -1,0 +1,53 @@
+"""Fitting fixtures: published data location and synthetic IsoFLOP sweeps."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+# The repository is cloned next to `shared/` (locally and in CI).
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Generating law for synthetic sweeps (nats/token; N parameters, D tokens), chosen so the
+# compute-optimal exponents a = beta/(alpha+beta), b = alpha/(alpha+beta) differ from 1/2.
+TRUE_LAW = dict(E=1.7, A=400.0, B=1500.0, alpha=0.34, beta=0.28)
+SYNTH_BUDGETS = (1e18, 3e18, 1e19, 3e19, 1e20, 3e20, 1e21)  # FLOPs
+SYNTH_SIZES_PER_BUDGET = 9
+SYNTH_HALF_SPAN_DECADES = 0.8  # sizes span the optimum +- this many decades
+SYNTH_NOISE = 0.004  # relative loss noise (std of ln L)
+
+
+@pytest.fixture
+def data_dir():
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"published data sets not found at {DATA_DIR} (clone the repo next to shared/)")
+    return DATA_DIR
+
+
+def synthetic_sweep(seed=0, law=TRUE_LAW, noise=SYNTH_NOISE):
+    """IsoFLOP grid: budgets x sizes around the true optimum, D = C/(6N), noisy loss."""
+    rng = np.random.default_rng(seed)
+    E, A, B, alpha, beta = (law[k] for k in ("E", "A", "B", "alpha", "beta"))
+    a = beta / (alpha + beta)
+    g = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
+    rows = []
+    for c in SYNTH_BUDGETS:
+        n_opt = g * (c / 6) ** a
+        shift = rng.uniform(-0.15, 0.15)  # sweep grid not centred exactly on the optimum
+        for x in np.linspace(-SYNTH_HALF_SPAN_DECADES, SYNTH_HALF_SPAN_DECADES, SYNTH_SIZES_PER_BUDGET):
+            n = n_opt * 10 ** (x + shift)
+            d = c / (6 * n)
+            loss = (E + A / n**alpha + B / d**beta) * np.exp(rng.normal(0, noise))
+            rows.append(dict(budget=c, params=n, tokens=d, loss=loss, status="ok"))
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def sweep():
+    return synthetic_sweep()
+
+
+@pytest.fixture
+def true_law():
+    return dict(TRUE_LAW)

@@ -97,8 +97,8 @@ def summary_text(laws):
             f"({par.n_points} points, Huber delta=1e-3 on log loss, objective {par.objective:.6g})",
             f"  E = {par.E}   A = {par.A}   B = {par.B}",
             f"  alpha = {par.alpha}   beta = {par.beta}",
-            f"  compute-optimal: N_opt ~ C^a, a = beta/(alpha+beta) = {par.a}; "
-            f"D_opt ~ C^b, b = alpha/(alpha+beta) = {par.b}",
+            f"  N_opt ~ C^a   a = {par.a}   (a = beta/(alpha+beta))",
+            f"  D_opt ~ C^b   b = {par.b}   (b = alpha/(alpha+beta))",
             f"  G = (alpha A / (beta B))^(1/(alpha+beta)) = {par.G}  "
             f"(N_opt = G (C/{par.flops_per_param_token:.3g})^a, D_opt = (C/{par.flops_per_param_token:.3g})^b / G)",
         ]

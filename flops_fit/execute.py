@@ -1,0 +1,407 @@
+"""Layers 2 and 3 of the Ray stack: the trial driver and the sweep (the only module that
+imports ray.tune).
+
+- Trial driver (`run_point`): the Tune function trainable for one sweep point. It builds a
+  `TorchTrainer` running `train.train_point` on every worker and forwards rank 0's
+  metrics to Tune with `TuneReportCallback`, the pattern of Ray's own
+  `doc_code/train_tune_interop.py` (passing a trainer to `tune.Tuner` is deprecated since
+  Ray 2.43 and fails under Train V2).
+- Sweep (`run_sweep`): one `tune.Tuner` over all points, one trial per point, no
+  early-stopping scheduler (every point of an IsoFLOP curve matters), concurrency derived
+  from the cluster, one storage folder per sweep, and resume of an interrupted sweep
+  without rerunning finished points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.tune.experiment import Trial
+
+from . import results as R
+from .plan import SweepPlan, SweepPoint
+from .task import Task
+from .train import train_point
+
+# Tune reserves resources for each trial's driver process. On a CPU machine a driver
+# holding 1 CPU starves its own worker group (RAY-NOTES: "the deadlock to avoid"), so
+# drivers take one unit of a logical resource instead; local Ray gets plenty of them.
+TRIAL_RESOURCE = "trial_slot"
+LOCAL_TRIAL_SLOTS = 1000
+# Where a cluster lacks TRIAL_RESOURCE, drivers take this sliver of a CPU.
+FALLBACK_DRIVER_CPU = 0.01
+
+# Measured on a 2-core machine with Ray 2.60 (benchmarks/RESULTS.md, RAY-NOTES): the
+# Train controller's health-check poll (default 2 s) gates every report and the teardown.
+RAY_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",  # never phone home
+}
+
+DEFAULT_STORAGE = "~/flops_fit_runs"
+# Set on clusters whose nodes come and go (cluster.yaml exports it): resources missing now
+# may appear later, so they are not an error and concurrency is not capped by them.
+AUTOSCALING_ENV = "FLOPS_FIT_AUTOSCALING"
+DASHBOARD_HOST = "127.0.0.1"  # loopback only; reach it from elsewhere through an SSH tunnel
+
+
+def run_sweep(
+    plan: SweepPlan,
+    task: Task,
+    *,
+    name: str,
+    storage_path: str | None = None,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    resources_per_worker: dict | None = None,
+    max_concurrent: int | None = None,
+    max_failures: int = 2,
+    callbacks=(),
+    dry_run: bool | dict = False,
+    address: str | None = None,
+    live_fit: bool = True,
+    verbose: bool = True,
+) -> "R.SweepResults":
+    """Run every point of `plan` as a Ray Tune trial of a TorchTrainer; return the results.
+
+    Args:
+        name: the sweep's name and folder under `storage_path`; running the same name
+            again resumes: finished points are kept, unfinished and errored ones rerun.
+        storage_path: local folder or pyarrow URI (s3://, gs://); default ~/flops_fit_runs.
+        num_workers: Ray Train workers per point (data parallel).
+        use_gpu: one GPU per worker; bf16 autocast unless Task.precision says otherwise.
+        resources_per_worker: Ray resources per worker, default {"CPU": 1} (+ {"GPU": 1}).
+        max_concurrent: points trained at once; default: as many as the cluster fits.
+        max_failures: worker-group restarts per point (resuming from its last checkpoint).
+        callbacks: extra `ray.tune.Callback`s.
+        dry_run: True, or a law dict (E, A, B, alpha, beta, noise): same Ray path, but the
+            loss is drawn from the law instead of training.
+        address: Ray cluster address; default RAY_ADDRESS, else a local Ray is started.
+        live_fit: refit and redraw the table and plots in the sweep folder as points finish.
+    """
+    _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent)
+    resources = dict(resources_per_worker or {"CPU": 1})
+    if use_gpu:
+        resources.setdefault("GPU", 1)
+    storage = _storage_uri(storage_path)
+    sweep_dir = R.join(storage, name)
+    R.claim_sweep_dir(sweep_dir, plan, task)  # refuses a different plan under the same name
+
+    ensure_ray(address, verbose=verbose)
+    _check_cluster_fits(resources, num_workers, use_gpu)
+    # On an autoscaling cluster the nodes are not there yet: queue every point and let the
+    # pending demand scale the cluster up (trial slots on the head bound it).
+    autoscaling = bool(os.environ.get(AUTOSCALING_ENV))
+    concurrency = max_concurrent or (len(plan) if autoscaling else _derived_concurrency(resources, num_workers))
+    driver_resources = (
+        {TRIAL_RESOURCE: 1}
+        if ray.cluster_resources().get(TRIAL_RESOURCE)
+        else {"CPU": FALLBACK_DRIVER_CPU}
+    )
+    settings = {
+        "num_workers": num_workers,
+        "use_gpu": use_gpu,
+        "resources_per_worker": resources,
+        "max_failures": max_failures,
+        "train_storage": R.join(sweep_dir, "train"),
+        "dry_run": (dry_run if isinstance(dry_run, dict) else {}) if dry_run else None,
+        "threads": int(resources.get("CPU", 1)) if not use_gpu else 0,
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(run_point, task=task, settings=settings), driver_resources
+    )
+    all_callbacks = [
+        ResultsWriter(sweep_dir, plan),
+        *([ProgressPrinter(plan)] if verbose else []),
+        *([LiveFit(sweep_dir, plan, verbose=verbose)] if live_fit else []),
+        *callbacks,
+    ]
+    if verbose:
+        print(plan.summary())
+        print(f"Sweep folder: {sweep_dir}  ({concurrency} point(s) at a time, "
+              f"{num_workers} worker(s) each, {resources} per worker)", flush=True)
+    if tune.Tuner.can_restore(sweep_dir):
+        tuner = tune.Tuner.restore(
+            sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+        # Callbacks are a property of this run, not of the stored experiment (Ray keeps the
+        # pickled ones otherwise); Ray has no public setter for them (ray#41364).
+        tuner._local_tuner.get_run_config().callbacks = all_callbacks
+        if verbose:
+            print(f"Resuming sweep {name!r}: finished points are kept.", flush=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"point": tune.grid_search([dataclasses.asdict(p) for p in plan])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=concurrency,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                callbacks=all_callbacks,
+                verbose=0,
+                # Retries happen inside the trial (Train's FailureConfig resumes from the
+                # last checkpoint); an errored point is rerun by running the sweep again.
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    tuner.fit()
+    results = R.load_results(sweep_dir)
+    R.write_results_csv(results)
+    if verbose:
+        print(results.status_line(), flush=True)
+    return results
+
+
+def run_point(config: dict, task: Task, settings: dict) -> None:
+    """Trial driver: train one sweep point on a TorchTrainer worker group."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    point = SweepPoint.from_dict(config["point"])
+    trainer = TorchTrainer(
+        train_point,
+        train_loop_config={
+            "point": config["point"],
+            "task": task,
+            "dry_run": settings["dry_run"],
+            "threads": settings["threads"],
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=settings["num_workers"],
+            use_gpu=settings["use_gpu"],
+            resources_per_worker=settings["resources_per_worker"],
+        ),
+        run_config=ray.train.RunConfig(
+            # A stable name: a rerun of this point finds and resumes its own checkpoints.
+            name=point.point_id,
+            storage_path=settings["train_storage"],
+            failure_config=ray.train.FailureConfig(max_failures=settings["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def trial_name(trial: Trial) -> str:
+    """Trial (and folder) name = the point id, e.g. 'C1e+12-s4': says which point it is."""
+    return trial.config["point"]["point_id"]
+
+
+def ensure_ray(address: str | None = None, *, verbose: bool = True) -> None:
+    """Connect to `address` / RAY_ADDRESS, or start a local Ray with its dashboard on loopback."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {k: os.environ[k] for k in RAY_ENV}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        return
+    ctx = ray.init(
+        resources={TRIAL_RESOURCE: LOCAL_TRIAL_SLOTS},
+        include_dashboard=True,
+        dashboard_host=DASHBOARD_HOST,
+        runtime_env=runtime_env,
+        log_to_driver=False,
+    )
+    if verbose and ctx.dashboard_url:
+        print(
+            f"Ray dashboard: http://{ctx.dashboard_url}  (loopback only; Ray's token is in "
+            f"{Path('~/.ray/auth_token').expanduser()}: paste it when the page asks)",
+            flush=True,
+        )
+
+
+class ProgressPrinter(tune.Callback):
+    """One line per finished point: id, status, loss, time, and how many remain."""
+
+    def __init__(self, plan: SweepPlan):
+        self.total = len(plan)
+        self.done = 0
+        self.t0 = time.time()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trial, trial.last_result)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, trial.last_result, error=True)
+
+    def _line(self, trial, result, error=False):
+        self.done += 1
+        status = "failed" if error else result.get("status", "?")
+        loss = result.get("loss")
+        loss_text = f"loss {loss:.4f}" if isinstance(loss, float) else "no loss"
+        print(
+            f"[{self.done}/{self.total}] {trial_name(trial):<18} {status:<8} {loss_text}  "
+            f"({time.time() - self.t0:.0f} s)",
+            flush=True,
+        )
+
+
+def trials_table(trials, plan: SweepPlan):
+    """The results table from Tune's in-memory trials (the same rows load_results builds)."""
+    rows = {}
+    for t in trials:
+        point = t.config["point"]
+        error = None
+        if t.status == Trial.ERROR:
+            error = Path(t.error_file).read_text() if t.error_file and Path(t.error_file).exists() else "trial errored"
+        rows[point["point_id"]] = R.result_row(point, t.last_result, error)
+    return R.make_table(rows, plan)
+
+
+class ResultsWriter(tune.Callback):
+    """Rewrite `<sweep>/results.csv` atomically each time a point finishes or fails."""
+
+    def __init__(self, sweep_dir: str, plan: SweepPlan):
+        self.sweep_dir, self.plan = sweep_dir, plan
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._write(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._write(trials)
+
+    def _write(self, trials):
+        R.write_results_csv(R.SweepResults(trials_table(trials, self.plan), self.sweep_dir, self.plan))
+
+
+class LiveFit(tune.Callback):
+    """Refit and rewrite the table and plots in `<sweep>/live/` as points finish.
+
+    The fit runs in a background thread so that Tune keeps scheduling; a point finishing
+    while a fit runs triggers one more fit afterwards.
+    """
+
+    def __init__(self, sweep_dir: str, plan: SweepPlan, verbose: bool = True, bootstrap: int = 200):
+        self.sweep_dir, self.plan, self.verbose, self.bootstrap = sweep_dir, plan, verbose, bootstrap
+        self._thread = None
+        self._again = False
+        self._table = None
+        self._lock = threading.Lock()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        with self._lock:
+            self._table = trials_table(trials, self.plan)
+        self._kick()
+
+    def on_experiment_end(self, trials, **info):
+        if self._thread is not None:
+            self._thread.join()
+
+    def _kick(self):
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                self._again = True
+                return
+            self._thread = threading.Thread(target=self._loop, name="flops_fit-live-fit", daemon=True)
+            self._thread.start()
+
+    def _loop(self):
+        while True:
+            self._fit_once()
+            with self._lock:
+                if not self._again:
+                    return
+                self._again = False
+
+    def _fit_once(self):
+        from .fit import FitError, fit
+
+        with self._lock:
+            table = self._table
+        try:
+            laws = fit(table, bootstrap=self.bootstrap)
+        except FitError:  # not enough finished points yet: nothing to draw
+            return
+        live = R.join(self.sweep_dir, "live")
+        if "://" in live:
+            return  # plots are drawn on local disk; fit a remote sweep with `flops-fit fit URI`
+        laws.plot(live)
+        R.write_text_atomic(R.join(live, "table.md"), laws.table() + "\n")
+        R.write_text_atomic(R.join(live, "summary.txt"), laws.summary() + "\n")
+        if self.verbose:
+            print(f"  live fit ({(table.status == 'ok').sum()} points) -> {live}", flush=True)
+
+
+def _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent):
+    if not isinstance(plan, SweepPlan):
+        raise TypeError(f"run_sweep(plan=...) needs a SweepPlan from flops_fit.plan_sweep, got {type(plan).__name__}.")
+    if not isinstance(task, Task):
+        raise TypeError(f"run_sweep(task=...) needs a flops_fit.Task, got {type(task).__name__}.")
+    if plan.batch_tokens != task.batch_tokens:
+        raise ValueError(
+            f"The plan rounds D to steps of {plan.batch_tokens} tokens but the task's global batch is "
+            f"{task.batch_tokens} tokens (batch_size x tokens_per_sample); plan with the same Task."
+        )
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise ValueError(f"run_sweep(name={name!r}): give a plain folder name such as 'gpt-cpu-sweep'.")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"run_sweep(num_workers={num_workers!r}) must be an int >= 1.")
+    if task.batch_size % num_workers:
+        raise ValueError(
+            f"Task.batch_size={task.batch_size} is not divisible by num_workers={num_workers}; "
+            "each worker takes an equal share of the global batch."
+        )
+    if not isinstance(max_failures, int) or max_failures < 0:
+        raise ValueError(f"run_sweep(max_failures={max_failures!r}) must be an int >= 0.")
+    if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1):
+        raise ValueError(f"run_sweep(max_concurrent={max_concurrent!r}) must be None or an int >= 1.")
+
+
+def _storage_uri(storage_path) -> str:
+    storage = str(storage_path or DEFAULT_STORAGE)
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+def _derived_concurrency(resources: dict, num_workers: int) -> int:
+    """How many worker groups the cluster holds at once (at least 1)."""
+    total = ray.cluster_resources()
+    fits = [int(total.get(k, 0) // (v * num_workers)) for k, v in resources.items() if v > 0]
+    return max(1, min(fits) if fits else 1)
+
+
+def _check_cluster_fits(resources: dict, num_workers: int, use_gpu: bool) -> None:
+    """Fail now, not as a forever-pending trial, when no node can ever hold a worker."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if use_gpu and not any(n["Resources"].get("GPU", 0) > 0 for n in nodes):
+        if not os.environ.get(AUTOSCALING_ENV):
+            raise RuntimeError(
+                "use_gpu=True but no node of this Ray cluster has a GPU. Run without --gpu, "
+                "connect to a GPU cluster (address=... / RAY_ADDRESS), or set "
+                "FLOPS_FIT_AUTOSCALING=1 if GPU nodes will be added by the autoscaler."
+            )
+        return
+    if os.environ.get(AUTOSCALING_ENV):
+        return
+    fits_one = [n for n in nodes if all(n["Resources"].get(k, 0) >= v for k, v in resources.items())]
+    if not fits_one:
+        have = [{k: n["Resources"].get(k, 0) for k in resources} for n in nodes]
+        raise RuntimeError(
+            f"No node can hold one worker with resources_per_worker={resources}; nodes have {have}. "
+            "Lower resources_per_worker or add bigger nodes."
+        )
+    capacity = sum(min(int(n["Resources"].get(k, 0) // v) for k, v in resources.items() if v > 0) for n in fits_one)
+    if capacity < num_workers:
+        raise RuntimeError(
+            f"num_workers={num_workers} workers of {resources} never fit this cluster at once "
+            f"(room for {capacity}). Lower num_workers or resources_per_worker."
+        )

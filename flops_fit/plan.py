@@ -1,0 +1,289 @@
+"""Plan an IsoFLOP sweep: for each compute budget C, a set of model sizes N and the token
+count D that spends C on each (Hoffmann et al. 2022, "Approach 2").
+
+Pure planning: models are instantiated on torch's meta device to count parameters and
+FLOPs, so planning a sweep of billion-parameter models takes no memory. Never imports ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from . import flops as F
+
+DEFAULT_POINTS_PER_BUDGET = 7  # Chinchilla used 9-ish per budget; 7 brackets a parabola well
+DEFAULT_TOKENS_PER_PARAM = 20.0  # prior optimum D/N (Hoffmann et al. 2022, Table 3) to centre sizes
+DEFAULT_SIZE_SPREAD = 4.0  # sizes span N*/spread .. N*·spread around the prior optimum N*
+DEFAULT_CANDIDATE_SIZES = range(1, 33)  # dial values searched when `sizes` is not given
+DEFAULT_MIN_STEPS = 20  # fewer optimizer steps than this is not a training run (warmup alone)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One training run of the sweep.
+
+    budget and flops are FLOPs; params is N under the plan's parameter convention; tokens
+    is D (= steps x the global batch in tokens); flops_per_token is training FLOPs per token.
+    """
+
+    point_id: str
+    budget: float
+    size: int
+    params: int
+    flops_per_token: float
+    steps: int
+    tokens: int
+    flops: float
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SweepPoint":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """The points of a sweep plus the conventions that give their numbers meaning."""
+
+    points: tuple
+    batch_tokens: int  # tokens per optimizer step (global batch)
+    param_convention: str
+    flops_convention: str
+    dropped: tuple = field(default_factory=tuple)  # dicts: budget, size, reason
+
+    @property
+    def budgets(self) -> list:
+        return sorted({p.budget for p in self.points})
+
+    @property
+    def total_flops(self) -> float:
+        return sum(p.flops for p in self.points)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __iter__(self):
+        return iter(self.points)
+
+    def summary(self) -> str:
+        lines = [
+            f"IsoFLOP sweep plan: {len(self.points)} points over {len(self.budgets)} budgets, "
+            f"total {self.total_flops:.3g} FLOPs",
+            f"  N = {self.param_convention} parameters; FLOPs per token = {self.flops_convention}; "
+            f"global batch = {self.batch_tokens} tokens",
+            f"  {'point_id':<22} {'budget':>10} {'size':>5} {'params':>11} {'tokens':>12} "
+            f"{'steps':>7} {'tok/param':>9} {'flops':>10}",
+        ]
+        for p in self.points:
+            lines.append(
+                f"  {p.point_id:<22} {p.budget:>10.3g} {p.size:>5d} {p.params:>11,d} {p.tokens:>12,d} "
+                f"{p.steps:>7d} {p.tokens / p.params:>9.1f} {p.flops:>10.3g}"
+            )
+        for d in self.dropped:
+            lines.append(f"  dropped: budget {d['budget']:.3g}, size {d['size']}: {d['reason']}")
+        return "\n".join(lines)
+
+    def to_json(self, path=None) -> str:
+        """The plan as JSON text; also written to `path` when given."""
+        text = json.dumps(
+            {
+                "points": [asdict(p) for p in self.points],
+                "batch_tokens": self.batch_tokens,
+                "param_convention": self.param_convention,
+                "flops_convention": self.flops_convention,
+                "dropped": list(self.dropped),
+            },
+            indent=1,
+        )
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path) -> "SweepPlan":
+        """Inverse of `to_json`: accepts the JSON text or a path to it."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
+        try:
+            d = json.loads(text)
+            return cls(
+                points=tuple(SweepPoint.from_dict(p) for p in d["points"]),
+                batch_tokens=int(d["batch_tokens"]),
+                param_convention=d["param_convention"],
+                flops_convention=d["flops_convention"],
+                dropped=tuple(d.get("dropped", ())),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"Not a flops_fit sweep plan ({e}): {str(text_or_path)[:200]}") from e
+
+
+def point_id(budget: float, size: int) -> str:
+    """Deterministic, filesystem-safe id of the point (budget, size), e.g. 'C1e+12-s4'."""
+    return f"C{budget:.4g}-s{size}"
+
+
+def plan_sweep(
+    task,
+    budgets: Iterable[float],
+    *,
+    sizes: Sequence[int] | None = None,
+    points_per_budget: int = DEFAULT_POINTS_PER_BUDGET,
+    param_convention: str = "non_embedding",
+    flops_per_token: str = "6N",
+    candidate_sizes: Sequence[int] = DEFAULT_CANDIDATE_SIZES,
+    tokens_per_param: float = DEFAULT_TOKENS_PER_PARAM,
+    size_spread: float = DEFAULT_SIZE_SPREAD,
+    min_steps: int = DEFAULT_MIN_STEPS,
+) -> SweepPlan:
+    """Plan an IsoFLOP sweep of `task.model_fn` over `budgets` (FLOPs).
+
+    Args:
+        task: the `Task`; its model_fn gives N, its global batch rounds D to whole steps,
+            and its loss and data give the probe step for counted FLOPs.
+        budgets: compute budgets C in FLOPs.
+        sizes: dial values to train at every budget; when None, each budget gets
+            `points_per_budget` sizes whose N is log-spaced around the prior optimum
+            N* = sqrt(C / (6 · tokens_per_param)), chosen among `candidate_sizes`.
+        param_convention: "non_embedding" (Kaplan) or "all" (Chinchilla); see flops.py.
+        flops_per_token: "6N" or "counted" (torch flop counter on the real model).
+        min_steps: points with fewer optimizer steps are dropped and reported.
+    """
+    F.check_param_convention(param_convention)
+    F.check_flops_convention(flops_per_token)
+    budgets = _check_budgets(budgets)
+    if sizes is not None:
+        sizes = _check_sizes(sizes, "sizes")
+    else:
+        if not isinstance(points_per_budget, int) or points_per_budget < 3:
+            raise ValueError(
+                f"points_per_budget={points_per_budget!r}: need an int >= 3 to fit a parabola per budget."
+            )
+        candidate_sizes = _check_sizes(candidate_sizes, "candidate_sizes")
+    if not (size_spread > 1):
+        raise ValueError(f"size_spread={size_spread!r} must be > 1 (sizes span N*/spread .. N*·spread).")
+
+    probe = _Probe(task, param_convention, flops_per_token)
+    points, dropped = [], []
+    for budget in budgets:
+        chosen = (
+            sizes
+            if sizes is not None
+            else _sizes_around_prior(budget, candidate_sizes, points_per_budget, tokens_per_param, size_spread, probe)
+        )
+        for size in chosen:
+            params, fpt = probe.params(size), probe.flops_per_token(size)
+            steps = round(F.tokens_for_budget(budget, fpt) / task.batch_tokens)
+            if steps < min_steps:
+                dropped.append(
+                    {
+                        "budget": budget,
+                        "size": size,
+                        "reason": f"{steps} optimizer steps < min_steps={min_steps} "
+                        f"(raise the budget or lower the batch size)",
+                    }
+                )
+                continue
+            tokens = steps * task.batch_tokens
+            points.append(
+                SweepPoint(point_id(budget, size), budget, size, params, fpt, steps, tokens, fpt * tokens)
+            )
+    if not points:
+        raise ValueError(
+            "plan_sweep: every point has fewer than min_steps optimizer steps; raise `budgets` "
+            f"(smallest {min(budgets):.3g} FLOPs) or lower Task.batch_size.\n"
+            + "\n".join(f"  {d['budget']:.3g} / size {d['size']}: {d['reason']}" for d in dropped)
+        )
+    return SweepPlan(tuple(points), task.batch_tokens, param_convention, flops_per_token, tuple(dropped))
+
+
+class _Probe:
+    """Parameter and FLOP counts per size, from models built on the meta device (cached)."""
+
+    def __init__(self, task, param_convention, flops_convention):
+        self.task, self.param_convention, self.flops_convention = task, param_convention, flops_convention
+        self._params, self._fpt, self._batch = {}, {}, None
+
+    def model(self, size):
+        import torch
+
+        try:
+            with torch.device("meta"):
+                model = self.task.model_fn(size)
+        except Exception as e:  # re-raised with the size that caused it
+            raise ValueError(f"model_fn({size}) raised {type(e).__name__}: {e}") from e
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model_fn({size}) returned {type(model).__name__}; it must return a torch.nn.Module.")
+        return model
+
+    def params(self, size) -> int:
+        if size not in self._params:
+            n = F.count_params(self.model(size), self.param_convention)
+            if n < 1:
+                raise ValueError(f"model_fn({size}) has no {self.param_convention} parameters.")
+            self._params[size] = n
+        return self._params[size]
+
+    def flops_per_token(self, size) -> float:
+        if self.flops_convention == "6N":
+            return F.flops_per_token_6n(self.params(size))
+        if size not in self._fpt:
+            self._fpt[size] = F.counted_flops_per_token(
+                self.model(size), self.task.loss_fn, self._probe_batch(), self.task.tokens_per_sample
+            )
+        return self._fpt[size]
+
+    def _probe_batch(self):
+        """One sample of the training data, collated as a batch of 1, on the meta device."""
+        if self._batch is None:
+            import torch
+            from torch.utils.data import default_collate
+
+            train, _ = self.task.data()
+            batch = default_collate([train[0]])
+            self._batch = torch.utils._pytree.tree_map(
+                lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, batch
+            )
+        return self._batch
+
+
+def _sizes_around_prior(budget, candidates, k, tokens_per_param, spread, probe) -> list:
+    """k candidate sizes whose N is closest to a log-spaced grid around the prior optimum."""
+    n_star = math.sqrt(budget / (F.FLOPS_PER_PARAM_PER_TOKEN * tokens_per_param))
+    logs = {s: math.log(probe.params(s)) for s in candidates}
+    targets = [math.log(n_star) + math.log(spread) * (2 * i / (k - 1) - 1) for i in range(k)]
+    chosen = []
+    for t in targets:
+        best = min(logs, key=lambda s: abs(logs[s] - t))
+        if best not in chosen:
+            chosen.append(best)
+    return sorted(chosen)
+
+
+def _check_budgets(budgets) -> list:
+    budgets = list(budgets)
+    if not budgets:
+        raise ValueError("budgets is empty: give compute budgets in FLOPs, e.g. [1e12, 3e12, 1e13].")
+    for b in budgets:
+        if not F.is_positive_finite(b):
+            raise ValueError(f"budgets: {b!r} is not a finite positive number of FLOPs.")
+    dup = sorted({b for b in budgets if budgets.count(b) > 1})
+    if dup:
+        raise ValueError(f"budgets: {dup} appear more than once; each budget is one IsoFLOP curve.")
+    return sorted(float(b) for b in budgets)
+
+
+def _check_sizes(sizes, name) -> list:
+    sizes = list(sizes)
+    if not sizes:
+        raise ValueError(f"{name} is empty: give the model_fn dial values to train, e.g. [2, 3, 4].")
+    for s in sizes:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise ValueError(f"{name}: {s!r} is not a positive int (model_fn takes one integer size dial).")
+    dup = sorted({s for s in sizes if sizes.count(s) > 1})
+    if dup:
+        raise ValueError(f"{name}: {dup} appear more than once.")
+    return sorted(sizes)

@@ -1,0 +1,248 @@
+"""A sweep's storage folder -> one tidy results table (DESIGN.md "Contracts").
+
+Rebuilt from the files Tune writes for each trial (`params.json`, `result.json`,
+`error.txt`), so a sweep can be re-analysed anywhere, without Ray running and without
+loading a pickle. Local folders and pyarrow filesystem URIs (s3://, gs://) both work.
+Never imports ray or torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .plan import SweepPlan
+
+PLAN_FILE = "plan.json"
+TASK_FILE = "task.json"
+RESULTS_CSV = "results.csv"
+STATUSES = ("ok", "diverged", "failed", "incomplete")
+
+# The fixed schema: one row per planned point. Units: budget and flops in FLOPs, params in
+# parameters (plan's convention), tokens trained, loss = held-out nats per token at the end.
+COLUMNS = [
+    "point_id", "budget", "size", "params", "tokens", "flops", "loss", "status", "error",
+    "steps", "train_loss", "tokens_per_s", "attempts", "started_at", "finished_at",
+    "num_processes", "node", "planned_tokens",
+]
+
+
+@dataclass
+class SweepResults:
+    """The results table of a sweep plus where it lives."""
+
+    table: pd.DataFrame
+    path: str  # the sweep folder (storage_path/name)
+    plan: SweepPlan | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def results_csv(self) -> str:
+        return join(self.path, RESULTS_CSV)
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.table[self.table["status"] == "ok"]
+
+    def status_line(self) -> str:
+        counts = self.table["status"].value_counts()
+        parts = ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if counts.get(s, 0))
+        return f"Sweep {self.path}: {len(self.table)} points: {parts}. Table: {self.results_csv}"
+
+    def __repr__(self) -> str:
+        return f"SweepResults({self.status_line()})"
+
+
+def join(base: str, *parts: str) -> str:
+    if "://" in base:
+        return "/".join([base.rstrip("/"), *parts])
+    return str(Path(base, *parts))
+
+
+def load_results(path) -> SweepResults:
+    """Rebuild the results table from a sweep folder (local path or URI), no Ray needed."""
+    path = str(path)
+    fs, root = _filesystem(path)
+    if _info(fs, root).type.name == "NotFound":
+        raise FileNotFoundError(f"No sweep at {path}: give the folder storage_path/name of a sweep.")
+    plan = None
+    plan_text = _read_text(fs, _j(root, PLAN_FILE))
+    if plan_text is not None:
+        plan = SweepPlan.from_json(plan_text)
+    rows = {}
+    from pyarrow.fs import FileSelector
+
+    for info in fs.get_file_info(FileSelector(root)):
+        if info.type.name != "Directory":
+            continue
+        params_text = _read_text(fs, _j(info.path, "params.json"))
+        if params_text is None:
+            continue
+        try:
+            point = json.loads(params_text)["point"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"Corrupt trial file {_j(info.path, 'params.json')}: {e}. Delete that trial folder to rerun the point.") from e
+        last = _last_result(fs, _j(info.path, "result.json"))
+        rows[point["point_id"]] = result_row(point, last, _read_text(fs, _j(info.path, "error.txt")))
+    if not rows and plan is None:
+        raise ValueError(f"{path} holds no sweep trials (no */params.json) and no {PLAN_FILE}.")
+    return SweepResults(table=make_table(rows, plan), path=path, plan=plan)
+
+
+def write_results_csv(results: SweepResults) -> str:
+    """Write results.csv beside the sweep, atomically (temporary file + rename)."""
+    write_text_atomic(results.results_csv, results.table.to_csv(index=False))
+    return results.results_csv
+
+
+def claim_sweep_dir(sweep_dir: str, plan: SweepPlan, task) -> None:
+    """Create the sweep folder and record the plan; refuse a different plan under one name."""
+    fs, root = _filesystem(sweep_dir)
+    try:
+        fs.create_dir(root, recursive=True)
+    except OSError as e:
+        raise PermissionError(
+            f"Cannot create the sweep folder {sweep_dir} ({e}); pass a writable storage_path."
+        ) from e
+    existing = _read_text(fs, _j(root, PLAN_FILE))
+    new = plan.to_json()
+    if existing is not None:
+        try:
+            same = SweepPlan.from_json(existing) == plan
+        except ValueError:
+            same = False
+        if not same:
+            raise ValueError(
+                f"A sweep with a different plan already exists at {sweep_dir}. To resume it, run "
+                "again with the plan it was started with (see its plan.json); to start a new sweep, "
+                "pass another name, or delete that folder."
+            )
+        return
+    probe = _j(root, ".write-test")
+    try:
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except OSError as e:
+        raise PermissionError(f"storage_path {sweep_dir} is not writable ({e}); pass a writable storage_path.") from e
+    write_text_atomic(join(sweep_dir, PLAN_FILE), new)
+    write_text_atomic(join(sweep_dir, TASK_FILE), json.dumps(describe_task(task), indent=1, default=repr))
+
+
+def describe_task(task) -> dict:
+    """JSON-safe record of the task's hyperparameters (factories by their repr)."""
+    out = {}
+    for name in task.__dataclass_fields__:
+        value = getattr(task, name)
+        out[name] = value if isinstance(value, (int, float, str, bool, list, tuple, dict, type(None))) else repr(value)
+    return out
+
+
+def result_row(point: dict, last: dict | None, error_text: str | None, started: bool = True) -> dict:
+    """One table row from a point, its last reported metrics and its error text, if any."""
+    row = {c: None for c in COLUMNS}
+    row.update(
+        point_id=point["point_id"], budget=point["budget"], size=point["size"], params=point["params"],
+        planned_tokens=point["tokens"], loss=math.nan, status="incomplete", error="",
+    )
+    if last:
+        for key in ("tokens", "flops", "steps", "train_loss", "tokens_per_s", "attempts", "started_at",
+                    "finished_at", "num_processes", "node"):
+            row[key] = last.get(key)
+        if last.get("done") and last.get("status") in ("ok", "diverged"):
+            row["status"] = last["status"]
+            row["loss"] = last.get("loss", math.nan)
+            row["error"] = last.get("error", "") or ""
+            return row
+    if error_text:
+        row["status"] = "failed"
+        row["error"] = _short_error(error_text)
+    else:
+        row["error"] = "not finished (interrupted or still running)" if started else "not started"
+    return row
+
+
+def make_table(rows: dict, plan: SweepPlan | None) -> pd.DataFrame:
+    """Rows keyed by point id -> the table in plan order, unstarted planned points included."""
+    if plan is not None:
+        for p in plan.points:
+            if p.point_id not in rows:
+                rows[p.point_id] = result_row(_point_dict(p), None, None, started=False)
+        order = [p.point_id for p in plan.points]
+        rows = {k: rows[k] for k in order + [k for k in rows if k not in order]}
+    return pd.DataFrame(list(rows.values()), columns=COLUMNS)
+
+
+def _last_result(fs, path) -> dict | None:
+    text = _read_text(fs, path)
+    if not text:
+        return None
+    last = None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            last = json.loads(line)
+        except json.JSONDecodeError:
+            # A crash can cut the final line short; anything earlier is corruption.
+            if n == len(text.splitlines()):
+                break
+            raise ValueError(f"Corrupt results file {path}, line {n}: not JSON. Delete that trial folder to rerun the point.")
+    return last
+
+
+def _short_error(text: str) -> str:
+    """The exception lines of a Tune error.txt (the last non-traceback lines)."""
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    tail = [l for l in lines if not l.startswith((" ", "Traceback", "\t"))][-3:]
+    return " | ".join(tail)[-1000:]
+
+
+def _point_dict(p) -> dict:
+    from dataclasses import asdict
+
+    return asdict(p)
+
+
+def _filesystem(path: str):
+    from pyarrow import fs as pafs
+
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+
+
+def _j(root: str, name: str) -> str:
+    return root.rstrip("/") + "/" + name
+
+
+def _info(fs, path):
+    return fs.get_file_info(path)
+
+
+def _read_text(fs, path) -> str | None:
+    if _info(fs, path).type.name == "NotFound":
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode("utf-8", errors="replace")
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    if "://" in path:
+        fs, p = _filesystem(path)
+        with fs.open_output_stream(p) as f:  # object stores replace whole objects atomically
+            f.write(text.encode())
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        f.write(text)
+        tmp = f.name
+    os.replace(tmp, path)

@@ -1,0 +1,122 @@
+"""What the user hands over: a model family, data, a loss and per-size hyperparameters.
+
+A `Task` is small and picklable: it holds *factories* (a model function, a data factory)
+and numbers, never a built model or a loaded corpus. Ray ships it to every worker, and
+each worker builds the heavy objects itself (DESIGN.md, "worker loop").
+
+Units: a *sample* is one row of a batch (a text window, an image); *tokens per sample* is
+how many tokens of the scaling law one sample counts for (the window length for text,
+patches per image for a vision transformer). D in the law is samples x tokens per sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+# Hyperparameter defaults: nanoGPT/nanochat-style AdamW with warmup + cosine decay. They
+# are fine for the tiny CPU GPTs of the examples; for a real sweep, tune them at the
+# smallest size and scale the learning rate with N (see `lr`).
+LearningRate = Union[float, Callable[[int], float]]
+
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One model family + data + loss, trained the same way at every size.
+
+    Args:
+        model_fn: size -> torch.nn.Module. One integer dial; must be a module-level
+            function (or functools.partial of one) so Ray can pickle it.
+        data: zero-argument factory returning (train_dataset, validation_dataset), both
+            map-style torch Datasets of samples; e.g. `flops_fit.data.TextCorpus()`.
+            Called once on every worker.
+        loss_fn: (model, batch) -> 0-dim tensor, the mean loss per token in nats.
+            `batch` is what the default collate makes of a list of samples.
+        tokens_per_sample: tokens of the scaling law per sample (text: window length).
+    """
+
+    model_fn: Callable[[int], Any]
+    data: Callable[[], tuple]
+    loss_fn: Callable[[Any, Any], Any]
+    tokens_per_sample: int
+    batch_size: int = 32  # samples per optimizer step, summed over all workers (global batch)
+    lr: LearningRate = 3e-3  # peak AdamW learning rate, or a function params -> lr
+    warmup_fraction: float = 0.05  # linear warmup over this fraction of a point's own steps
+    min_lr_fraction: float = 0.1  # cosine decay ends at this fraction of the peak (Chinchilla: 10x decay)
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (nanoGPT default)
+    betas: tuple = (0.9, 0.95)  # AdamW betas (nanoGPT / GPT-3)
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU; or "no", "bf16", "fp16"
+    seed: int = 0  # model init and data order; the same for every point, so points differ only in N, D
+    eval_samples: int = 256  # fixed held-out samples evaluated at the end of every point
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = about 10 per point
+    report_every: int = 0  # optimizer steps between progress reports; 0 = about 20 per point
+    extra: dict = field(default_factory=dict)  # free-form, recorded with the sweep
+
+    def __post_init__(self):
+        if not callable(self.model_fn):
+            raise TypeError("Task(model_fn=...) must be callable: size (int) -> torch.nn.Module.")
+        if not callable(self.data):
+            raise TypeError(
+                "Task(data=...) must be a zero-argument factory returning (train, validation) "
+                "datasets, e.g. flops_fit.data.TextCorpus(); pass the factory, not the data."
+            )
+        if not callable(self.loss_fn):
+            raise TypeError("Task(loss_fn=...) must be callable: (model, batch) -> scalar loss tensor.")
+        _positive_int("tokens_per_sample", self.tokens_per_sample)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("eval_samples", self.eval_samples)
+        for name in ("checkpoint_every", "report_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"Task({name}={value!r}) must be an int >= 0 (0 picks a default).")
+        if not callable(self.lr):
+            _finite_positive("lr", self.lr)
+        for name in ("warmup_fraction", "min_lr_fraction"):
+            value = getattr(self, name)
+            if not (0.0 <= value <= 1.0):
+                raise ValueError(f"Task({name}={value!r}) must be in [0, 1].")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("Task(weight_decay, grad_clip) must be >= 0.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Task(precision={self.precision!r}) must be one of {PRECISIONS}.")
+
+    @property
+    def batch_tokens(self) -> int:
+        """Tokens per optimizer step of the global batch."""
+        return self.batch_size * self.tokens_per_sample
+
+    def learning_rate(self, params: int) -> float:
+        """Peak learning rate for a model of `params` parameters."""
+        lr = self.lr(params) if callable(self.lr) else self.lr
+        _finite_positive(f"lr({params})" if callable(self.lr) else "lr", lr)
+        return float(lr)
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_fraction: float, min_lr_fraction: float) -> float:
+    """Linear warmup then cosine decay to `min_lr_fraction`, over a point's own steps.
+
+    Chinchilla (Hoffmann et al. 2022, sec. 3.1 and App. B) shows the cosine cycle must match
+    the run's length; a schedule set for a longer run overstates the loss of shorter ones.
+    `step` counts optimizer steps already taken (0-based); the return value multiplies
+    the peak learning rate for the next step.
+    """
+    warmup = max(1, round(warmup_fraction * total_steps)) if warmup_fraction > 0 else 0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return min_lr_fraction + (1.0 - min_lr_fraction) * cosine
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Task({name}={value!r}) must be a positive int.")
+
+
+def _finite_positive(name, value):
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"Task({name}={value!r}) must be a finite number > 0.")

@@ -7,12 +7,14 @@ re-analysed on a machine without either.
 
 from importlib import import_module
 
+# Imported eagerly (numpy, scipy and pandas only): the function `fit` must be bound after
+# its module `flops_fit.fit`, which the import system also sets as a package attribute.
+from .fit import FitError, ScalingLaws, fit
+
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it, loaded on first use
 _EXPORTS = {
-    "fit": "flops_fit.fit",
-    "ScalingLaws": "flops_fit.fit",
     "plan_sweep": "flops_fit.plan",
     "SweepPlan": "flops_fit.plan",
     "SweepPoint": "flops_fit.plan",
@@ -22,7 +24,7 @@ _EXPORTS = {
     "load_results": "flops_fit.results",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "fit", "ScalingLaws", "FitError"])
 
 
 def __getattr__(name):

@@ -30,8 +30,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -1081,15 +1079,3 @@ def fit(data, *, optimum="parabola", bootstrap=1000, seed=0, columns=None, where
     excl = pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS)
     source = str(data) if isinstance(data, (str, Path)) else type(data).__name__
     return ScalingLaws(iso, par, points, excl, prep.notes, bootstrap, seed, level, source)
-
-
-class _CallableModule(types.ModuleType):
-    """`import flops_fit.fit` binds the package attribute `flops_fit.fit` to this module,
-    shadowing the lazily exported function of the same name; calling the module calls
-    `fit()` so `flops_fit.fit(data)` works either way."""
-
-    def __call__(self, *args, **kwargs):
-        return fit(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

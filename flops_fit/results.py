@@ -30,7 +30,7 @@ STATUSES = ("ok", "diverged", "failed", "incomplete")
 COLUMNS = [
     "point_id", "budget", "size", "params", "tokens", "flops", "loss", "status", "error",
     "steps", "train_loss", "tokens_per_s", "attempts", "started_at", "finished_at",
-    "num_processes", "node", "planned_tokens",
+    "num_processes", "shards_disjoint", "node", "node_id", "planned_tokens",
 ]
 
 
@@ -154,7 +154,7 @@ def result_row(point: dict, last: dict | None, error_text: str | None, started: 
     )
     if last:
         for key in ("tokens", "flops", "steps", "train_loss", "tokens_per_s", "attempts", "started_at",
-                    "finished_at", "num_processes", "node"):
+                    "finished_at", "num_processes", "shards_disjoint", "node", "node_id"):
             row[key] = last.get(key)
         if last.get("done") and last.get("status") in ("ok", "diverged"):
             row["status"] = last["status"]

@@ -122,7 +122,7 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
         "node": socket.gethostname(),
-        "node_ip": ray.util.get_node_ip_address(),
+        "node_id": ray.get_runtime_context().get_node_id(),
         "pid": os.getpid(),
         **meta,
     }
@@ -197,6 +197,7 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
 
 def _dry_run(point: SweepPoint, law: dict, task: Task) -> dict:
     """Same Ray path, no training: the loss comes from `law` plus log-normal noise."""
+    import ray
     import ray.train
     from accelerate import Accelerator
 
@@ -212,6 +213,7 @@ def _dry_run(point: SweepPoint, law: dict, task: Task) -> dict:
         "steps": point.steps,
         "num_processes": accelerator.num_processes,
         "pid": os.getpid(),
+        "node_id": ray.get_runtime_context().get_node_id(),
         "started_at": now,
         "first_step_at": now,
         "attempts": 1,

@@ -51,3 +51,39 @@ def sweep():
 @pytest.fixture
 def true_law():
     return dict(TRUE_LAW)
+
+
+# --- Ray ---------------------------------------------------------------------------------
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session (2 CPUs, dashboard on loopback).
+
+    Token authentication is turned off for tests only (RAY-NOTES: Ray 2.60 turns it on
+    for a local ray.init); workers get this folder on their path so that the helpers in
+    tests/toy.py can be used as model and loss functions.
+    """
+    import os
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    import ray
+
+    from flops_fit.execute import RAY_ENV, TRIAL_RESOURCE
+
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    env = {k: os.environ[k] for k in RAY_ENV}
+    env["RAY_AUTH_MODE"] = "disabled"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
+    ray.init(
+        num_cpus=2,
+        resources={TRIAL_RESOURCE: 1000},
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        runtime_env={"env_vars": env},
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,192 @@
+"""IsoFLOP sweeps on a real local Ray: Tune trials running TorchTrainer worker groups."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import flops_fit as ff
+from toy import DIVERGING_SIZE, gpt_nan, tiny_task
+
+pytestmark = pytest.mark.slow
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def test_two_worker_sweep_trains_exactly_the_plan(ray_session, tmp_path):
+    task = tiny_task(tmp_path)
+    plan = ff.plan_sweep(task, [5e9, 1e10], sizes=[1, 2, 3])
+    assert len(plan) == 6
+    res = ff.run_sweep(plan, task, name="two-workers", storage_path=tmp_path / "runs", num_workers=2,
+                       live_fit=False)
+    t = res.table
+    assert list(t.status) == ["ok"] * 6, t[["point_id", "status", "error"]]
+    assert t.loss.map(math.isfinite).all()
+    # Accelerate inside each Ray worker sees the whole group.
+    assert (t.num_processes == 2).all()
+    # Every rank's shard of the batch was gathered and found disjoint from the others.
+    assert t.shards_disjoint.astype(bool).all()
+    # The loop enforces the budget: tokens trained are exactly the plan's D.
+    planned = {p.point_id: p for p in plan}
+    for row in t.itertuples():
+        assert row.tokens == planned[row.point_id].tokens
+        assert row.flops == pytest.approx(planned[row.point_id].flops, rel=1e-12)
+    # results.csv beside the sweep holds the same table, and fit() accepts the folder.
+    on_disk = pd.read_csv(res.results_csv)
+    assert list(on_disk.point_id) == list(t.point_id)
+    reloaded = ff.load_results(res.path)
+    pd.testing.assert_series_equal(reloaded.table.loss, t.loss)
+
+
+def test_diverged_point_is_data_and_the_sweep_goes_on(ray_session, tmp_path):
+    task = tiny_task(tmp_path, model_fn=gpt_nan)
+    plan = ff.plan_sweep(task, [5e9], sizes=[1, DIVERGING_SIZE])
+    res = ff.run_sweep(plan, task, name="nan", storage_path=tmp_path / "runs", live_fit=False)
+    by_size = res.table.set_index("size")
+    assert by_size.loc[DIVERGING_SIZE, "status"] == "diverged"
+    assert "nan" in by_size.loc[DIVERGING_SIZE, "error"].lower()
+    assert by_size.loc[1, "status"] == "ok" and math.isfinite(by_size.loc[1, "loss"])
+    # fit() leaves the diverged row out and says so (the other budgets are synthetic).
+    from conftest import synthetic_sweep
+
+    others = synthetic_sweep().assign(flops=lambda d: 6 * d.params * d.tokens)
+    table = pd.concat([res.table, others], ignore_index=True)
+    laws = ff.fit(table, bootstrap=0)
+    excluded = pd.DataFrame(laws.excluded)
+    reasons = " ".join(excluded.astype(str).agg(" ".join, axis=1))
+    assert "diverged" in reasons
+    assert "diverged" in laws.summary()
+
+
+def test_killed_worker_resumes_from_checkpoint_with_the_same_loss(ray_session, tmp_path):
+    from ray import tune
+
+    class KillOnce(tune.Callback):
+        """SIGKILL the training worker right after its first checkpoint."""
+
+        def __init__(self):
+            self.killed = None
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if self.killed is None and result.get("checkpoint_path") and result["step"] < result["steps"]:
+                os.kill(result["pid"], signal.SIGKILL)
+                self.killed = result["step"]
+
+    task = tiny_task(tmp_path, checkpoint_every=40, report_every=20)
+    plan = ff.plan_sweep(task, [1e10], sizes=[2])
+    clean = ff.run_sweep(plan, task, name="clean", storage_path=tmp_path / "runs", live_fit=False)
+    killer = KillOnce()
+    killed = ff.run_sweep(plan, task, name="killed", storage_path=tmp_path / "runs", live_fit=False,
+                          callbacks=[killer])
+    assert killer.killed is not None, "the worker was never killed"
+    row_clean, row_killed = clean.table.iloc[0], killed.table.iloc[0]
+    assert row_killed.status == "ok" and row_killed.attempts == 2
+    assert row_killed.tokens == row_clean.tokens == plan.points[0].tokens
+    assert row_killed.loss == pytest.approx(row_clean.loss, rel=1e-6)
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, flops_fit as ff
+    from toy import tiny_task
+    from pathlib import Path
+    tmp, address = Path(sys.argv[1]), sys.argv[2]
+    task = tiny_task(tmp)
+    plan = ff.plan_sweep(task, [5e9, 1e10], sizes=[1, 2])
+    ff.run_sweep(plan, task, name="resumable", storage_path=tmp / "runs", max_concurrent=1,
+                 address=address, live_fit=False)
+    """
+)
+
+
+def test_killed_driver_resumes_without_retraining_finished_points(ray_session, tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    address = ray_session.get_runtime_context().gcs_address
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(script), str(tmp_path), address]
+    csv = tmp_path / "runs" / "resumable" / "results.csv"
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    done_before = None
+    while time.time() < deadline and first.poll() is None:
+        if csv.exists():
+            table = pd.read_csv(csv)
+            if (table.status == "ok").sum() >= 2:
+                done_before = table[table.status == "ok"]
+                break
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert done_before is not None and len(done_before) < 4, "the driver was not killed mid-sweep"
+
+    subprocess.run(cmd, env=env, check=True, timeout=300, capture_output=True)
+    final = ff.load_results(tmp_path / "runs" / "resumable").table.set_index("point_id")
+    assert (final.status == "ok").all(), final[["status", "error"]]
+    for row in done_before.itertuples():
+        # Not trained again: same recorded start time and attempt count as before the kill.
+        assert final.loc[row.point_id, "started_at"] == pytest.approx(row.started_at, abs=1e-3)
+        assert final.loc[row.point_id, "attempts"] == row.attempts
+
+
+CLUSTER = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    from pathlib import Path
+    import ray
+    from ray.cluster_utils import Cluster
+    import flops_fit as ff
+    from flops_fit.execute import TRIAL_RESOURCE
+    from toy import tiny_task
+    tmp = Path(sys.argv[1])
+    # A head that only hosts trial drivers, and two 1-CPU worker nodes.
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+        task = tiny_task(tmp)
+        plan = ff.plan_sweep(task, [5e9], sizes=[1, 2, 3, 4])
+        res = ff.run_sweep(plan, task, name="multinode", storage_path=tmp / "runs", live_fit=False)
+        print("RESULT", json.dumps({"status": list(res.table.status), "nodes": list(res.table.node_id)}))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    """
+)
+
+
+def test_trials_spread_over_the_nodes_of_a_cluster(tmp_path):
+    script = tmp_path / "cluster.py"
+    script.write_text(CLUSTER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=400)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    assert lines, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(lines[0][len("RESULT "):])
+    assert result["status"] == ["ok"] * 4
+    assert len(set(result["nodes"])) == 2
+
+
+def test_dry_run_takes_the_ray_path_and_follows_the_law(ray_session, tmp_path):
+    task = tiny_task(tmp_path)
+    plan = ff.plan_sweep(task, [1e16, 1e17, 1e18], points_per_budget=5, candidate_sizes=range(1, 65))
+    law = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28, "noise": 0.0}
+    res = ff.run_sweep(plan, task, name="dry", storage_path=tmp_path / "runs", dry_run=law,
+                       resources_per_worker={"CPU": 0.25}, live_fit=False)
+    t = res.table
+    assert (t.status == "ok").all()
+    expected = law["E"] + law["A"] / t.params ** law["alpha"] + law["B"] / t.tokens ** law["beta"]
+    assert (t.loss - expected).abs().max() < 1e-9

@@ -15,6 +15,7 @@ Conventions (they change fitted exponents, so a plan records which one it used):
 from __future__ import annotations
 
 import math
+import numbers
 
 PARAM_CONVENTIONS = ("non_embedding", "all")
 FLOPS_CONVENTIONS = ("6N", "counted")
@@ -70,4 +71,10 @@ def check_flops_convention(convention: str) -> None:
 
 
 def is_positive_finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+    """A real number (numpy scalars included, bools not) that is finite and > 0."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return False
+    try:
+        return math.isfinite(x) and x > 0
+    except OverflowError:  # an int too large for a float is not a usable FLOP count
+        return False

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import os
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -20,6 +23,7 @@ DEFAULT_TOKENS_PER_PARAM = 20.0  # prior optimum D/N (Hoffmann et al. 2022, Tabl
 DEFAULT_SIZE_SPREAD = 4.0  # sizes span N*/spread .. N*·spread around the prior optimum N*
 DEFAULT_CANDIDATE_SIZES = range(1, 33)  # dial values searched when `sizes` is not given
 DEFAULT_MIN_STEPS = 20  # fewer optimizer steps than this is not a training run (warmup alone)
+_MIN_SIZES_PER_BUDGET = 3  # a parabola in log N through a budget's losses needs three distinct sizes
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,41 @@ class SweepPlan:
 
     @classmethod
     def from_json(cls, text_or_path) -> "SweepPlan":
-        """Inverse of `to_json`: accepts the JSON text or a path to it."""
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
+        """Inverse of `to_json`: accepts the JSON text or a path to it.
+
+        An `os.PathLike`, or a str naming an existing file, is read as a path; any other
+        str is parsed as JSON text, so that text which is not a plan ('', '[1, 2]') is
+        reported as such instead of being looked up as a file name.
+        """
+        is_path = isinstance(text_or_path, os.PathLike) or (
+            isinstance(text_or_path, str) and _is_file(text_or_path)
+        )
+        if not is_path:
+            text = str(text_or_path)
+            try:
+                return cls._from_text(text)
+            except ValueError as e:
+                if "\n" in text or text.lstrip().startswith(("{", "[")) or not text.strip():
+                    raise
+                # one line of non-JSON reads like a mistyped file name
+                raise ValueError(f"{e} No file {text!r} exists either: check the path.") from e.__cause__
+        try:
             text = Path(text_or_path).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(
+                f"Cannot read the sweep plan file {text_or_path} ({e}): give the path of a plan.json "
+                "that SweepPlan.to_json wrote."
+            ) from e
+        return cls._from_text(text, source=str(text_or_path))
+
+    @classmethod
+    def _from_text(cls, text: str, source: str | None = None) -> "SweepPlan":
+        """Parse JSON text (never a path); `source` names the file it came from, if any."""
+        where = f"the file {source}" if source is not None else repr(text[:200])
         try:
             d = json.loads(text)
+            if not isinstance(d, dict):
+                raise TypeError(f"the JSON is a {type(d).__name__}, not an object")
             return cls(
                 points=tuple(SweepPoint.from_dict(p) for p in d["points"]),
                 batch_tokens=int(d["batch_tokens"]),
@@ -117,13 +150,27 @@ class SweepPlan:
                 flops_convention=d["flops_convention"],
                 dropped=tuple(d.get("dropped", ())),
             )
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"Not a flops_fit sweep plan ({e}): {str(text_or_path)[:200]}") from e
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"Not a flops_fit sweep plan ({type(e).__name__}: {e}): {where}. "
+                "Give the text or file that SweepPlan.to_json wrote."
+            ) from e
 
 
 def point_id(budget: float, size: int) -> str:
-    """Deterministic, filesystem-safe id of the point (budget, size), e.g. 'C1e+12-s4'."""
+    """Deterministic, filesystem-safe id of the point (budget, size), e.g. 'C1e+12-s4'.
+
+    Four significant digits keep ids short and readable; plan_sweep refuses budgets so
+    close that their ids would clash (they would share one trial folder).
+    """
     return f"C{budget:.4g}-s{size}"
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # too long for a file name, or holds a NUL byte: text
+        return False
 
 
 def plan_sweep(
@@ -158,13 +205,21 @@ def plan_sweep(
     if sizes is not None:
         sizes = _check_sizes(sizes, "sizes")
     else:
-        if not isinstance(points_per_budget, int) or points_per_budget < 3:
+        if not isinstance(points_per_budget, int) or points_per_budget < _MIN_SIZES_PER_BUDGET:
             raise ValueError(
-                f"points_per_budget={points_per_budget!r}: need an int >= 3 to fit a parabola per budget."
+                f"points_per_budget={points_per_budget!r}: need an int >= {_MIN_SIZES_PER_BUDGET} "
+                "to fit a parabola per budget."
             )
         candidate_sizes = _check_sizes(candidate_sizes, "candidate_sizes")
-    if not (size_spread > 1):
-        raise ValueError(f"size_spread={size_spread!r} must be > 1 (sizes span N*/spread .. N*·spread).")
+    if not F.is_positive_finite(tokens_per_param):
+        raise ValueError(
+            f"tokens_per_param={tokens_per_param!r} must be a finite number > 0: the prior optimum "
+            f"D/N that centres the sizes (Chinchilla: {DEFAULT_TOKENS_PER_PARAM:g})."
+        )
+    if not (F.is_positive_finite(size_spread) and size_spread > 1):
+        raise ValueError(
+            f"size_spread={size_spread!r} must be a finite number > 1 (sizes span N*/spread .. N*·spread)."
+        )
 
     probe = _Probe(task, param_convention, flops_per_token)
     points, dropped = [], []
@@ -174,6 +229,14 @@ def plan_sweep(
             if sizes is not None
             else _sizes_around_prior(budget, candidate_sizes, points_per_budget, tokens_per_param, size_spread, probe)
         )
+        if sizes is None and len(chosen) < _MIN_SIZES_PER_BUDGET:
+            n_star = _prior_optimum(budget, tokens_per_param)
+            raise ValueError(
+                f"budget {budget:.4g}: only {len(chosen)} distinct size(s) {chosen} of candidate_sizes lie near "
+                f"the prior optimum N* = {n_star:.3g} parameters, too few to fit a parabola "
+                f"(need {_MIN_SIZES_PER_BUDGET}). Widen candidate_sizes "
+                f"(now {min(candidate_sizes)}..{max(candidate_sizes)}) to reach N*, or give `sizes`."
+            )
         for size in chosen:
             params, fpt = probe.params(size), probe.flops_per_token(size)
             steps = round(F.tokens_for_budget(budget, fpt) / task.batch_tokens)
@@ -197,6 +260,7 @@ def plan_sweep(
             f"(smallest {min(budgets):.3g} FLOPs) or lower Task.batch_size.\n"
             + "\n".join(f"  {d['budget']:.3g} / size {d['size']}: {d['reason']}" for d in dropped)
         )
+    _check_unique_ids(points)
     return SweepPlan(tuple(points), task.batch_tokens, param_convention, flops_per_token, tuple(dropped))
 
 
@@ -250,9 +314,14 @@ class _Probe:
         return self._batch
 
 
+def _prior_optimum(budget, tokens_per_param) -> float:
+    """N* with C = 6 N D and D = tokens_per_param · N."""
+    return math.sqrt(budget / (F.FLOPS_PER_PARAM_PER_TOKEN * tokens_per_param))
+
+
 def _sizes_around_prior(budget, candidates, k, tokens_per_param, spread, probe) -> list:
     """k candidate sizes whose N is closest to a log-spaced grid around the prior optimum."""
-    n_star = math.sqrt(budget / (F.FLOPS_PER_PARAM_PER_TOKEN * tokens_per_param))
+    n_star = _prior_optimum(budget, tokens_per_param)
     logs = {s: math.log(probe.params(s)) for s in candidates}
     targets = [math.log(n_star) + math.log(spread) * (2 * i / (k - 1) - 1) for i in range(k)]
     chosen = []
@@ -263,6 +332,20 @@ def _sizes_around_prior(budget, candidates, k, tokens_per_param, spread, probe) 
     return sorted(chosen)
 
 
+def _check_unique_ids(points) -> None:
+    """Two points with one id would share one trial folder and one row of the results."""
+    budgets_by_id = defaultdict(set)
+    for p in points:
+        budgets_by_id[p.point_id].add(p.budget)
+    clashes = sorted({tuple(sorted(b)) for b in budgets_by_id.values() if len(b) > 1})
+    if clashes:
+        groups = "; ".join(" and ".join(repr(b) for b in group) for group in clashes)
+        raise ValueError(
+            f"budgets: {groups} agree to 4 significant digits, so their point ids clash. Budgets this "
+            "close are not meaningfully different IsoFLOP curves: merge each group into one budget."
+        )
+
+
 def _check_budgets(budgets) -> list:
     budgets = list(budgets)
     if not budgets:
@@ -270,10 +353,12 @@ def _check_budgets(budgets) -> list:
     for b in budgets:
         if not F.is_positive_finite(b):
             raise ValueError(f"budgets: {b!r} is not a finite positive number of FLOPs.")
+    # numpy scalars (a budget grid from np.logspace) become plain floats for the plan's JSON
+    budgets = [float(b) for b in budgets]
     dup = sorted({b for b in budgets if budgets.count(b) > 1})
     if dup:
         raise ValueError(f"budgets: {dup} appear more than once; each budget is one IsoFLOP curve.")
-    return sorted(float(b) for b in budgets)
+    return sorted(budgets)
 
 
 def _check_sizes(sizes, name) -> list:
@@ -281,8 +366,10 @@ def _check_sizes(sizes, name) -> list:
     if not sizes:
         raise ValueError(f"{name} is empty: give the model_fn dial values to train, e.g. [2, 3, 4].")
     for s in sizes:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
             raise ValueError(f"{name}: {s!r} is not a positive int (model_fn takes one integer size dial).")
+    # numpy integers (np.arange) become plain ints for the plan's JSON and model_fn
+    sizes = [int(s) for s in sizes]
     dup = sorted({s for s in sizes if sizes.count(s) > 1})
     if dup:
         raise ValueError(f"{name}: {dup} appear more than once.")

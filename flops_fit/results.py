@@ -75,7 +75,7 @@ def load_results(path) -> SweepResults:
     plan = None
     plan_text = _read_text(fs, _j(root, PLAN_FILE))
     if plan_text is not None:
-        plan = SweepPlan.from_json(plan_text)
+        plan = _parse_plan(plan_text, _j(root, PLAN_FILE))
     rows = {}
     from pyarrow.fs import FileSelector
 
@@ -115,8 +115,8 @@ def claim_sweep_dir(sweep_dir: str, plan: SweepPlan, task) -> None:
     new = plan.to_json()
     if existing is not None:
         try:
-            same = SweepPlan.from_json(existing) == plan
-        except ValueError:
+            same = _parse_plan(existing, _j(root, PLAN_FILE)) == plan
+        except ValueError:  # a damaged plan.json is not this plan: refuse, as for any other
             same = False
         if not same:
             raise ValueError(
@@ -170,13 +170,19 @@ def result_row(point: dict, last: dict | None, error_text: str | None, started: 
 
 
 def make_table(rows: dict, plan: SweepPlan | None) -> pd.DataFrame:
-    """Rows keyed by point id -> the table in plan order, unstarted planned points included."""
+    """Rows keyed by point id -> the table in plan order, unstarted planned points included.
+
+    Without a plan, rows come sorted by (budget, size), the plan's own order, rather than
+    in whatever order the storage lists trial folders.
+    """
     if plan is not None:
         for p in plan.points:
             if p.point_id not in rows:
                 rows[p.point_id] = result_row(_point_dict(p), None, None, started=False)
         order = [p.point_id for p in plan.points]
         rows = {k: rows[k] for k in order + [k for k in rows if k not in order]}
+    else:
+        rows = dict(sorted(rows.items(), key=lambda kv: (kv[1]["budget"], kv[1]["size"], kv[0])))
     return pd.DataFrame(list(rows.values()), columns=COLUMNS)
 
 
@@ -184,18 +190,24 @@ def _last_result(fs, path) -> dict | None:
     text = _read_text(fs, path)
     if not text:
         return None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     last = None
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for i, (n, line) in enumerate(lines):
         try:
             last = json.loads(line)
         except json.JSONDecodeError:
-            # A crash can cut the final line short; anything earlier is corruption.
-            if n == len(text.splitlines()):
+            # A crash can cut the final line short; anything earlier is corruption. Blank
+            # lines do not count: a cut-short line followed by one is still the last.
+            if i == len(lines) - 1:
                 break
             raise ValueError(f"Corrupt results file {path}, line {n}: not JSON. Delete that trial folder to rerun the point.")
     return last
+
+
+def _parse_plan(text: str, path: str) -> SweepPlan:
+    """The plan in `text`, read from `path`; parsed as text, so an empty file is never
+    mistaken for a path (that of the working directory)."""
+    return SweepPlan._from_text(text, source=path)
 
 
 def _short_error(text: str) -> str:
@@ -245,4 +257,22 @@ def write_text_atomic(path: str, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
         f.write(text)
         tmp = f.name
+    # NamedTemporaryFile creates the file 0600 and os.replace keeps that mode; give it the
+    # mode a plain open() would, so teammates on shared storage can read the table.
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    # Linux reports the umask without changing it; elsewhere os.umask can only be read by
+    # setting it, which is set straight back.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask

@@ -12,6 +12,7 @@ patches per image for a vision transformer). D in the law is samples x tokens pe
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
@@ -21,6 +22,7 @@ from typing import Any, Callable, Union
 LearningRate = Union[float, Callable[[int], float]]
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+_SEED_LIMIT = 2**64  # torch.manual_seed takes an unsigned 64-bit seed
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,12 @@ class Task:
             value = getattr(self, name)
             if not (0.0 <= value <= 1.0):
                 raise ValueError(f"Task({name}={value!r}) must be in [0, 1].")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("Task(weight_decay, grad_clip) must be >= 0.")
+        for name in ("weight_decay", "grad_clip"):
+            _finite_non_negative(name, getattr(self, name))
+        _check_betas(self.betas)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (0 <= self.seed < _SEED_LIMIT):
+            # numpy's default_rng refuses negative seeds; torch.manual_seed takes 64 bits
+            raise ValueError(f"Task(seed={self.seed!r}) must be an int in [0, 2**64).")
         if self.precision not in PRECISIONS:
             raise ValueError(f"Task(precision={self.precision!r}) must be one of {PRECISIONS}.")
 
@@ -115,6 +121,27 @@ def lr_multiplier(step: int, total_steps: int, warmup_fraction: float, min_lr_fr
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"Task({name}={value!r}) must be a positive int.")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _finite_non_negative(name, value):
+    # `value < 0` alone lets NaN through: a NaN weight decay makes every parameter NaN
+    if not _is_real(value) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"Task({name}={value!r}) must be a finite number >= 0.")
+
+
+def _check_betas(betas):
+    """AdamW's (beta1, beta2): moment decay rates, each in [0, 1) or the averages never forget."""
+    ok = (
+        isinstance(betas, (tuple, list))
+        and len(betas) == 2
+        and all(_is_real(b) and math.isfinite(b) and 0 <= b < 1 for b in betas)
+    )
+    if not ok:
+        raise ValueError(f"Task(betas={betas!r}) must be two numbers in [0, 1), e.g. (0.9, 0.95).")
 
 
 def _finite_positive(name, value):

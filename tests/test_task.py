@@ -70,16 +70,37 @@ def test_data_must_be_the_factory_not_the_datasets(tmp_path):
         Task(**base_kwargs(data=(range(3), range(2))))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="task.py Task.__post_init__ checks `weight_decay < 0 or grad_clip < 0`, which NaN passes: "
-    "a NaN weight decay turns every parameter NaN, a NaN grad_clip silently disables clipping "
-    "(train.py tests grad_clip > 0)",
-)
 @pytest.mark.parametrize("field", ["weight_decay", "grad_clip"])
 def test_nan_regularisation_is_refused(field):
     with pytest.raises(ValueError, match=field):
         Task(**base_kwargs(**{field: float("nan")}))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("betas", (0.9,)),
+        ("betas", (0.9, 1.0)),
+        ("betas", (-0.1, 0.95)),
+        ("betas", (0.9, float("nan"))),
+        ("betas", ("0.9", 0.95)),
+        ("betas", 0.9),
+        ("seed", -1),
+        ("seed", 1.5),
+        ("seed", True),
+        ("seed", 2**64),
+        ("weight_decay", float("inf")),
+        ("grad_clip", "1.0"),
+    ],
+)
+def test_optimizer_settings_and_seed_are_checked(field, value):
+    with pytest.raises(ValueError, match=field):
+        Task(**base_kwargs(**{field: value}))
+
+
+def test_edge_optimizer_settings_are_accepted():
+    task = Task(**base_kwargs(betas=[0.0, 0.999], seed=2**64 - 1, weight_decay=0, grad_clip=0.0))
+    assert task.grad_clip == 0.0  # 0 disables clipping: allowed
 
 
 # --- batch and learning rate --------------------------------------------------------------

@@ -146,6 +146,8 @@ def run_sweep(
                 max_concurrent_trials=concurrency,
                 trial_name_creator=trial_name,
                 trial_dirname_creator=trial_name,
+                # The trial driver's process (and its imports) serve the next point.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -210,10 +212,11 @@ def ensure_ray(address: str | None = None, *, verbose: bool = True) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": {k: os.environ[k] for k in RAY_ENV}}
-    if address:
+    if address:  # "auto" attaches to a Ray started with `ray start --head` on this machine
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         return
     ctx = ray.init(
+        address="local",  # a fresh Ray, never one left running by another program
         resources={TRIAL_RESOURCE: LOCAL_TRIAL_SLOTS},
         include_dashboard=True,
         dashboard_host=DASHBOARD_HOST,

@@ -1037,17 +1037,23 @@ def fit(data, *, optimum="parabola", bootstrap=1000, seed=0, columns=None, where
 
     sizes = points.groupby("budget")["params"].nunique()
     small = sizes[sizes < MIN_POINTS_PER_BUDGET]
-    if prep.budget_given and len(small):
-        listing = ", ".join(f"{b:.3g} ({n} size{'s' if n != 1 else ''})" for b, n in small.items())
+    # A budget planned with too few sizes is a design error; one left short because some of
+    # its runs diverged, failed or are unfinished is data: it is excluded and reported.
+    lost = pd.Series([e.get("budget") for e in excluded if e.get("kind") == "row"], dtype=float).value_counts()
+    designed_small = small[[n + int(lost.get(b, 0)) < MIN_POINTS_PER_BUDGET for b, n in small.items()]]
+    if prep.budget_given and len(designed_small):
+        listing = ", ".join(f"{b:.3g} ({n} size{'s' if n != 1 else ''})" for b, n in designed_small.items())
         raise FitError(
-            f"budget: {len(small)} budget(s) have fewer than {MIN_POINTS_PER_BUDGET} model sizes "
-            f"for a parabola: {listing}. Drop them, e.g. where='budget != {small.index[0]:.3g}', "
+            f"budget: {len(designed_small)} budget(s) have fewer than {MIN_POINTS_PER_BUDGET} model sizes "
+            f"for a parabola: {listing}. Drop them, e.g. where='budget != {designed_small.index[0]:.3g}', "
             "or run more sizes at those budgets"
         )
     for b, n in small.items():
-        # Groups formed by FLOPs tolerance are not planned budgets; small ones are noted.
-        excluded.append({"kind": "budget", "budget": float(b), "reason":
-                         f"only {n} model size(s) at this FLOPs (need {MIN_POINTS_PER_BUDGET})"})
+        why = (f"only {n} usable model size(s) left after excluded rows (need {MIN_POINTS_PER_BUDGET})"
+               if prep.budget_given else
+               # Groups formed by FLOPs tolerance are not planned budgets; small ones are noted.
+               f"only {n} model size(s) at this FLOPs (need {MIN_POINTS_PER_BUDGET})")
+        excluded.append({"kind": "budget", "budget": float(b), "reason": why})
     enough = sizes[sizes >= MIN_POINTS_PER_BUDGET]
     if len(enough) < MIN_BUDGETS:
         raise FitError(

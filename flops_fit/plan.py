@@ -229,14 +229,17 @@ def plan_sweep(
             if sizes is not None
             else _sizes_around_prior(budget, candidate_sizes, points_per_budget, tokens_per_param, size_spread, probe)
         )
-        if sizes is None and len(chosen) < _MIN_SIZES_PER_BUDGET:
+        if sizes is None:
             n_star = _prior_optimum(budget, tokens_per_param)
-            raise ValueError(
-                f"budget {budget:.4g}: only {len(chosen)} distinct size(s) {chosen} of candidate_sizes lie near "
-                f"the prior optimum N* = {n_star:.3g} parameters, too few to fit a parabola "
-                f"(need {_MIN_SIZES_PER_BUDGET}). Widen candidate_sizes "
-                f"(now {min(candidate_sizes)}..{max(candidate_sizes)}) to reach N*, or give `sizes`."
-            )
+            span = [probe.params(s) for s in candidate_sizes]
+            # Sizes all on one side of N* cannot bracket the optimum a sweep is for.
+            if len(chosen) < _MIN_SIZES_PER_BUDGET or not min(span) <= n_star <= max(span):
+                raise ValueError(
+                    f"budget {budget:.4g}: the prior optimum N* = {n_star:.3g} parameters is outside the "
+                    f"{min(span):.3g}..{max(span):.3g} parameters of candidate_sizes "
+                    f"{min(candidate_sizes)}..{max(candidate_sizes)} (or they give fewer than "
+                    f"{_MIN_SIZES_PER_BUDGET} sizes). Widen candidate_sizes to reach N*, or give `sizes`."
+                )
         for size in chosen:
             params, fpt = probe.params(size), probe.flops_per_token(size)
             steps = round(F.tokens_for_budget(budget, fpt) / task.batch_tokens)
@@ -320,15 +323,22 @@ def _prior_optimum(budget, tokens_per_param) -> float:
 
 
 def _sizes_around_prior(budget, candidates, k, tokens_per_param, spread, probe) -> list:
-    """k candidate sizes whose N is closest to a log-spaced grid around the prior optimum."""
-    n_star = _prior_optimum(budget, tokens_per_param)
+    """k candidate sizes around the prior optimum N*: the one nearest each point of a
+    log-spaced grid N*/spread .. N*·spread, then, where a coarse dial maps several grid
+    points to one size, the unused sizes nearest N* until there are k."""
+    log_star = math.log(_prior_optimum(budget, tokens_per_param))
     logs = {s: math.log(probe.params(s)) for s in candidates}
-    targets = [math.log(n_star) + math.log(spread) * (2 * i / (k - 1) - 1) for i in range(k)]
+    targets = [log_star + math.log(spread) * (2 * i / (k - 1) - 1) for i in range(k)]
     chosen = []
     for t in targets:
         best = min(logs, key=lambda s: abs(logs[s] - t))
         if best not in chosen:
             chosen.append(best)
+    for s in sorted(logs, key=lambda s: abs(logs[s] - log_star)):
+        if len(chosen) >= k:
+            break
+        if s not in chosen:
+            chosen.append(s)
     return sorted(chosen)
 
 

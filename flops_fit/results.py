@@ -29,7 +29,8 @@ STATUSES = ("ok", "diverged", "failed", "incomplete")
 # parameters (plan's convention), tokens trained, loss = held-out nats per token at the end.
 COLUMNS = [
     "point_id", "budget", "size", "params", "tokens", "flops", "loss", "status", "error",
-    "steps", "train_loss", "tokens_per_s", "attempts", "started_at", "finished_at",
+    "steps", "train_loss", "tokens_per_s", "attempts", "started_at", "first_step_at", "last_step_at",
+    "finished_at",
     "num_processes", "shards_disjoint", "node", "node_id", "planned_tokens",
 ]
 
@@ -154,7 +155,7 @@ def result_row(point: dict, last: dict | None, error_text: str | None, started: 
     )
     if last:
         for key in ("tokens", "flops", "steps", "train_loss", "tokens_per_s", "attempts", "started_at",
-                    "finished_at", "num_processes", "shards_disjoint", "node", "node_id"):
+                    "first_step_at", "last_step_at", "finished_at", "num_processes", "shards_disjoint", "node", "node_id"):
             row[key] = last.get(key)
         if last.get("done") and last.get("status") in ("ok", "diverged"):
             row["status"] = last["status"]

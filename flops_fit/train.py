@@ -176,6 +176,7 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
             window_loss.zero_()
             window_steps, window_start = 0, time.perf_counter()
 
+    last_step_at = time.time()
     if status != "diverged":
         eval_loss = _evaluate(accelerator, model, task, val_set, rank, world)
         status = "ok" if math.isfinite(eval_loss) else "diverged"
@@ -184,6 +185,7 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
             "status": status,
             "loss": eval_loss,
             "eval_samples": min(task.eval_samples, len(val_set)),
+            "last_step_at": last_step_at,
             "finished_at": time.time(),
             "done": True,
         }
@@ -216,6 +218,7 @@ def _dry_run(point: SweepPoint, law: dict, task: Task) -> dict:
         "node_id": ray.get_runtime_context().get_node_id(),
         "started_at": now,
         "first_step_at": now,
+        "last_step_at": now,
         "attempts": 1,
         "step": point.steps,
         "tokens": point.tokens,

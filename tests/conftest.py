@@ -78,6 +78,7 @@ def ray_session():
     env["RAY_AUTH_MODE"] = "disabled"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
     ray.init(
+        address="local",  # never attach to a Ray left running on this machine
         num_cpus=2,
         resources={TRIAL_RESOURCE: 1000},
         include_dashboard=True,

@@ -1,0 +1,140 @@
+"""The main job: plan an IsoFLOP sweep, run it on Ray, fit the scaling laws, report.
+
+    python examples/sweep.py                      # local Ray, CPU, a few minutes
+    python examples/sweep.py --smoke              # under a minute: a check that all works
+    python examples/sweep.py --address auto --gpu --num-workers 2 --budgets 1e17 3e17 1e18 \\
+        --aspect 64 --seq-len 512 --storage-path s3://bucket/flops_fit   # on a GPU cluster
+
+Running the same --name again resumes the sweep: finished points are kept. Copy this file
+to sweep your own model: replace `make_task` (model_fn, data, loss, hyperparameters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from pathlib import Path
+
+import flops_fit as ff
+from flops_fit.data import TextCorpus, TokenFile
+from flops_fit.models import GPT, lm_loss
+
+# Defaults sized for a 2-core laptop CPU: a byte-level GPT of 3k-180k parameters on the
+# .py files of this Python's standard library. Budgets are FLOPs; at each, five sizes of
+# the GPT dial (n_layer = size, n_embd = aspect * size) are centred on a prior optimum so
+# that the IsoFLOP valley is bracketed.
+BUDGETS = [1e11, 3e11, 1e12]  # FLOPs
+POINTS_PER_BUDGET = 5
+# Prior D/N at the optimum, for centring the sizes. Chinchilla's 20 holds for large models;
+# these tiny byte-level ones were measured at ~150 (1e11 FLOPs) and ~70 (3e11) here.
+TOKENS_PER_PARAM = 80
+ASPECT = 8  # model width per layer (n_embd / n_layer); nanochat uses 64 at GPU scale
+HEAD_DIM = 8  # attention head width
+SEQ_LEN = 64  # tokens per sample (context length)
+BATCH_SIZE = 16  # samples per optimizer step, over all workers
+LR = 1e-2  # peak AdamW learning rate: tiny models tolerate (and need) a large one
+SMOKE = dict(budgets=[2e10, 4e10, 8e10], sizes=[1, 2, 3])  # 9 short points
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budgets", type=float, nargs="+", default=BUDGETS, help="compute budgets, FLOPs")
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="model sizes (the dial) to train at every budget")
+    p.add_argument("--points-per-budget", type=int, default=POINTS_PER_BUDGET,
+                   help="without --sizes: this many sizes per budget, centred on a prior optimum")
+    p.add_argument("--tokens-per-param", type=float, default=TOKENS_PER_PARAM,
+                   help="prior tokens per parameter at the optimum, to centre the sizes")
+    p.add_argument("--aspect", type=int, default=ASPECT, help="GPT width per layer")
+    p.add_argument("--seq-len", type=int, default=SEQ_LEN, help="tokens per sample")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="global batch, samples")
+    p.add_argument("--lr", type=float, default=LR, help="peak learning rate")
+    p.add_argument("--data", nargs="+", default=None,
+                   help="text files/folders, or a token file (.bin) / folder with train.bin "
+                        "(default: this Python's standard library sources)")
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per point")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--storage-path", default=os.environ.get("FLOPS_FIT_STORAGE", "~/flops_fit_runs"),
+                   help="folder or URI for results (default: $FLOPS_FIT_STORAGE or ~/flops_fit_runs)")
+    p.add_argument("--name", default=None, help="sweep name; the same name again resumes")
+    p.add_argument("--max-concurrent", type=int, default=None, help="points trained at once")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
+    p.add_argument("--dry-run", action="store_true",
+                   help="rehearse the sweep on Ray with losses drawn from Chinchilla's law")
+    p.add_argument("--smoke", action="store_true", help="a tiny sweep that finishes in under a minute")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.budgets, args.sizes = SMOKE["budgets"], args.sizes or SMOKE["sizes"]
+        args.bootstrap = min(args.bootstrap, 200)
+    if args.name is None:
+        args.name = "smoke" if args.smoke else ("dry-run" if args.dry_run else "gpt-stdlib")
+    return args
+
+
+def make_data(paths, seq_len):
+    """Text files and folders -> byte-level corpus; a .bin file or a folder with train.bin
+    -> pre-tokenized uint16 tokens (nanoGPT layout)."""
+    if paths and len(paths) == 1:
+        path = Path(paths[0]).expanduser()
+        if path.suffix == ".bin" or (path / "train.bin").exists():
+            return TokenFile(path, seq_len=seq_len)
+    return TextCorpus(paths, seq_len=seq_len)
+
+
+def make_task(args) -> ff.Task:
+    data = make_data(args.data, args.seq_len)
+    vocab = data.vocab_size
+    return ff.Task(
+        # partial of a module-level function: picklable, so Ray ships it to the workers
+        model_fn=functools.partial(GPT.from_size, aspect=args.aspect, head_dim=HEAD_DIM,
+                                   vocab_size=vocab, seq_len=args.seq_len),
+        data=data,
+        loss_fn=lm_loss,
+        tokens_per_sample=args.seq_len,
+        batch_size=args.batch_size,
+        lr=args.lr,
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    task = make_task(args)
+    plan = ff.plan_sweep(task, args.budgets, sizes=args.sizes, points_per_budget=args.points_per_budget,
+                         tokens_per_param=args.tokens_per_param)
+    results = ff.run_sweep(
+        plan, task, name=args.name, storage_path=args.storage_path, num_workers=args.num_workers,
+        use_gpu=args.gpu, address=args.address, max_concurrent=args.max_concurrent,
+        dry_run=args.dry_run,
+    )
+    report(results, args)
+
+
+def report(results, args):
+    """Fit the finished sweep and print / write the answer."""
+    laws = ff.fit(results, bootstrap=args.bootstrap)
+    target = 100 * max(args.budgets)
+    out = Path(results.path) / "report" if "://" not in results.path else Path("report") / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    plots = laws.plot(out)
+    (out / "summary.txt").write_text(laws.summary() + "\n")
+    (out / "table.md").write_text(laws.table() + "\n")
+    prediction = laws.predict(target)
+    prediction.to_csv(out / "prediction.csv", index=False)
+
+    print("\n" + laws.summary())
+    print("\nCompute-optimal allocation (Chinchilla Table 3 style):\n" + laws.table())
+    print(f"\nPrediction for C = {target:.3g} FLOPs (100x the largest budget):")
+    for row in prediction.itertuples():
+        print(f"  {row.approach:<11} N = {row.params:,.0f} [{row.params_low:,.0f}, {row.params_high:,.0f}]"
+              f"  D = {row.tokens:,.0f} [{row.tokens_low:,.0f}, {row.tokens_high:,.0f}]"
+              f"  loss = {row.loss:.3f} [{row.loss_low:.3f}, {row.loss_high:.3f}] nats/token")
+    print("\nWritten:")
+    for path in [results.results_csv, out / "summary.txt", out / "table.md", out / "prediction.csv", *plots]:
+        print(f"  {path}")
+    return laws
+
+
+if __name__ == "__main__":
+    main()

@@ -27,7 +27,7 @@ from ray.tune.experiment import Trial
 
 from . import results as R
 from .plan import SweepPlan, SweepPoint
-from .task import Task
+from .task import Task, check_task
 from .train import train_point
 
 # Tune reserves resources for each trial's driver process. On a CPU machine a driver
@@ -45,6 +45,8 @@ RAY_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_USAGE_STATS_ENABLED": "0",  # never phone home
+    # Train runs (named after their points) and their worker actors in the dashboard.
+    "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",
 }
 
 DEFAULT_STORAGE = "~/flops_fit_runs"
@@ -89,6 +91,8 @@ def run_sweep(
         live_fit: refit and redraw the table and plots in the sweep folder as points finish.
     """
     _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent)
+    if not dry_run:
+        check_task(task, plan)
     resources = dict(resources_per_worker or {"CPU": 1})
     if use_gpu:
         resources.setdefault("GPU", 1)
@@ -298,6 +302,13 @@ class LiveFit(tune.Callback):
         self._again = False
         self._table = None
         self._lock = threading.Lock()
+
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment; threads and locks stay behind.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_thread", "_lock", "_table")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _thread=None, _lock=threading.Lock(), _table=None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         with self._lock:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 # Default prediction budgets: the sweep's budgets plus this many powers of ten above the
 # largest one (Chinchilla Table 3 extrapolates several decades past the sweep).
@@ -197,6 +198,10 @@ def plot_optima_vs_compute(laws, path):
                                 color=colour, alpha=BAND_ALPHA)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        if col == "loss":
+            # Losses span less than a decade: plain numbers read better than 2x10^0.
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel("compute C (FLOPs)")
         ax.set_ylabel(label)
         ax.set_title(label.split(" ")[0] + " vs compute")

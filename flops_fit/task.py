@@ -102,6 +102,79 @@ class Task:
         return float(lr)
 
 
+def check_task(task: Task, plan) -> list:
+    """Run the task once on the driver, before any Ray compute: fail in seconds, not hours.
+
+    Loads the data, checks it holds enough samples for the plan, and trains one probe
+    step of the smallest model on two real samples (loss must be a finite scalar); the
+    largest model runs the same batch on the meta device (shapes only, no memory), which
+    catches a sample longer than the model's context. Returns warnings (strings), e.g. a
+    corpus that the largest point will repeat.
+    """
+    import warnings
+
+    import torch
+    from torch.utils.data import default_collate
+
+    splits = task.data()
+    if not (isinstance(splits, (tuple, list)) and len(splits) == 2):
+        raise TypeError(
+            f"Task(data=...)() returned {type(splits).__name__}; it must return (train, validation) datasets."
+        )
+    train, val = splits
+    for name, ds in (("train", train), ("validation", val)):
+        if not hasattr(ds, "__len__") or not hasattr(ds, "__getitem__") or len(ds) < 1:
+            raise ValueError(f"Task(data=...): the {name} dataset is empty or not a map-style dataset.")
+    notes = []
+    needed = max(p.steps for p in plan) * task.batch_size
+    if needed > len(train):
+        epochs = needed / len(train)
+        notes.append(
+            f"the largest point needs {needed:,} training samples and the corpus has {len(train):,}: "
+            f"it will repeat the data {epochs:.1f} times (repeated tokens are worth less than new ones; "
+            "Muennighoff et al. 2023). Add data or lower the budgets to avoid it."
+        )
+    if task.eval_samples > len(val):
+        notes.append(
+            f"eval_samples={task.eval_samples} but the validation split has {len(val)} samples: "
+            f"every point is evaluated on those {len(val)}."
+        )
+    batch = default_collate([train[i % len(train)] for i in range(2)])
+    smallest, largest = min(plan, key=lambda p: p.params), max(plan, key=lambda p: p.params)
+    torch.manual_seed(task.seed)
+    try:
+        model = task.model_fn(smallest.size)
+        loss = task.loss_fn(model, batch)
+    except Exception as e:  # re-raised with what was being probed
+        raise ValueError(
+            f"Probe step failed for size {smallest.size} on a batch of 2 training samples: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(
+            f"Task(loss_fn=...) returned {shape}; it must return a 0-dim tensor, the mean loss per "
+            "token in nats (e.g. F.cross_entropy(...) with the default reduction='mean')."
+        )
+    if not torch.isfinite(loss):
+        raise ValueError(f"Task(loss_fn=...) gave {loss.item()} on a probe batch at initialisation; "
+                         "check the model's initialisation and the loss.")
+    loss.backward()
+    meta_batch = torch.utils._pytree.tree_map(
+        lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, batch
+    )
+    try:
+        with torch.device("meta"):
+            task.loss_fn(task.model_fn(largest.size), meta_batch)
+    except Exception as e:  # re-raised with what was being probed
+        raise ValueError(
+            f"Probe forward failed for size {largest.size} (the largest): {type(e).__name__}: {e}"
+        ) from e
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    return notes
+
+
 def lr_multiplier(step: int, total_steps: int, warmup_fraction: float, min_lr_fraction: float) -> float:
     """Linear warmup then cosine decay to `min_lr_fraction`, over a point's own steps.
 

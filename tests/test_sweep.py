@@ -189,3 +189,63 @@ def test_dry_run_takes_the_ray_path_and_follows_the_law(ray_session, tmp_path):
     assert (t.status == "ok").all()
     expected = law["E"] + law["A"] / t.params ** law["alpha"] + law["B"] / t.tokens ** law["beta"]
     assert (t.loss - expected).abs().max() < 1e-9
+
+
+NODE_LOSS = textwrap.dedent(
+    """
+    import json, os, sys, threading
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    from pathlib import Path
+    import ray
+    from ray import tune
+    from ray.cluster_utils import Cluster
+    import flops_fit as ff
+    from flops_fit.execute import TRIAL_RESOURCE
+    from toy import tiny_task
+    tmp = Path(sys.argv[1])
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": False})
+    nodes = [cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1)]
+
+    class RemoveNode(tune.Callback):
+        # Remove the node a trial trains on, right after the trial's first checkpoint.
+        removed = None
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if self.removed is None and result.get("checkpoint_path") and result["step"] < result["steps"]:
+                node = next(n for n in nodes if n.node_id == result["node_id"])
+                self.removed = node.node_id
+                threading.Thread(target=cluster.remove_node, args=(node, False)).start()
+
+    try:
+        ray.init(address=cluster.address, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+        task = tiny_task(tmp, checkpoint_every=40, report_every=20)
+        plan = ff.plan_sweep(task, [1e10], sizes=[2])
+        cb = RemoveNode()
+        res = ff.run_sweep(plan, task, name="node-loss", storage_path=tmp / "runs", live_fit=False,
+                           callbacks=[cb])
+        row = res.table.iloc[0]
+        print("RESULT", json.dumps({"status": row.status, "removed": cb.removed, "node": row.node_id,
+                                    "attempts": int(row.attempts), "tokens": int(row.tokens),
+                                    "planned": int(row.planned_tokens)}))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    """
+)
+
+
+def test_a_node_removed_mid_trial_resumes_on_another_node(tmp_path):
+    script = tmp_path / "node_loss.py"
+    script.write_text(NODE_LOSS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=400)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    assert lines, out.stdout[-3000:] + out.stderr[-3000:]
+    r = json.loads(lines[0][len("RESULT "):])
+    assert r["removed"] is not None, "no node was removed"
+    assert r["status"] == "ok" and r["attempts"] >= 2
+    assert r["node"] != r["removed"], "the point finished on the node that was removed"
+    assert r["tokens"] == r["planned"]

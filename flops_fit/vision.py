@@ -1,0 +1,387 @@
+"""A second modality: image classification with a small vision transformer (ViT).
+
+What the scaling law counts here (the definitions are explicit because they are not
+the text ones):
+
+- a *token* is one image patch: `tokens_per_sample` = patches per image, so D in the law
+  is images seen x patches per image (Dosovitskiy et al. 2021 feed patches to the
+  transformer as text models feed tokens; Zhai et al. 2022 scale ViTs the same way);
+- the *loss* is the cross-entropy of the image's label, in nats, averaged over images:
+  one prediction per image, not one per patch. It is a loss per image, not per token.
+
+Pieces, as in models.py and data.py:
+- ViT / ViTConfig / ViT.from_size: one size dial (n_layer = size, n_embd = aspect * size),
+  parameters counted by component with a consistency assert, buildable on the meta device;
+- vit(size): the default model_fn for the digits (module-level, so it pickles);
+- classification_loss(model, batch): mean cross-entropy per image, nats;
+- DigitsImages: scikit-learn's 1,797 8x8 handwritten digits (shipped inside the sklearn
+  package, nothing downloaded); ImageFolder: a folder with one subfolder of images per
+  class. Both are picklable factories: they hold settings, and each worker decodes the
+  images itself when it calls one.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from flops_fit.models import MLP
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})  # what ImageFolder reads (Pillow)
+DIGITS_SIZE = 8  # sklearn's digits are 8x8 pixels
+DIGITS_CLASSES = 10  # digits 0-9
+DIGITS_MAX = 16.0  # sklearn's digits are 4-bit intensities 0..16
+PIXEL_MAX = 255.0  # 8-bit images
+_STD_FLOOR = 1e-6  # a constant channel is not divided by zero when standardizing
+
+
+@dataclass
+class ViTConfig:
+    image_size: int = 8  # pixels per side; images are square
+    patch_size: int = 2  # pixels per patch side; image_size must be a multiple of it
+    channels: int = 1  # 1 = grayscale, 3 = RGB
+    num_classes: int = 10  # classes of the head
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads; n_embd must be divisible by n_head
+    n_embd: int = 64  # residual stream width (model dimension d)
+
+    @property
+    def num_patches(self) -> int:
+        """Patches per image: the image's tokens."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        """Pixel values per patch: the patch embedding's input width."""
+        return self.channels * self.patch_size**2
+
+
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head attention: every patch sees every other (no causal mask)."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        if config.n_embd % config.n_head != 0:
+            raise ValueError(
+                f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}; "
+                "pick n_head so that n_embd // n_head is a whole head dimension"
+            )
+        self.n_head = config.n_head
+        # no biases, as in models.GPT: fewer parameters to count
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # q, k, v
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        # pre-norm (ViT, GPT-2); LayerNorm without bias: one weight vector of n_embd per norm
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=False)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=False)
+        self.mlp = MLP(config)  # the GPT's 4x GELU MLP; it reads only n_embd
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class ViT(nn.Module):
+    """Patches -> linear embedding + learned positions -> pre-norm blocks -> mean pool -> classes.
+
+    Mean pooling instead of a CLS token (Zhai et al. 2022 find them equal in quality): no
+    extra token, so every token the law counts is a patch.
+    """
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        if config.image_size % config.patch_size != 0:
+            raise ValueError(
+                f"image_size={config.image_size} is not a multiple of patch_size={config.patch_size}; "
+                "resize the images (ImageFolder(image_size=...)) or pick a patch size that divides it"
+            )
+        self.config = config
+        # a patch is flattened (unfold) and projected: a matmul on every patch, so it is
+        # counted in N like the GPT's lm_head
+        self.patch_embed = nn.Linear(config.patch_dim, config.n_embd, bias=False)
+        # a lookup table like the GPT's wpe: an nn.Embedding, so the non_embedding
+        # convention leaves it out of N (it costs no FLOPs per token)
+        self.pos_embed = nn.Embedding(config.num_patches, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=False)
+        self.head = nn.Linear(config.n_embd, config.num_classes, bias=False)
+        # GPT-2 init as in models.GPT, and a zero head (Dosovitskiy et al. 2021): every
+        # model starts at exactly ln(num_classes), so points differ only in what they learn
+        for name, p in self.named_parameters():
+            if name == "head.weight":
+                nn.init.zeros_(p)
+            elif name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            elif p.dim() == 2:
+                nn.init.normal_(p, mean=0.0, std=0.02)
+
+    @classmethod
+    def from_size(
+        cls,
+        size: int,
+        *,
+        aspect: int = 16,  # n_embd per layer, as models.GPT.from_size
+        head_dim: int = 16,  # channels per attention head
+        image_size: int = DIGITS_SIZE,
+        patch_size: int = 2,  # 8x8 digits -> 16 patches of 2x2 pixels
+        channels: int = 1,
+        num_classes: int = DIGITS_CLASSES,
+    ) -> "ViT":
+        """One size dial: n_layer = size, n_embd = aspect * size, n_head = n_embd // head_dim."""
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+            raise ValueError(f"size must be an integer >= 1 (it is the number of layers), got {size!r}")
+        size = int(size)  # numpy integers from a planner's grid are fine
+        if aspect < 1 or head_dim < 1:
+            raise ValueError(f"aspect and head_dim must be >= 1, got aspect={aspect}, head_dim={head_dim}")
+        n_embd = aspect * size
+        if n_embd % head_dim != 0:
+            raise ValueError(
+                f"n_embd = aspect * size = {aspect} * {size} = {n_embd} is not a multiple of "
+                f"head_dim={head_dim}; choose aspect as a multiple of head_dim"
+            )
+        return cls(ViTConfig(image_size=image_size, patch_size=patch_size, channels=channels,
+                             num_classes=num_classes, n_layer=size, n_head=n_embd // head_dim, n_embd=n_embd))
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """images: [B, C, H, W] -> patches: [B, num_patches, C * patch_size^2], row-major."""
+        c = self.config
+        if images.dim() != 4 or tuple(images.shape[1:]) != (c.channels, c.image_size, c.image_size):
+            raise ValueError(
+                f"images of shape {tuple(images.shape)}; this model takes [batch, {c.channels}, "
+                f"{c.image_size}, {c.image_size}]: build it with the data's channels and image_size "
+                "(ViT.from_size(size, channels=..., image_size=...))"
+            )
+        return F.unfold(images, kernel_size=c.patch_size, stride=c.patch_size).transpose(1, 2)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: float [B, C, H, W] -> logits: [B, num_classes]."""
+        x = self.patch_embed(self.patchify(images))
+        x = x + self.pos_embed(torch.arange(x.size(1), device=x.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x).mean(dim=1))
+
+    def param_counts(self) -> dict:
+        """Parameters by convention: {'embedding', 'non_embedding', 'total'}.
+
+        'embedding' is the position table (the only nn.Embedding); the patch embedding and
+        the head are matmuls on every patch / image and are counted in 'non_embedding'.
+        """
+        embedding = sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding)
+                        for p in m.parameters())
+        total = sum(p.numel() for p in self.parameters())
+        counts = {"embedding": embedding, "non_embedding": total - embedding, "total": total}
+        # the same numbers from the config alone: if the architecture changes, this fails
+        c = self.config
+        d, L = c.n_embd, c.n_layer
+        per_layer = 4 * d * d + 8 * d * d + 2 * d  # attention (qkv + proj), MLP (4x up+down), 2 norms
+        analytic = {
+            "embedding": c.num_patches * d,  # pos_embed
+            "non_embedding": c.patch_dim * d + L * per_layer + d + d * c.num_classes,  # patches, blocks, ln_f, head
+        }
+        analytic["total"] = analytic["embedding"] + analytic["non_embedding"]
+        assert counts == analytic, f"parameter count {counts} != analytic formula {analytic}"
+        return counts
+
+
+def vit(size: int) -> ViT:
+    """Default model_fn for DigitsImages: ViT.from_size(size) on 8x8 grayscale, 2x2 patches, 10 classes.
+
+    Module-level so it pickles to Ray workers. For other data pass e.g.
+    functools.partial(ViT.from_size, image_size=32, patch_size=4, channels=3, num_classes=7).
+    """
+    return ViT.from_size(size)
+
+
+def classification_loss(model, batch) -> torch.Tensor:
+    """Mean cross-entropy of the label in nats per *image* (one prediction per image).
+
+    batch: (images float [B, C, H, W], labels long [B]), as the default collate makes of
+    ImageDataset samples. The scaling law's D counts patches (tokens_per_sample = patches
+    per image); its L is this per-image loss.
+    """
+    images, labels = batch
+    logits = model(images)
+    # float32 for the softmax even under bf16 autocast: the loss is the measured result
+    return F.cross_entropy(logits.float(), labels)
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """In-memory images and labels; a sample is (image float [C, H, W], label long)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.dim() != 4 or labels.dim() != 1 or len(images) != len(labels):
+            raise ValueError(f"images must be [n, C, H, W] and labels [n]; got {tuple(images.shape)} "
+                             f"and {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i]
+
+
+def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple:
+    """(train, validation) indices, stratified: round(val_fraction * n_c) of every class c
+    goes to validation, chosen by a generator seeded with `seed`, so the split is the same
+    on every worker and every run, and every class is in both splits."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = int(round(val_fraction * len(idx)))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _datasets(images: np.ndarray, labels: np.ndarray, val_fraction: float, seed: int, what: str) -> tuple:
+    """Split, standardize with the training split's per-channel mean and std, wrap."""
+    train, val = split_indices(labels, val_fraction, seed)
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"{what}: {len(labels)} images give {len(train)} training and {len(val)} "
+                         "validation images; add images or change val_fraction")
+    mean = images[train].mean(axis=(0, 2, 3), keepdims=True)
+    std = np.maximum(images[train].std(axis=(0, 2, 3), keepdims=True), _STD_FLOOR)
+    x = torch.from_numpy(((images - mean) / std).astype(np.float32))
+    y = torch.from_numpy(labels.astype(np.int64))
+    return ImageDataset(x[train], y[train]), ImageDataset(x[val], y[val])
+
+
+def _check_fraction(val_fraction):
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+
+
+class DigitsImages:
+    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes, one channel).
+
+    The images ship inside the scikit-learn package (`sklearn.datasets.load_digits`), so
+    nothing is downloaded. A stratified val_fraction of each class is held out, chosen by
+    `seed`. scikit-learn is imported only when the factory is called (on the workers).
+    """
+
+    image_size = DIGITS_SIZE
+    channels = 1
+    num_classes = DIGITS_CLASSES
+
+    def __init__(self, val_fraction: float = 0.2, seed: int = 0):
+        _check_fraction(val_fraction)
+        self.val_fraction = val_fraction
+        self.seed = seed
+
+    def __call__(self) -> tuple:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as e:
+            raise ImportError("DigitsImages needs scikit-learn: pip install scikit-learn") from e
+        digits = load_digits()
+        images = (digits.images / DIGITS_MAX)[:, None, :, :]  # [n, 1, 8, 8] in [0, 1]
+        return _datasets(images, digits.target, self.val_fraction, self.seed, "DigitsImages")
+
+    def describe(self) -> str:
+        n_val = round(1797 * self.val_fraction)
+        return (f"DigitsImages: scikit-learn's 8x8 handwritten digits, 1,797 images, 10 classes, "
+                f"about {1797 - n_val} train / {n_val} validation (stratified, seed {self.seed})")
+
+    def __repr__(self) -> str:
+        return f"DigitsImages(val_fraction={self.val_fraction}, seed={self.seed})"
+
+
+class ImageFolder:
+    """Images in `path/<class name>/*.png|jpg|jpeg`, one subfolder per class.
+
+    Every image is read with Pillow, converted to RGB (channels=3) or grayscale
+    (channels=1) and resized to image_size x image_size (aspect ratio not kept). Class
+    ids follow the sorted subfolder names. The images are decoded into memory on each
+    worker when the factory is called: fine for the thousands of small images a CPU or
+    single-node sweep uses; for millions, write a map-style dataset that reads lazily.
+    """
+
+    def __init__(self, path, *, image_size: int = 32, channels: int = 3, val_fraction: float = 0.2,
+                 seed: int = 0):
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"ImageFolder: {path} is not a folder; give a folder with one "
+                                    "subfolder of images per class")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size must be a positive int (pixels per side), got {image_size!r}")
+        _check_fraction(val_fraction)
+        self.path = str(path)
+        self.image_size = image_size
+        self.channels = channels
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.num_classes = len(self.classes())  # fails here, not on a worker, if there are none
+
+    def classes(self) -> list:
+        """Class names: the subfolders holding at least one image, sorted."""
+        names = sorted(d.name for d in Path(self.path).iterdir()
+                       if d.is_dir() and not d.name.startswith(".") and self._files(d))
+        if len(names) < 2:
+            raise ValueError(f"ImageFolder: {self.path} has {len(names)} subfolder(s) with "
+                             f"{sorted(IMAGE_SUFFIXES)} images; a classifier needs at least 2 classes, "
+                             "one subfolder per class")
+        return names
+
+    @staticmethod
+    def _files(folder: Path) -> list:
+        return sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+
+    def __call__(self) -> tuple:
+        try:
+            from PIL import Image
+        except ImportError as e:
+            raise ImportError("ImageFolder reads images with Pillow: pip install pillow") from e
+        mode = "RGB" if self.channels == 3 else "L"
+        images, labels = [], []
+        for label, name in enumerate(self.classes()):
+            for f in self._files(Path(self.path, name)):
+                with Image.open(f) as im:
+                    im = im.convert(mode).resize((self.image_size, self.image_size), Image.BILINEAR)
+                    a = np.asarray(im, dtype=np.float32) / PIXEL_MAX
+                images.append(a.reshape(self.image_size, self.image_size, self.channels))
+                labels.append(label)
+        x = np.stack(images).transpose(0, 3, 1, 2)  # [n, C, H, W]
+        return _datasets(x, np.asarray(labels), self.val_fraction, self.seed, f"ImageFolder({self.path})")
+
+    def describe(self) -> str:
+        counts = {name: len(self._files(Path(self.path, name))) for name in self.classes()}
+        return (f"ImageFolder({self.path}): {sum(counts.values()):,} images, {len(counts)} classes "
+                f"({', '.join(f'{k} {v}' for k, v in counts.items())}), "
+                f"{'RGB' if self.channels == 3 else 'grayscale'} {self.image_size}x{self.image_size}, "
+                f"validation {self.val_fraction:.0%} (stratified, seed {self.seed})")
+
+    def __repr__(self) -> str:
+        return (f"ImageFolder({self.path!r}, image_size={self.image_size}, channels={self.channels}, "
+                f"val_fraction={self.val_fraction}, seed={self.seed})")
+
+
+__all__ = ["ViT", "ViTConfig", "vit", "classification_loss", "ImageDataset", "DigitsImages",
+           "ImageFolder", "split_indices"]

@@ -1,0 +1,159 @@
+"""Bad input fails before any compute, with a message that names the argument and the fix."""
+
+import dataclasses
+import math
+import subprocess
+import sys
+import textwrap
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import flops_fit as ff
+from flops_fit.models import gpt, lm_loss
+from flops_fit.task import check_task
+from toy import tiny_task
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def task(tmp_path):
+    return tiny_task(tmp_path)
+
+
+@pytest.fixture
+def plan(task):
+    return ff.plan_sweep(task, [5e9, 1e10], sizes=[1, 2])
+
+
+def vector_loss(model, batch):
+    return torch.nn.functional.cross_entropy(
+        model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten(), reduction="none"
+    )
+
+
+def nan_loss(model, batch):
+    return lm_loss(model, batch) * math.nan
+
+
+def short_context_gpt(size):
+    from flops_fit.models import GPT
+
+    return GPT.from_size(size, seq_len=16)
+
+
+def test_a_loss_that_is_not_a_scalar_is_refused(tmp_path, plan):
+    bad = dataclasses.replace(tiny_task(tmp_path), loss_fn=vector_loss)
+    with pytest.raises(ValueError, match=r"loss_fn.*0-dim tensor"):
+        check_task(bad, plan)
+
+
+def test_a_loss_that_is_not_finite_is_refused(tmp_path, plan):
+    bad = dataclasses.replace(tiny_task(tmp_path), loss_fn=nan_loss)
+    with pytest.raises(ValueError, match=r"loss_fn.*nan"):
+        check_task(bad, plan)
+
+
+def test_samples_longer_than_the_model_context_are_refused(tmp_path):
+    task = tiny_task(tmp_path, model_fn=short_context_gpt)  # 32-token samples, 16-token context
+    plan = ff.plan_sweep(task, [5e9], sizes=[1, 2])
+    with pytest.raises(ValueError, match=r"size 1.*context of seq_len=16"):
+        check_task(task, plan)
+
+
+def test_a_corpus_too_small_for_the_largest_point_warns_with_the_epochs(tmp_path):
+    text = tmp_path / "text"
+    text.mkdir()
+    for i in range(20):
+        (text / f"f{i:02d}.txt").write_text("a small corpus of repeated words " * 40)
+    from flops_fit.data import TextCorpus
+
+    task = ff.Task(model_fn=gpt, data=TextCorpus([text], seq_len=32, cache_dir=str(tmp_path / "c")),
+                   loss_fn=lm_loss, tokens_per_sample=32, batch_size=8)
+    plan = ff.plan_sweep(task, [1e10], sizes=[1])
+    with pytest.warns(UserWarning, match=r"repeat the data \d+\.\d times"):
+        notes = check_task(task, plan)
+    assert len(notes) >= 1
+
+
+def test_a_data_factory_must_return_two_splits(tmp_path, plan):
+    broken = dataclasses.replace(tiny_task(tmp_path), data=_one_split)
+    with pytest.raises(TypeError, match=r"data=.*\(train, validation\)"):
+        check_task(broken, plan)
+
+
+def _one_split():
+    """A data factory that forgot the validation split."""
+    import numpy as np
+
+    from flops_fit.data import TokenDataset
+
+    return TokenDataset(np.arange(1000, dtype=np.uint16) % 256, 32)
+
+
+BEFORE_RAY = textwrap.dedent(
+    """
+    import sys, ray, flops_fit as ff
+    sys.path.insert(0, {tests!r})
+    from toy import tiny_task
+    from pathlib import Path
+    tmp = Path({tmp!r})
+    task = tiny_task(tmp)
+    plan = ff.plan_sweep(task, [5e9], sizes=[1, 2])
+    kwargs = dict(name="x", storage_path=str(tmp / "runs"))
+    kwargs.update({overrides})
+    try:
+        ff.run_sweep(plan, task, **kwargs)
+    except Exception as e:
+        print("ERROR", type(e).__name__, e)
+    print("RAY_STARTED", ray.is_initialized())
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ("dict(num_workers=0)", "num_workers=0"),
+        ("dict(num_workers=3)", "not divisible by num_workers=3"),
+        ("dict(name='a/b')", "name='a/b'"),
+        ("dict(max_failures=-1)", "max_failures=-1"),
+        ("dict(storage_path=str(tmp / 'file.txt' / 'runs'))", "writable storage_path"),
+    ],
+)
+def test_bad_run_arguments_fail_before_ray_starts(tmp_path, overrides, message):
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    code = BEFORE_RAY.format(tests=str(TESTS_DIR), tmp=str(tmp_path),
+                             overrides=overrides)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "ERROR" in out.stdout, out.stdout + out.stderr
+    assert message in out.stdout
+    assert "RAY_STARTED False" in out.stdout
+
+
+def test_a_name_reused_with_another_plan_is_refused_before_ray_starts(tmp_path):
+    code = BEFORE_RAY.format(tests=str(TESTS_DIR), tmp=str(tmp_path),
+                             overrides="{}")
+    from flops_fit.results import claim_sweep_dir
+
+    task = tiny_task(tmp_path)
+    other = ff.plan_sweep(task, [1e10], sizes=[1, 2, 3])
+    claim_sweep_dir(str(tmp_path / "runs" / "x"), other, task)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "different plan already exists" in out.stdout and "To resume it" in out.stdout
+    assert "RAY_STARTED False" in out.stdout
+
+
+@pytest.mark.slow
+def test_gpu_on_a_cluster_without_gpus_is_refused_at_once(ray_session, tmp_path, task, plan):
+    with pytest.raises(RuntimeError, match=r"use_gpu=True but no node .* has a GPU"):
+        ff.run_sweep(plan, task, name="gpu", storage_path=tmp_path / "runs", use_gpu=True)
+
+
+@pytest.mark.slow
+def test_resources_no_node_can_hold_are_refused_at_once(ray_session, tmp_path, task, plan):
+    with pytest.raises(RuntimeError, match=r"No node can hold one worker"):
+        ff.run_sweep(plan, task, name="big", storage_path=tmp_path / "runs", resources_per_worker={"CPU": 64})

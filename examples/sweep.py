@@ -111,9 +111,22 @@ def main(argv=None):
     report(results, args)
 
 
-def report(results, args):
-    """Fit the finished sweep and print / write the answer."""
-    laws = ff.fit(results, bootstrap=args.bootstrap)
+RESULT_COLUMNS = ["point_id", "budget", "size", "params", "tokens", "loss", "status"]  # printed when no fit
+
+
+def report(results, args, loss_unit: str = "nats/token"):
+    """Fit the finished sweep and print / write the answer; None if it cannot be fitted.
+
+    A sweep too small for the laws (fewer than 3 budgets with a bracketed optimum, as a
+    --smoke run may be) is still a finished sweep: its table is printed with the reason,
+    and `flops-fit fit` can refit results.csv later.
+    """
+    try:
+        laws = ff.fit(results, bootstrap=args.bootstrap)
+    except ff.FitError as e:
+        print("\n" + results.table[RESULT_COLUMNS].to_string(index=False))
+        print(f"\nThe sweep is too small to fit the scaling laws: {e}\nResults: {results.results_csv}")
+        return None
     target = 100 * max(args.budgets)
     out = Path(results.path) / "report" if "://" not in results.path else Path("report") / args.name
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +142,7 @@ def report(results, args):
     for row in prediction.itertuples():
         print(f"  {row.approach:<11} N = {row.params:,.0f} [{row.params_low:,.0f}, {row.params_high:,.0f}]"
               f"  D = {row.tokens:,.0f} [{row.tokens_low:,.0f}, {row.tokens_high:,.0f}]"
-              f"  loss = {row.loss:.3f} [{row.loss_low:.3f}, {row.loss_high:.3f}] nats/token")
+              f"  loss = {row.loss:.3f} [{row.loss_low:.3f}, {row.loss_high:.3f}] {loss_unit}")
     print("\nWritten:")
     for path in [results.results_csv, out / "summary.txt", out / "table.md", out / "prediction.csv", *plots]:
         print(f"  {path}")

@@ -150,8 +150,9 @@ def run_sweep(
                 max_concurrent_trials=concurrency,
                 trial_name_creator=trial_name,
                 trial_dirname_creator=trial_name,
-                # The trial driver's process (and its imports) serve the next point.
-                reuse_actors=True,
+                # Not reused: Tune 2.60 fails a reused function trainable ("reuse requires
+                # reset_config()"), and the trial driver is the lightest of its processes.
+                reuse_actors=False,
             ),
             run_config=tune.RunConfig(
                 name=name,

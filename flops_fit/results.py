@@ -85,6 +85,13 @@ def load_results(path) -> SweepResults:
             continue
         params_text = _read_text(fs, _j(info.path, "params.json"))
         if params_text is None:
+            # A trial that failed before Tune wrote its config still has its folder (named
+            # after the point) and error.txt: a failure to report, not a point to drop.
+            name = info.path.rstrip("/").rsplit("/", 1)[-1]
+            planned = {p.point_id: p for p in plan.points} if plan is not None else {}
+            if name in planned:
+                error = _read_text(fs, _j(info.path, "error.txt"))
+                rows[name] = result_row(_point_dict(planned[name]), None, error)
             continue
         try:
             point = json.loads(params_text)["point"]

@@ -43,7 +43,7 @@ def train_point(config: dict) -> dict:
 
     point = SweepPoint.from_dict(config["point"])
     task: Task = config["task"]
-    if config.get("dry_run"):
+    if config.get("dry_run") is not None:  # {} means "the default law"
         return _dry_run(point, config["dry_run"], task)
     return _train(point, task, threads=config.get("threads", 0))
 

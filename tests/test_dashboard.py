@@ -23,6 +23,7 @@ def test_sweep_job_actors_and_runs_are_listed_by_the_dashboard(ray_session, tmp_
     res = ff.run_sweep(plan, task, name="watched", storage_path=tmp_path / "runs", dry_run=True,
                        live_fit=False, verbose=False)
     assert (res.table.status == "ok").all()
+    assert (res.table.train_loss == res.table.loss).all()  # dry run: drawn, not trained
 
     webui = ray_session._private.worker.global_worker.node.address_info["webui_url"]
     assert webui.startswith("127.0.0.1:"), f"dashboard not on loopback: {webui}"

@@ -31,7 +31,7 @@ from sweep import report
 # The dial is n_layer = size, n_embd = ASPECT * size; at each budget, sizes are centred on
 # a prior optimum so that the IsoFLOP valley is bracketed.
 BUDGETS = [3e9, 1e10, 3e10]  # FLOPs
-POINTS_PER_BUDGET = 4
+POINTS_PER_BUDGET = 3  # with 4, a noisy largest size at 3e10 left that budget unbracketed (calibration run)
 # Prior D/N at the optimum (patches per parameter), for centring the sizes. Measured on
 # the digits with the in-process loop: the optimum lies at many epochs of a small model.
 TOKENS_PER_PARAM = 150

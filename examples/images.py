@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 
 import flops_fit as ff
 from flops_fit.vision import DigitsImages, ImageFolder, ViT, classification_loss
 
 # examples/ is on sys.path when this file runs as a script: the text example's report()
 # fits, prints and writes the same answer for any modality.
-from sweep import report
+from sweep import add_run_arguments, report
 
 # Defaults sized for a 2-core laptop CPU: ViTs of ~1.7k-40k parameters on the digits.
 # The dial is n_layer = size, n_embd = ASPECT * size; at each budget, sizes are centred on
@@ -66,16 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None,
                    help="a folder with one subfolder of PNG/JPEG images per class "
                         "(default: scikit-learn's 8x8 digits)")
-    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per point")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    p.add_argument("--storage-path", default=os.environ.get("FLOPS_FIT_STORAGE", "~/flops_fit_runs"),
-                   help="folder or URI for results (default: $FLOPS_FIT_STORAGE or ~/flops_fit_runs)")
-    p.add_argument("--name", default=None, help="sweep name; the same name again resumes")
-    p.add_argument("--max-concurrent", type=int, default=None, help="points trained at once")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
-    p.add_argument("--dry-run", action="store_true",
-                   help="rehearse the sweep on Ray with losses drawn from Chinchilla's law")
+    add_run_arguments(p)
     p.add_argument("--smoke", action="store_true", help="a tiny sweep that finishes in about a minute")
     args = p.parse_args(argv)
     if args.smoke:

@@ -53,6 +53,19 @@ def parse_args(argv=None):
     p.add_argument("--data", nargs="+", default=None,
                    help="text files/folders, or a token file (.bin) / folder with train.bin "
                         "(default: this Python's standard library sources)")
+    add_run_arguments(p)
+    p.add_argument("--smoke", action="store_true", help="a tiny sweep that finishes in under a minute")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.budgets, args.sizes = SMOKE["budgets"], args.sizes or SMOKE["sizes"]
+        args.bootstrap = min(args.bootstrap, 200)
+    if args.name is None:
+        args.name = "smoke" if args.smoke else ("dry-run" if args.dry_run else "gpt-stdlib")
+    return args
+
+
+def add_run_arguments(p):
+    """The flags of how and where a sweep runs, shared by every example."""
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per point")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
@@ -63,14 +76,6 @@ def parse_args(argv=None):
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
     p.add_argument("--dry-run", action="store_true",
                    help="rehearse the sweep on Ray with losses drawn from Chinchilla's law")
-    p.add_argument("--smoke", action="store_true", help="a tiny sweep that finishes in under a minute")
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.budgets, args.sizes = SMOKE["budgets"], args.sizes or SMOKE["sizes"]
-        args.bootstrap = min(args.bootstrap, 200)
-    if args.name is None:
-        args.name = "smoke" if args.smoke else ("dry-run" if args.dry_run else "gpt-stdlib")
-    return args
 
 
 def make_data(paths, seq_len):

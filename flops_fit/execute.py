@@ -220,6 +220,8 @@ def ensure_ray(address: str | None = None, *, verbose: bool = True) -> None:
     if address:  # "auto" attaches to a Ray started with `ray start --head` on this machine
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         return
+    pin_local_address()
+    runtime_env["env_vars"]["RAY_ADDRESS"] = os.environ["RAY_ADDRESS"]
     ctx = ray.init(
         address="local",  # a fresh Ray, never one left running by another program
         resources={TRIAL_RESOURCE: LOCAL_TRIAL_SLOTS},
@@ -234,6 +236,26 @@ def ensure_ray(address: str | None = None, *, verbose: bool = True) -> None:
             f"{Path('~/.ray/auth_token').expanduser()}: paste it when the page asks)",
             flush=True,
         )
+
+
+def pin_local_address() -> str:
+    """Choose the GCS port of a Ray about to start here and export it as RAY_ADDRESS.
+
+    Parts of Ray Train (its placement-group cleaner, its state actor) find "their" cluster
+    by RAY_ADDRESS, else by scanning this machine; with two Ray instances on one machine
+    (a test cluster beside another, a stale one) the scan picks the wrong one and worker
+    groups never start. Processes the new Ray starts inherit this environment.
+    """
+    import socket
+
+    from ray._private.services import get_node_ip_address
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    os.environ["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
+    return os.environ["RAY_ADDRESS"]
 
 
 class ProgressPrinter(tune.Callback):

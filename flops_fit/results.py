@@ -77,7 +77,7 @@ def load_results(path) -> SweepResults:
     plan_text = _read_text(fs, _j(root, PLAN_FILE))
     if plan_text is not None:
         plan = _parse_plan(plan_text, _j(root, PLAN_FILE))
-    rows = {}
+    rows, orphans = {}, {}
     from pyarrow.fs import FileSelector
 
     for info in fs.get_file_info(FileSelector(root)):
@@ -87,11 +87,13 @@ def load_results(path) -> SweepResults:
         if params_text is None:
             # A trial that failed before Tune wrote its config still has its folder (named
             # after the point) and error.txt: a failure to report, not a point to drop.
+            # Tune may also leave an empty folder behind when a killed sweep is resumed
+            # (it reruns the point in "<id>_<suffix>"), so such a folder only fills a gap.
             name = info.path.rstrip("/").rsplit("/", 1)[-1]
             planned = {p.point_id: p for p in plan.points} if plan is not None else {}
-            if name in planned:
-                error = _read_text(fs, _j(info.path, "error.txt"))
-                rows[name] = result_row(_point_dict(planned[name]), None, error)
+            error = _read_text(fs, _j(info.path, "error.txt"))
+            if name in planned and error is not None:
+                orphans[name] = result_row(_point_dict(planned[name]), None, error)
             continue
         try:
             point = json.loads(params_text)["point"]
@@ -99,6 +101,8 @@ def load_results(path) -> SweepResults:
             raise ValueError(f"Corrupt trial file {_j(info.path, 'params.json')}: {e}. Delete that trial folder to rerun the point.") from e
         last = _last_result(fs, _j(info.path, "result.json"))
         rows[point["point_id"]] = result_row(point, last, _read_text(fs, _j(info.path, "error.txt")))
+    for name, row in orphans.items():
+        rows.setdefault(name, row)
     if not rows and plan is None:
         raise ValueError(f"{path} holds no sweep trials (no */params.json) and no {PLAN_FILE}.")
     return SweepResults(table=make_table(rows, plan), path=path, plan=plan)

@@ -123,7 +123,7 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
         "distributed_type": str(accelerator.distributed_type),
         "node": socket.gethostname(),
         "node_id": ray.get_runtime_context().get_node_id(),
-        "pid": os.getpid(),
+        "worker_pid": os.getpid(),  # Tune fills "pid" with the trial driver's own
         **meta,
     }
     shards_disjoint = _check_shards(accelerator, batch_at(start_step)[1], world)
@@ -214,7 +214,7 @@ def _dry_run(point: SweepPoint, law: dict, task: Task) -> dict:
         "point_id": point.point_id,
         "steps": point.steps,
         "num_processes": accelerator.num_processes,
-        "pid": os.getpid(),
+        "worker_pid": os.getpid(),  # Tune fills "pid" with the trial driver's own
         "node_id": ray.get_runtime_context().get_node_id(),
         "started_at": now,
         "first_step_at": now,

@@ -70,11 +70,13 @@ def ray_session():
     os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray
 
-    from flops_fit.execute import RAY_ENV, TRIAL_RESOURCE
+    from flops_fit.execute import RAY_ENV, TRIAL_RESOURCE, pin_local_address
 
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
+    pin_local_address()
     env = {k: os.environ[k] for k in RAY_ENV}
+    env["RAY_ADDRESS"] = os.environ["RAY_ADDRESS"]
     env["RAY_AUTH_MODE"] = "disabled"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
     ray.init(

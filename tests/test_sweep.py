@@ -75,7 +75,7 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_loss(ray_session, t
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if self.killed is None and result.get("checkpoint_path") and result["step"] < result["steps"]:
-                os.kill(result["pid"], signal.SIGKILL)
+                os.kill(result["worker_pid"], signal.SIGKILL)
                 self.killed = result["step"]
 
     task = tiny_task(tmp_path, checkpoint_every=40, report_every=20)
@@ -144,9 +144,10 @@ CLUSTER = textwrap.dedent(
     import ray
     from ray.cluster_utils import Cluster
     import flops_fit as ff
-    from flops_fit.execute import TRIAL_RESOURCE
+    from flops_fit.execute import TRIAL_RESOURCE, pin_local_address
     from toy import tiny_task
     tmp = Path(sys.argv[1])
+    pin_local_address()  # this cluster, not the test session's, is "the" Ray of its processes
     # A head that only hosts trial drivers, and two 1-CPU worker nodes.
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": False})
@@ -154,7 +155,8 @@ CLUSTER = textwrap.dedent(
     cluster.add_node(num_cpus=1)
     try:
         ray.init(address=cluster.address, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"],
+                                           "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}})
         task = tiny_task(tmp)
         plan = ff.plan_sweep(task, [5e9], sizes=[1, 2, 3, 4])
         res = ff.run_sweep(plan, task, name="multinode", storage_path=tmp / "runs", live_fit=False)
@@ -201,9 +203,10 @@ NODE_LOSS = textwrap.dedent(
     from ray import tune
     from ray.cluster_utils import Cluster
     import flops_fit as ff
-    from flops_fit.execute import TRIAL_RESOURCE
+    from flops_fit.execute import TRIAL_RESOURCE, pin_local_address
     from toy import tiny_task
     tmp = Path(sys.argv[1])
+    pin_local_address()  # this cluster, not the test session's, is "the" Ray of its processes
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": False})
     nodes = [cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1)]
@@ -219,7 +222,8 @@ NODE_LOSS = textwrap.dedent(
 
     try:
         ray.init(address=cluster.address, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"],
+                                           "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}})
         task = tiny_task(tmp, checkpoint_every=40, report_every=20)
         plan = ff.plan_sweep(task, [1e10], sizes=[2])
         cb = RemoveNode()

@@ -1,6 +1,7 @@
 """Bad input fails before any compute, with a message that names the argument and the fix."""
 
 import dataclasses
+import json
 import math
 import subprocess
 import sys
@@ -157,3 +158,28 @@ def test_gpu_on_a_cluster_without_gpus_is_refused_at_once(ray_session, tmp_path,
 def test_resources_no_node_can_hold_are_refused_at_once(ray_session, tmp_path, task, plan):
     with pytest.raises(RuntimeError, match=r"No node can hold one worker"):
         ff.run_sweep(plan, task, name="big", storage_path=tmp_path / "runs", resources_per_worker={"CPU": 64})
+
+
+def test_results_are_read_without_unpickling_anything(tmp_path):
+    # Tune also writes pickles (params.pkl, tuner.pkl); results must never depend on them.
+    from flops_fit.plan import SweepPoint
+    from flops_fit.results import load_results
+
+    point = SweepPoint("C1e+10-s1", 1e10, 1, 7216, 43296.0, 225, 57600, 2.49e9)
+    trial = tmp_path / point.point_id
+    trial.mkdir()
+    (trial / "params.json").write_text(json.dumps({"point": dataclasses.asdict(point)}))
+    (trial / "result.json").write_text(json.dumps({"done": True, "status": "ok", "loss": 2.5, "tokens": 57600}) + "\n")
+    for name in ("params.pkl", "error.pkl"):
+        (trial / name).write_bytes(b"\x80\x04 not a pickle, and never read")
+    (tmp_path / "tuner.pkl").write_bytes(b"never read")
+    table = load_results(tmp_path).table
+    assert list(table.status) == ["ok"] and table.loss.iloc[0] == 2.5
+
+
+def test_ray_started_by_flops_fit_keeps_token_auth_and_a_loopback_dashboard():
+    from flops_fit.execute import DASHBOARD_HOST, RAY_ENV
+
+    assert DASHBOARD_HOST == "127.0.0.1"
+    assert "RAY_AUTH_MODE" not in RAY_ENV  # never turned off outside tests
+    assert RAY_ENV["RAY_USAGE_STATS_ENABLED"] == "0"

@@ -117,6 +117,7 @@ def run_sweep(
         "resources_per_worker": resources,
         "max_failures": max_failures,
         "train_storage": R.join(sweep_dir, "train"),
+        "sweep_dir": sweep_dir,
         "dry_run": (dry_run if isinstance(dry_run, dict) else {}) if dry_run else None,
         "threads": int(resources.get("CPU", 1)) if not use_gpu else 0,
     }
@@ -179,6 +180,10 @@ def run_point(config: dict, task: Task, settings: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     point = SweepPoint.from_dict(config["point"])
+    finished = R.read_finished(settings["sweep_dir"], point.point_id)
+    if finished is not None:  # finished before the sweep was interrupted: not trained again
+        tune.report(finished)
+        return
     trainer = TorchTrainer(
         train_point,
         train_loop_config={
@@ -303,6 +308,13 @@ class ResultsWriter(tune.Callback):
         self.sweep_dir, self.plan = sweep_dir, plan
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        if last.get("done") and last.get("status") in ("ok", "diverged"):
+            from ray.tune.result import AUTO_RESULT_KEYS
+
+            # Tune's own keys (trial id, timings, its pid) are filled in again on replay.
+            mine = {k: v for k, v in last.items() if k not in AUTO_RESULT_KEYS + ("trial_id", "experiment_tag")}
+            R.write_finished(self.sweep_dir, trial.config["point"]["point_id"], mine)
         self._write(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -108,6 +108,26 @@ def load_results(path) -> SweepResults:
     return SweepResults(table=make_table(rows, plan), path=path, plan=plan)
 
 
+FINISHED_DIR = "finished"  # one JSON file of final metrics per finished point
+
+
+def write_finished(sweep_dir: str, point_id: str, metrics: dict) -> None:
+    """Record a point's final metrics the moment it finishes.
+
+    Tune saves its experiment state periodically; a driver killed between a point's end
+    and that save would otherwise train the point again on resume.
+    """
+    keep = {k: v for k, v in metrics.items() if k != "config"}
+    write_text_atomic(join(sweep_dir, FINISHED_DIR, f"{point_id}.json"), json.dumps(keep, default=str))
+
+
+def read_finished(sweep_dir: str, point_id: str) -> dict | None:
+    """The final metrics recorded by write_finished, or None."""
+    fs, root = _filesystem(sweep_dir)
+    text = _read_text(fs, _j(_j(root, FINISHED_DIR), f"{point_id}.json"))
+    return json.loads(text) if text else None
+
+
 def write_results_csv(results: SweepResults) -> str:
     """Write results.csv beside the sweep, atomically (temporary file + rename)."""
     write_text_atomic(results.results_csv, results.table.to_csv(index=False))

@@ -113,7 +113,7 @@ def main(argv=None):
         use_gpu=args.gpu, address=args.address, max_concurrent=args.max_concurrent,
         dry_run=args.dry_run,
     )
-    report(results, args)
+    return report(results, args)
 
 
 RESULT_COLUMNS = ["point_id", "budget", "size", "params", "tokens", "loss", "status"]  # printed when no fit

@@ -1,6 +1,7 @@
 """The main job as users run it: examples/sweep.py --smoke end to end on the session's Ray."""
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -33,8 +34,9 @@ def test_sweep_example_smoke_runs_fits_and_reports(ray_session, tmp_path, capsys
     for name in ("summary.txt", "table.md", "prediction.csv", "isoflop_curves.png",
                  "optima_vs_compute.png", "parametric_residuals.png"):
         assert (folder / "report" / name).stat().st_size > 0, name
-    # Every budget's optimum is bracketed, so all three enter the power law, with an interval.
+    # Every budget's optimum is bracketed, so all three enter the power law, with an interval
+    # (with 3 sizes per budget most resamples lose a bracket, so it may be a single value).
     assert laws.isoflop.optima["bracketed"].all()
     a = laws.isoflop.a
-    assert a.low < a.value < a.high
+    assert math.isfinite(a.low) and a.low <= a.value <= a.high
     assert "Prediction for C = 8e+12 FLOPs" in out and "| approach |" in out

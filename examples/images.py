@@ -10,7 +10,8 @@ counts made explicit (flops_fit/vision.py):
 - the loss is the cross-entropy of the image's label in nats per *image*.
 
 Data: scikit-learn's 8x8 handwritten digits (1,797 images, shipped inside the package,
-nothing downloaded), or --data: a folder with one subfolder of PNG/JPEG images per class.
+nothing downloaded), or --data: a folder with one subfolder of PNG/JPEG images per class,
+or a Hugging Face image dataset saved with `save_to_disk` (columns "image" and "label").
 Running the same --name again resumes the sweep: finished points are kept.
 """
 
@@ -20,7 +21,8 @@ import argparse
 import functools
 
 import flops_fit as ff
-from flops_fit.vision import DigitsImages, ImageFolder, ViT, classification_loss
+from flops_fit.data import is_hf_dataset
+from flops_fit.vision import DigitsImages, HFImages, ImageFolder, ViT, classification_loss
 
 # examples/ is on sys.path when this file runs as a script: the text example's report()
 # fits, prints and writes the same answer for any modality.
@@ -63,7 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="global batch, images")
     p.add_argument("--lr", type=float, default=LR, help="peak learning rate")
     p.add_argument("--data", default=None,
-                   help="a folder with one subfolder of PNG/JPEG images per class "
+                   help="a folder with one subfolder of PNG/JPEG images per class, or a Hugging "
+                        "Face dataset folder (save_to_disk; columns image, label) "
                         "(default: scikit-learn's 8x8 digits)")
     add_run_arguments(p)
     p.add_argument("--smoke", action="store_true", help="a tiny sweep that finishes in about a minute")
@@ -77,9 +80,12 @@ def parse_args(argv=None):
 
 
 def make_data(args):
-    """--data folder -> ImageFolder (resized, RGB or grayscale); none -> the sklearn digits."""
+    """--data folder -> ImageFolder (resized, RGB or grayscale), or HFImages when the folder
+    is a Hugging Face dataset saved with save_to_disk; none -> the sklearn digits."""
     if args.data is None:
         return DigitsImages()
+    if is_hf_dataset(args.data):
+        return HFImages(args.data, image_size=args.image_size, channels=args.channels)
     return ImageFolder(args.data, image_size=args.image_size, channels=args.channels)
 
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 import flops_fit as ff
-from flops_fit.data import TextCorpus, TokenFile
+from flops_fit.data import HFText, TextCorpus, TokenFile, is_hf_dataset
 from flops_fit.models import GPT, lm_loss
 
 # Defaults sized for a 2-core laptop CPU: a byte-level GPT of 3k-180k parameters on the
@@ -51,7 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="global batch, samples")
     p.add_argument("--lr", type=float, default=LR, help="peak learning rate")
     p.add_argument("--data", nargs="+", default=None,
-                   help="text files/folders, or a token file (.bin) / folder with train.bin "
+                   help="text files/folders, a token file (.bin) / folder with train.bin, or a "
+                        "Hugging Face dataset folder (save_to_disk, column 'text') "
                         "(default: this Python's standard library sources)")
     add_run_arguments(p)
     p.add_argument("--smoke", action="store_true", help="a tiny sweep that finishes in under a minute")
@@ -80,11 +81,14 @@ def add_run_arguments(p):
 
 def make_data(paths, seq_len):
     """Text files and folders -> byte-level corpus; a .bin file or a folder with train.bin
-    -> pre-tokenized uint16 tokens (nanoGPT layout)."""
+    -> pre-tokenized uint16 tokens (nanoGPT layout); a Hugging Face dataset saved with
+    save_to_disk -> its "text" column, byte-level."""
     if paths and len(paths) == 1:
         path = Path(paths[0]).expanduser()
         if path.suffix == ".bin" or (path / "train.bin").exists():
             return TokenFile(path, seq_len=seq_len)
+        if is_hf_dataset(path):
+            return HFText(path, seq_len=seq_len)
     return TextCorpus(paths, seq_len=seq_len)
 
 

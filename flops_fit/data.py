@@ -7,6 +7,8 @@ memory-mapped token files, so every worker on a node shares one copy in the page
 - TextCorpus: byte-level tokens (vocab 256) from text files; by default the .py files of
   the running Python's standard library (~12 MB on CPython 3.11), which every install has.
 - TokenFile: pre-tokenized train.bin / val.bin in nanoGPT's layout (uint16 little-endian).
+- HFText: a Hugging Face `datasets` dataset saved on local disk (`save_to_disk`), either a
+  text column (byte-level, like TextCorpus) or a pre-tokenized column such as input_ids.
 """
 
 import hashlib
@@ -295,3 +297,145 @@ class TokenFile:
         return (f"TokenFile(train={self.train!r}, val={self.val!r}, seq_len={self.seq_len}, "
                 f"dtype={np.dtype(self.dtype).name!r}, vocab_size={self._vocab_size!r}, "
                 f"val_fraction={self.val_fraction})")
+
+
+def is_hf_dataset(path) -> bool:
+    """Whether `path` is a folder that `Dataset.save_to_disk` / `DatasetDict.save_to_disk` wrote."""
+    path = Path(path).expanduser()
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+class HFText:
+    """A Hugging Face `datasets` dataset on local disk, read with `datasets.load_from_disk`
+    (what `Dataset.save_to_disk` / `DatasetDict.save_to_disk` wrote); nothing is downloaded.
+
+    column: a column of strings (byte-level UTF-8 tokens, vocab 256, a separator after
+    every row, exactly as TextCorpus treats files) or of token-id lists such as "input_ids"
+    (concatenated as they are; vocab = largest id + 1 unless vocab_size is given).
+    A DatasetDict gives its train_split and val_split; a single Dataset holds out every
+    val_every-th row, so no row straddles the split. Tokens are cached as TextCorpus's are
+    (cache_dir, default ~/.cache/flops_fit), keyed by the dataset files' names, sizes and
+    modification times, so every worker on a node shares one memory-mapped copy.
+    """
+
+    def __init__(self, path, *, column: str = "text", seq_len: int = 128, train_split: str = "train",
+                 val_split: str = "validation", val_every: int = 10, vocab_size: int | None = None,
+                 cache_dir=None):
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"HFText: {path} is not a folder; give the folder that "
+                                    "Dataset.save_to_disk or DatasetDict.save_to_disk wrote")
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1 tokens, got {seq_len}")
+        if val_every < 2:
+            raise ValueError(f"val_every must be >= 2 (every val_every-th row is validation), got {val_every}")
+        self.path = str(path.resolve())
+        self.column = column
+        self.seq_len = seq_len
+        self.train_split = train_split
+        self.val_split = val_split
+        self.val_every = val_every
+        self.cache_dir = None if cache_dir is None else str(cache_dir)
+        self._vocab_size = vocab_size
+
+    @property
+    def tokens_per_sample(self) -> int:
+        return self.seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        """256 for a text column; else as given, or the largest token id + 1."""
+        if self._vocab_size is None:
+            meta = self._build()
+            self._vocab_size = meta["vocab_size"]
+        return self._vocab_size
+
+    def _splits(self) -> tuple:
+        """(train, validation) `datasets.Dataset`s holding only `column`."""
+        try:
+            import datasets
+        except ImportError as e:
+            raise ImportError("HFText reads Hugging Face datasets: pip install datasets") from e
+        ds = datasets.load_from_disk(self.path)
+        if isinstance(ds, datasets.DatasetDict):
+            missing = [s for s in (self.train_split, self.val_split) if s not in ds]
+            if missing:
+                raise ValueError(f"HFText({self.path}) has splits {sorted(ds)}, not {missing}; "
+                                 "set train_split= / val_split=")
+            train, val = ds[self.train_split], ds[self.val_split]
+        else:
+            rows = np.arange(len(ds))
+            held = (rows + 1) % self.val_every == 0
+            train, val = ds.select(rows[~held]), ds.select(rows[held])
+        if self.column not in train.column_names:
+            raise ValueError(f"HFText({self.path}) has columns {train.column_names}, not {self.column!r}; "
+                             "set column= to a text column or a token-id column")
+        return train.select_columns([self.column]), val.select_columns([self.column])
+
+    def _cache_path(self) -> Path:
+        h = hashlib.sha256(f"v{CACHE_VERSION} hf sep={SEPARATOR} column={self.column} "
+                           f"splits={self.train_split},{self.val_split} val_every={self.val_every}\n".encode())
+        for f in sorted(p for p in Path(self.path).rglob("*") if p.is_file()):
+            st = f.stat()
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        base = Path(self.cache_dir) if self.cache_dir else Path.home() / ".cache" / "flops_fit"
+        return base / f"hf-{h.hexdigest()[:16]}"
+
+    def _build(self) -> dict:
+        """Write (or reuse) the token cache; return its meta (dtype, vocab_size, token counts)."""
+        cache = self._cache_path()
+        meta_path = cache / "meta.json"
+        if meta_path.is_file():  # written last: both .bin files are complete
+            return json.loads(meta_path.read_text())
+        cache.mkdir(parents=True, exist_ok=True)
+        splits = dict(zip(("train", "val"), self._splits()))
+        parts = {name: list(self._tokens(ds)) for name, ds in splits.items()}
+        is_text = any(text for chunks in parts.values() for text, _ in chunks)
+        arrays = {name: np.concatenate([t for _, t in chunks]) if chunks else np.zeros(0, np.int64)
+                  for name, chunks in parts.items()}
+        top = max((int(a.max()) for a in arrays.values() if a.size), default=0)
+        vocab = BYTE_VOCAB if is_text else top + 1
+        dtype = "uint16" if top <= np.iinfo(np.uint16).max else "uint32"
+        for name, tokens in arrays.items():
+            write_token_file(cache / f"{name}.bin", tokens, dtype)
+        meta = {"dtype": dtype, "vocab_size": vocab, "tokens": {n: int(a.size) for n, a in arrays.items()}}
+        _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        return meta
+
+    def _tokens(self, ds):
+        """Yield (is_text, token array) per batch of rows of `column`."""
+        sep = np.array([SEPARATOR], dtype=np.int64)
+        for batch in ds.iter(batch_size=1000):
+            rows = batch[self.column]
+            if rows and isinstance(rows[0], str):
+                yield True, np.concatenate([np.concatenate([np.frombuffer(r.encode(), np.uint8).astype(np.int64), sep])
+                                            for r in rows])
+            elif rows:
+                try:
+                    ids = [np.asarray(r, dtype=np.int64).reshape(-1) for r in rows]
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"HFText({self.path}): column {self.column!r} holds {type(rows[0]).__name__}, "
+                                     "neither strings nor lists of token ids; set column=") from e
+                yield False, np.concatenate(ids)
+
+    def __call__(self) -> tuple:
+        """Build (or reuse) the token cache; return (train, validation) TokenDatasets."""
+        meta = self._build()
+        cache = self._cache_path()
+        train, val = (_open_tokens(cache / f"{n}.bin", np.dtype(meta["dtype"]))
+                      if meta["tokens"][n] else np.zeros(0, meta["dtype"]) for n in ("train", "val"))
+        _check_splits(train, val, self.seq_len, f"HFText({self.path}, column={self.column!r})",
+                      ("add rows", "add validation rows or lower val_every"))
+        vocab = self._vocab_size or meta["vocab_size"]
+        return TokenDataset(train, self.seq_len, vocab), TokenDataset(val, self.seq_len, vocab)
+
+    def describe(self) -> str:
+        meta = self._build()
+        return (f"HFText({self.path}, column {self.column!r}): vocab {self._vocab_size or meta['vocab_size']}, "
+                f"train {meta['tokens']['train']:,} tokens, validation {meta['tokens']['val']:,} tokens, "
+                f"seq_len {self.seq_len}")
+
+    def __repr__(self) -> str:
+        return (f"HFText({self.path!r}, column={self.column!r}, seq_len={self.seq_len}, "
+                f"train_split={self.train_split!r}, val_split={self.val_split!r}, "
+                f"val_every={self.val_every}, vocab_size={self._vocab_size!r}, cache_dir={self.cache_dir!r})")

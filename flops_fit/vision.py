@@ -16,7 +16,8 @@ Pieces, as in models.py and data.py:
 - classification_loss(model, batch): mean cross-entropy per image, nats;
 - DigitsImages: scikit-learn's 1,797 8x8 handwritten digits (shipped inside the sklearn
   package, nothing downloaded); ImageFolder: a folder with one subfolder of images per
-  class. Both are picklable factories: they hold settings, and each worker decodes the
+  class; HFImages: a Hugging Face `datasets` image dataset saved on local disk. All are
+  picklable factories: they hold settings, and each worker decodes the
   images itself when it calls one.
 """
 
@@ -312,6 +313,15 @@ class DigitsImages:
         return f"DigitsImages(val_fraction={self.val_fraction}, seed={self.seed})"
 
 
+def _pixels(im, channels: int, image_size: int) -> np.ndarray:
+    """A Pillow image -> float32 [H, W, C] in [0, 1], converted to RGB or grayscale and
+    resized to image_size x image_size (aspect ratio not kept)."""
+    from PIL import Image
+
+    im = im.convert("RGB" if channels == 3 else "L").resize((image_size, image_size), Image.BILINEAR)
+    return (np.asarray(im, dtype=np.float32) / PIXEL_MAX).reshape(image_size, image_size, channels)
+
+
 class ImageFolder:
     """Images in `path/<class name>/*.png|jpg|jpeg`, one subfolder per class.
 
@@ -359,14 +369,11 @@ class ImageFolder:
             from PIL import Image
         except ImportError as e:
             raise ImportError("ImageFolder reads images with Pillow: pip install pillow") from e
-        mode = "RGB" if self.channels == 3 else "L"
         images, labels = [], []
         for label, name in enumerate(self.classes()):
             for f in self._files(Path(self.path, name)):
                 with Image.open(f) as im:
-                    im = im.convert(mode).resize((self.image_size, self.image_size), Image.BILINEAR)
-                    a = np.asarray(im, dtype=np.float32) / PIXEL_MAX
-                images.append(a.reshape(self.image_size, self.image_size, self.channels))
+                    images.append(_pixels(im, self.channels, self.image_size))
                 labels.append(label)
         x = np.stack(images).transpose(0, 3, 1, 2)  # [n, C, H, W]
         return _datasets(x, np.asarray(labels), self.val_fraction, self.seed, f"ImageFolder({self.path})")
@@ -383,5 +390,72 @@ class ImageFolder:
                 f"val_fraction={self.val_fraction}, seed={self.seed})")
 
 
+class HFImages:
+    """An image-classification Hugging Face `datasets` dataset on local disk, read with
+    `datasets.load_from_disk` (what `save_to_disk` wrote); nothing is downloaded.
+
+    Rows of `split` (or the dataset itself if it has no splits) give an image column
+    (Pillow images, as the `datasets.Image` feature decodes them) and an integer label
+    column; images are converted and resized as ImageFolder does, and a stratified
+    val_fraction of each class is held out, chosen by `seed`. num_classes comes from the
+    label column's ClassLabel names, else from the largest label + 1.
+    """
+
+    def __init__(self, path, *, split: str = "train", image_column: str = "image", label_column: str = "label",
+                 image_size: int = 32, channels: int = 3, val_fraction: float = 0.2, seed: int = 0):
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"HFImages: {path} is not a folder; give the folder that "
+                                    "Dataset.save_to_disk or DatasetDict.save_to_disk wrote")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size must be a positive int (pixels per side), got {image_size!r}")
+        _check_fraction(val_fraction)
+        self.path = str(path.resolve())
+        self.split = split
+        self.image_column = image_column
+        self.label_column = label_column
+        self.image_size = image_size
+        self.channels = channels
+        self.val_fraction = val_fraction
+        self.seed = seed
+        ds = self._dataset()  # fails here, not on a worker, if split or columns are wrong
+        names = getattr(ds.features[label_column], "names", None)
+        self.num_classes = len(names) if names else int(max(ds[label_column])) + 1
+
+    def _dataset(self):
+        try:
+            import datasets
+        except ImportError as e:
+            raise ImportError("HFImages reads Hugging Face datasets: pip install datasets") from e
+        ds = datasets.load_from_disk(self.path)
+        if isinstance(ds, datasets.DatasetDict):
+            if self.split not in ds:
+                raise ValueError(f"HFImages({self.path}) has splits {sorted(ds)}, not {self.split!r}; set split=")
+            ds = ds[self.split]
+        missing = [c for c in (self.image_column, self.label_column) if c not in ds.column_names]
+        if missing:
+            raise ValueError(f"HFImages({self.path}) has columns {ds.column_names}, not {missing}; "
+                             "set image_column= / label_column=")
+        return ds
+
+    def __call__(self) -> tuple:
+        ds = self._dataset()
+        images = np.stack([_pixels(im, self.channels, self.image_size) for im in ds[self.image_column]])
+        labels = np.asarray(ds[self.label_column], dtype=np.int64)
+        return _datasets(images.transpose(0, 3, 1, 2), labels, self.val_fraction, self.seed, f"HFImages({self.path})")
+
+    def describe(self) -> str:
+        return (f"HFImages({self.path}, split {self.split!r}): {len(self._dataset()):,} images, "
+                f"{self.num_classes} classes, {'RGB' if self.channels == 3 else 'grayscale'} "
+                f"{self.image_size}x{self.image_size}, validation {self.val_fraction:.0%} (stratified, seed {self.seed})")
+
+    def __repr__(self) -> str:
+        return (f"HFImages({self.path!r}, split={self.split!r}, image_column={self.image_column!r}, "
+                f"label_column={self.label_column!r}, image_size={self.image_size}, channels={self.channels}, "
+                f"val_fraction={self.val_fraction}, seed={self.seed})")
+
+
 __all__ = ["ViT", "ViTConfig", "vit", "classification_loss", "ImageDataset", "DigitsImages",
-           "ImageFolder", "split_indices"]
+           "ImageFolder", "HFImages", "split_indices"]

@@ -28,3 +28,23 @@ def tiny_task(tmp: Path, model_fn=gpt, **overrides) -> Task:
     settings = dict(tokens_per_sample=32, batch_size=8, eval_samples=64)
     settings.update(overrides)
     return Task(model_fn=model_fn, data=corpus(tmp, settings["tokens_per_sample"]), loss_fn=lm_loss, **settings)
+
+
+class RemoveTrainingNode:
+    """A Tune callback (mixed in at use, so this module imports without Ray Tune) that removes
+    the `ray.cluster_utils.Cluster` node a trial trains on, right after the trial's first
+    checkpoint. Tune pickles its callbacks with the experiment state; the cluster holds
+    locks, so it lives on the class (importable, pickled by reference), not the instance."""
+
+    cluster = None
+    nodes: list = []
+
+    def __init__(self):
+        self.removed = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        import threading
+        if self.removed is None and result.get("checkpoint_path") and result["step"] < result["steps"]:
+            node = next(n for n in type(self).nodes if n.node_id == result["node_id"])
+            self.removed = node.node_id
+            threading.Thread(target=type(self).cluster.remove_node, args=(node, False)).start()

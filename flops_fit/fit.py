@@ -35,8 +35,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
-from scipy.optimize import minimize
+
+# pandas and scipy are imported inside the functions that use them: every Ray worker
+# imports this package (whose `fit` is bound eagerly), and the two cost about 0.6 s of CPU
+# per process, paid by every trial of a sweep (benchmarks/RESULTS.md, import costs).
 
 # ---------------------------------------------------------------------------------------
 # Named constants
@@ -347,6 +349,8 @@ def fit_parametric_params(log_n, log_d, log_loss, *, delta=HUBER_DELTA):
         xs, fs, _ = batched_lbfgs(fun_grad, xs, max_iter=iterations)
     candidates = _distinct_best(xs, fs, POLISH_STARTS)
 
+    from scipy.optimize import minimize
+
     def scalar(theta):
         fv, gv = huber_lse_objective(theta[None, :], log_n, log_d, log_loss, ones, delta)
         return float(fv[0]), gv[0]
@@ -371,6 +375,7 @@ def read_table(data) -> pd.DataFrame:
     data: DataFrame; list of dicts; an object with a `.table` DataFrame (SweepResults);
     a path to a CSV, a JSON list of records, JSON lines, or a stored sweep directory.
     """
+    import pandas as pd
     if isinstance(data, pd.DataFrame):
         return data.copy()
     if isinstance(getattr(data, "table", None), pd.DataFrame):
@@ -444,6 +449,7 @@ def _row_record(frame, i, reason):
 
 def prepare(data, *, columns=None, where=None, drop_highest_loss=0, budget_rtol=BUDGET_RTOL):
     """Read, map, filter and validate a results table; raise FitError on bad input."""
+    import pandas as pd
     raw = read_table(data)
     raw = raw.reset_index(drop=True)
     notes = []
@@ -607,6 +613,7 @@ def _weighted_parabolas(x, y, w):
 
 def budget_optima(points, optimum, k):
     """Per-budget optimum. Returns a DataFrame with one row per budget (FLOPs order)."""
+    import pandas as pd
     rows = []
     for budget, grp in points.groupby("budget", sort=True):
         log_n = np.log(grp["params"].to_numpy())
@@ -813,6 +820,7 @@ class ScalingLaws:
     def predict(self, flops) -> pd.DataFrame:
         """One row per approach per C (FLOPs): params, tokens, loss (nats/token) with
         bootstrap interval columns *_low, *_high."""
+        import pandas as pd
         c = np.atleast_1d(np.asarray(flops, float))
         if not (np.all(np.isfinite(c)) and np.all(c > 0)):
             raise FitError(f"predict: compute budgets must be positive FLOPs, got {flops!r}")
@@ -844,6 +852,7 @@ class ScalingLaws:
 
     def to_frame(self) -> pd.DataFrame:
         """Fitted quantities as a tidy DataFrame: approach, quantity, value, low, high."""
+        import pandas as pd
         rows = []
         iso = self.isoflop
         for name in ("a", "b", "k_N", "k_D", "k_L", "loss_exponent"):
@@ -1021,6 +1030,7 @@ def fit(data, *, optimum="parabola", bootstrap=1000, seed=0, columns=None, where
     level: bootstrap interval level (two-sided percentile).
     parametric: also fit L(N, D).
     """
+    import pandas as pd
     if optimum not in OPTIMA:
         raise FitError(f"optimum: unknown value {optimum!r}; use one of {list(OPTIMA)}")
     if int(bootstrap) != bootstrap or bootstrap < 0:

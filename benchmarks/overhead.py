@@ -8,6 +8,9 @@
     planned steps. Prints `ratio: X` (wall b / wall a) and `amortised overhead: Y s`
     ((wall b - wall a) / points), and per-trial latencies measured from Tune's trial start
     to the worker's first optimizer step and from the last step to Tune's trial end.
+    During (b) it samples every process of the machine and prints the CPU seconds each
+    kind of Ray process used (its title: ray::ImplicitFunc is a trial driver,
+    ray::RayTrainWorker a training worker, ...), per point: where the overhead goes.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,6 +54,57 @@ def make_task(cache_dir):
     )
 
 
+class CpuByProcess:
+    """Samples every process's CPU time (user + system, s) while running; groups new
+    processes by title: a Ray worker's proctitle names its actor class (`ray::IDLE` until it
+    gets one); non-Ray processes started meanwhile count under their executable name."""
+
+    def __init__(self, interval_s: float = 0.2):
+        import psutil
+
+        self.psutil = psutil
+        self.interval_s = interval_s
+        self.before = {p.pid: self._cpu(p) for p in psutil.process_iter()}
+        self.cpu, self.title = {}, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _cpu(p) -> float:
+        try:
+            t = p.cpu_times()
+            return t.user + t.system + t.children_user + t.children_system
+        except Exception:
+            return 0.0
+
+    def _run(self):
+        while not self._stop.wait(self.interval_s):
+            for p in self.psutil.process_iter():
+                try:
+                    cmd = p.cmdline()
+                except Exception:
+                    continue
+                title = cmd[0].split(" ")[0] if cmd and cmd[0].startswith("ray::") else p.name()
+                if not title.startswith("ray::IDLE") or p.pid not in self.title:
+                    self.title[p.pid] = title
+                self.cpu[p.pid] = self._cpu(p) - self.before.get(p.pid, 0.0)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def by_title(self, exclude_pid: int) -> dict:
+        out = defaultdict(float)
+        for pid, cpu in self.cpu.items():
+            if pid != exclude_pid and cpu > 0:
+                out[self.title[pid]] += cpu
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
@@ -61,9 +117,9 @@ def main(argv=None):
         plan = ff.plan_sweep(task, BUDGETS, sizes=SIZES)
         data = task.data()
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         plain = [train_plain(pt, task, threads=os.cpu_count(), data=data) for pt in plan]
-        wall_a = time.perf_counter() - t0
+        wall_a, cpu_a = time.perf_counter() - t0, time.process_time() - c0
 
         from ray import tune
 
@@ -78,10 +134,14 @@ def main(argv=None):
                 self.end[trial.config["point"]["point_id"]] = time.time()
 
         timeline = Timeline()
-        t0 = time.perf_counter()
-        res = ff.run_sweep(plan, task, name="overhead", storage_path=str(work / "runs"), live_fit=False,
-                           verbose=False, callbacks=[timeline])
-        wall_b = time.perf_counter() - t0
+        own = time.process_time()
+        with CpuByProcess() as sampler:
+            t0 = time.perf_counter()
+            res = ff.run_sweep(plan, task, name="overhead", storage_path=str(work / "runs"), live_fit=False,
+                               verbose=False, callbacks=[timeline])
+            wall_b = time.perf_counter() - t0
+        cpu = sampler.by_title(exclude_pid=os.getpid())
+        cpu["this script (Tune driver)"] = time.process_time() - own
         t = res.table.set_index("point_id")
         assert (t.status == "ok").all(), t[["status", "error"]]
         to_first = [t.loc[k, "first_step_at"] - timeline.start[k] for k in timeline.start]
@@ -101,6 +161,9 @@ def main(argv=None):
         f"last step -> trial end:    median {statistics.median(from_last):.1f} s, max {max(from_last):.1f} s",
         f"ratio: {wall_b / wall_a:.2f}",
         f"amortised overhead: {(wall_b - wall_a) / n:.1f} s",
+        f"CPU seconds per point: (a) {cpu_a / n:.2f} (all of it training); (b) by process:",
+        *[f"  {title:<32} {sec / n:6.2f}" for title, sec in cpu.items() if sec / n >= 0.05],
+        f"  {'total':<32} {sum(cpu.values()) / n:6.2f}",
     ]
     print("\n".join(lines))
     if not args.no_write:

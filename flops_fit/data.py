@@ -82,6 +82,17 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def _cache_folder(cache_dir, prefix: str, settings: str, files: list) -> Path:
+    """cache_dir (default ~/.cache/flops_fit) / <prefix>-<hash of the settings and of every
+    file's path, size and mtime>: a changed file means a new cache, never a stale one."""
+    h = hashlib.sha256(f"v{CACHE_VERSION} {settings}\n".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "flops_fit"
+    return base / f"{prefix}-{h.hexdigest()[:16]}"
+
+
 def write_token_file(path, tokens, dtype: str = "uint16") -> Path:
     """Write token ids as a flat little-endian binary file (nanoGPT's train.bin layout)."""
     path = Path(path)
@@ -175,12 +186,7 @@ class TextCorpus:
         return train, val
 
     def _cache_path(self, files: list) -> Path:
-        h = hashlib.sha256(f"v{CACHE_VERSION} sep={SEPARATOR} val_every={self.val_every}\n".encode())
-        for f in files:
-            st = f.stat()
-            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        base = Path(self.cache_dir) if self.cache_dir else Path.home() / ".cache" / "flops_fit"
-        return base / f"corpus-{h.hexdigest()[:16]}"
+        return _cache_folder(self.cache_dir, "corpus", f"sep={SEPARATOR} val_every={self.val_every}", files)
 
     def __call__(self) -> tuple:
         """Build (or reuse) the token cache; return (train, validation) TokenDatasets."""
@@ -373,13 +379,9 @@ class HFText:
         return train.select_columns([self.column]), val.select_columns([self.column])
 
     def _cache_path(self) -> Path:
-        h = hashlib.sha256(f"v{CACHE_VERSION} hf sep={SEPARATOR} column={self.column} "
-                           f"splits={self.train_split},{self.val_split} val_every={self.val_every}\n".encode())
-        for f in sorted(p for p in Path(self.path).rglob("*") if p.is_file()):
-            st = f.stat()
-            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        base = Path(self.cache_dir) if self.cache_dir else Path.home() / ".cache" / "flops_fit"
-        return base / f"hf-{h.hexdigest()[:16]}"
+        files = sorted(p for p in Path(self.path).rglob("*") if p.is_file())
+        return _cache_folder(self.cache_dir, "hf", f"sep={SEPARATOR} column={self.column} splits="
+                             f"{self.train_split},{self.val_split} val_every={self.val_every}", files)
 
     def _build(self) -> dict:
         """Write (or reuse) the token cache; return its meta (dtype, vocab_size, token counts)."""

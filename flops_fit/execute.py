@@ -309,7 +309,7 @@ class ResultsWriter(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        if last.get("done") and last.get("status") in ("ok", "diverged"):
+        if last.get("final") and last.get("status") in ("ok", "diverged"):
             from ray.tune.result import AUTO_RESULT_KEYS
 
             # Tune's own keys (trial id, timings, its pid) are filled in again on replay.

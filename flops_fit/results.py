@@ -188,7 +188,7 @@ def result_row(point: dict, last: dict | None, error_text: str | None, started: 
         for key in ("tokens", "flops", "steps", "train_loss", "tokens_per_s", "attempts", "started_at",
                     "first_step_at", "last_step_at", "finished_at", "num_processes", "shards_disjoint", "node", "node_id"):
             row[key] = last.get(key)
-        if last.get("done") and last.get("status") in ("ok", "diverged"):
+        if last.get("final") and last.get("status") in ("ok", "diverged"):
             row["status"] = last["status"]
             row["loss"] = last.get("loss", math.nan)
             row["error"] = last.get("error", "") or ""

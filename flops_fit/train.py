@@ -166,7 +166,7 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
             }
             if not math.isfinite(train_loss):
                 status = "diverged"
-                metrics.update(status=status, loss=float("nan"), done=True,
+                metrics.update(status=status, loss=float("nan"), final=True,
                                error=f"training loss became {train_loss} at step {step}")
                 _report(metrics, None, rank)
                 break
@@ -180,6 +180,10 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
     if status != "diverged":
         eval_loss = _evaluate(accelerator, model, task, val_set, rank, world)
         status = "ok" if math.isfinite(eval_loss) else "diverged"
+        # "final", never "done": Tune takes a reported done=True for the trial's end and kills
+        # the trial driver at once, while the Train controller is still shutting down; the
+        # worker group it then restarts holds its CPUs until the sweep ends (seen as a sweep
+        # stuck after ~100 points, every CPU held by such placement groups).
         final = {
             **metrics,
             "status": status,
@@ -187,7 +191,7 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
             "eval_samples": min(task.eval_samples, len(val_set)),
             "last_step_at": last_step_at,
             "finished_at": time.time(),
-            "done": True,
+            "final": True,
         }
         if status == "diverged":
             final["error"] = f"held-out loss is {eval_loss}"
@@ -228,7 +232,7 @@ def _dry_run(point: SweepPoint, law: dict, task: Task) -> dict:
         "loss": loss,
         "dry_run": True,
         "finished_at": now,
-        "done": True,
+        "final": True,
     }
     _report(metrics, None, rank)
     _release(accelerator)

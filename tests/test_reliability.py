@@ -169,7 +169,7 @@ def test_results_are_read_without_unpickling_anything(tmp_path):
     trial = tmp_path / point.point_id
     trial.mkdir()
     (trial / "params.json").write_text(json.dumps({"point": dataclasses.asdict(point)}))
-    (trial / "result.json").write_text(json.dumps({"done": True, "status": "ok", "loss": 2.5, "tokens": 57600}) + "\n")
+    (trial / "result.json").write_text(json.dumps({"final": True, "status": "ok", "loss": 2.5, "tokens": 57600}) + "\n")
     for name in ("params.pkl", "error.pkl"):
         (trial / name).write_bytes(b"\x80\x04 not a pickle, and never read")
     (tmp_path / "tuner.pkl").write_bytes(b"never read")

@@ -55,7 +55,7 @@ def progress(point, step, iteration=1, **extra):
 
 
 def final(point, status="ok", loss=2.75, **extra):
-    line = progress(point, point.steps, iteration=3, status=status, loss=loss, finished_at=T0 + 60.0, done=True)
+    line = progress(point, point.steps, iteration=3, status=status, loss=loss, finished_at=T0 + 60.0, final=True)
     line.update(extra)
     return line
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import ray
 
 import flops_fit as ff
 from toy import DIVERGING_SIZE, gpt_nan, tiny_task
@@ -189,14 +190,24 @@ def test_trials_spread_over_the_nodes_of_a_cluster(tmp_path):
     assert len(set(result["nodes"])) == 2
 
 
+def worker_groups_holding_cpus() -> set:
+    """Ids of the placement groups that exist and reserve CPUs (Ray Train worker groups)."""
+    return {pg_id for pg_id, pg in ray.util.placement_group_table().items()
+            if pg["state"] == "CREATED" and any("CPU" in b for b in pg["bundles"].values())}
+
+
 def test_dry_run_takes_the_ray_path_and_follows_the_law(ray_session, tmp_path):
     task = tiny_task(tmp_path)
     plan = ff.plan_sweep(task, [1e16, 1e17, 1e18], points_per_budget=5, candidate_sizes=range(1, 65))
     law = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28, "noise": 0.0}
+    before = worker_groups_holding_cpus()
     res = ff.run_sweep(plan, task, name="dry", storage_path=tmp_path / "runs", dry_run=law,
                        resources_per_worker={"CPU": 0.25}, live_fit=False)
     t = res.table
     assert (t.status == "ok").all()
+    # Every point's worker group gave its CPUs back (a leaked one would hold them to the end
+    # of the sweep, and enough of them stall it).
+    assert worker_groups_holding_cpus() <= before
     expected = law["E"] + law["A"] / t.params ** law["alpha"] + law["B"] / t.tokens ** law["beta"]
     assert (t.loss - expected).abs().max() < 1e-9
 

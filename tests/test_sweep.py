@@ -198,7 +198,7 @@ def worker_groups_holding_cpus() -> set:
 
 def test_dry_run_takes_the_ray_path_and_follows_the_law(ray_session, tmp_path):
     task = tiny_task(tmp_path)
-    plan = ff.plan_sweep(task, [1e16, 1e17, 1e18], points_per_budget=5, candidate_sizes=range(1, 65))
+    plan = ff.plan_sweep(task, [1e16, 1e17, 1e18], points_per_budget=3, candidate_sizes=range(1, 65))
     law = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28, "noise": 0.0}
     before = worker_groups_holding_cpus()
     res = ff.run_sweep(plan, task, name="dry", storage_path=tmp_path / "runs", dry_run=law,

@@ -26,6 +26,13 @@ from .task import Task, lr_multiplier
 CHECKPOINT_FILE = "state.pt"
 REPORTS_PER_POINT = 20  # progress reports per point when Task.report_every is 0
 CHECKPOINTS_PER_POINT = 10  # checkpoints per point when Task.checkpoint_every is 0
+# With those defaults, reports and checkpoints are also at least this far apart (seconds).
+# Ray Train's controller takes one report per health check (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
+# 0.2 s here) from a queue of one, so faster reports stall the step loop: 20 reports made a
+# 1-second point take 4 s (benchmarks/RESULTS.md). A point shorter than the checkpoint gap
+# reruns from the start faster than it would checkpoint.
+MIN_REPORT_INTERVAL_S = 1.0
+MIN_CHECKPOINT_INTERVAL_S = 10.0
 
 # Default law for dry runs: Chinchilla's fit (Hoffmann et al. 2022, eq. 10), so a rehearsal
 # produces realistic IsoFLOP valleys and a fit that can be checked against known values.
@@ -131,6 +138,7 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
     model.train()
     window_loss = torch.zeros((), device=device)
     window_steps, window_start = 0, time.perf_counter()
+    last_save = window_start
     status, step = "running", start_step
     first_step_at = None
     while step < point.steps:
@@ -149,9 +157,21 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
         step += 1
         if first_step_at is None:
             first_step_at = time.time()
-        if step % report_every == 0 or step == point.steps:
-            train_loss = accelerator.reduce(window_loss, "mean").item() / window_steps
-            elapsed = time.perf_counter() - window_start
+        save_step = step % checkpoint_every == 0 and step < point.steps
+        if step % report_every == 0 or save_step or step == point.steps:
+            # Rank 0's clock decides whether to report (and save) now; the decision travels
+            # in the same reduce as the loss, so every rank reports at the same steps.
+            now = time.perf_counter()
+            save = save_step and (task.checkpoint_every > 0 or now - last_save >= MIN_CHECKPOINT_INTERVAL_S)
+            report = (save or step == point.steps or task.report_every > 0
+                      or now - window_start >= MIN_REPORT_INTERVAL_S)
+            decision = torch.tensor(float(2 if save else 1 if report else 0) if rank == 0 else 0.0, device=device)
+            loss_sum, decided = accelerator.reduce(torch.stack([window_loss, decision]), "sum").tolist()
+            train_loss = loss_sum / world / window_steps
+            save, report = decided == 2, decided >= 1
+            if math.isfinite(train_loss) and not report:
+                continue
+            elapsed = now - window_start
             metrics = {
                 **base,
                 "status": "running",
@@ -170,11 +190,12 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
                                error=f"training loss became {train_loss} at step {step}")
                 _report(metrics, None, rank)
                 break
-            save = step % checkpoint_every == 0 and step < point.steps
             _report(metrics, (model, optimizer, scheduler, step, meta) if save else None, rank,
                     accelerator=accelerator)
             window_loss.zero_()
             window_steps, window_start = 0, time.perf_counter()
+            if save:
+                last_save = window_start
 
     last_step_at = time.time()
     if status != "diverged":

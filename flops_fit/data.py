@@ -311,6 +311,24 @@ def is_hf_dataset(path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
+def hf_dataset_folder(path, who: str) -> str:
+    """`path` resolved, or FileNotFoundError (naming `who`, the reader) if it is no folder."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{who}: {path} is not a folder; give the folder that "
+                                "Dataset.save_to_disk or DatasetDict.save_to_disk wrote")
+    return str(path.resolve())
+
+
+def load_hf_dataset(path: str, who: str):
+    """`datasets.load_from_disk(path)`: a Dataset, or a DatasetDict (a dict of splits)."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError(f"{who} reads Hugging Face datasets: pip install datasets") from e
+    return datasets.load_from_disk(path)
+
+
 class HFText:
     """A Hugging Face `datasets` dataset on local disk, read with `datasets.load_from_disk`
     (what `Dataset.save_to_disk` / `DatasetDict.save_to_disk` wrote); nothing is downloaded.
@@ -327,15 +345,12 @@ class HFText:
     def __init__(self, path, *, column: str = "text", seq_len: int = 128, train_split: str = "train",
                  val_split: str = "validation", val_every: int = 10, vocab_size: int | None = None,
                  cache_dir=None):
-        path = Path(path).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"HFText: {path} is not a folder; give the folder that "
-                                    "Dataset.save_to_disk or DatasetDict.save_to_disk wrote")
+        path = hf_dataset_folder(path, "HFText")
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1 tokens, got {seq_len}")
         if val_every < 2:
             raise ValueError(f"val_every must be >= 2 (every val_every-th row is validation), got {val_every}")
-        self.path = str(path.resolve())
+        self.path = path
         self.column = column
         self.seq_len = seq_len
         self.train_split = train_split
@@ -352,18 +367,13 @@ class HFText:
     def vocab_size(self) -> int:
         """256 for a text column; else as given, or the largest token id + 1."""
         if self._vocab_size is None:
-            meta = self._build()
-            self._vocab_size = meta["vocab_size"]
+            self._vocab_size = self._build()[1]["vocab_size"]
         return self._vocab_size
 
     def _splits(self) -> tuple:
         """(train, validation) `datasets.Dataset`s holding only `column`."""
-        try:
-            import datasets
-        except ImportError as e:
-            raise ImportError("HFText reads Hugging Face datasets: pip install datasets") from e
-        ds = datasets.load_from_disk(self.path)
-        if isinstance(ds, datasets.DatasetDict):
+        ds = load_hf_dataset(self.path, "HFText")
+        if isinstance(ds, dict):  # a DatasetDict: its splits
             missing = [s for s in (self.train_split, self.val_split) if s not in ds]
             if missing:
                 raise ValueError(f"HFText({self.path}) has splits {sorted(ds)}, not {missing}; "
@@ -383,12 +393,13 @@ class HFText:
         return _cache_folder(self.cache_dir, "hf", f"sep={SEPARATOR} column={self.column} splits="
                              f"{self.train_split},{self.val_split} val_every={self.val_every}", files)
 
-    def _build(self) -> dict:
-        """Write (or reuse) the token cache; return its meta (dtype, vocab_size, token counts)."""
+    def _build(self) -> tuple:
+        """Write (or reuse) the token cache; return its folder and its meta (dtype,
+        vocab_size, token counts)."""
         cache = self._cache_path()
         meta_path = cache / "meta.json"
         if meta_path.is_file():  # written last: both .bin files are complete
-            return json.loads(meta_path.read_text())
+            return cache, json.loads(meta_path.read_text())
         cache.mkdir(parents=True, exist_ok=True)
         splits = dict(zip(("train", "val"), self._splits()))
         parts = {name: list(self._tokens(ds)) for name, ds in splits.items()}
@@ -402,7 +413,7 @@ class HFText:
             write_token_file(cache / f"{name}.bin", tokens, dtype)
         meta = {"dtype": dtype, "vocab_size": vocab, "tokens": {n: int(a.size) for n, a in arrays.items()}}
         _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
-        return meta
+        return cache, meta
 
     def _tokens(self, ds):
         """Yield (is_text, token array) per batch of rows of `column`."""
@@ -422,8 +433,7 @@ class HFText:
 
     def __call__(self) -> tuple:
         """Build (or reuse) the token cache; return (train, validation) TokenDatasets."""
-        meta = self._build()
-        cache = self._cache_path()
+        cache, meta = self._build()
         train, val = (_open_tokens(cache / f"{n}.bin", np.dtype(meta["dtype"]))
                       if meta["tokens"][n] else np.zeros(0, meta["dtype"]) for n in ("train", "val"))
         _check_splits(train, val, self.seq_len, f"HFText({self.path}, column={self.column!r})",
@@ -432,7 +442,7 @@ class HFText:
         return TokenDataset(train, self.seq_len, vocab), TokenDataset(val, self.seq_len, vocab)
 
     def describe(self) -> str:
-        meta = self._build()
+        meta = self._build()[1]
         return (f"HFText({self.path}, column {self.column!r}): vocab {self._vocab_size or meta['vocab_size']}, "
                 f"train {meta['tokens']['train']:,} tokens, validation {meta['tokens']['val']:,} tokens, "
                 f"seq_len {self.seq_len}")

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flops_fit.data import hf_dataset_folder, load_hf_dataset
 from flops_fit.models import MLP
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})  # what ImageFolder reads (Pillow)
@@ -273,6 +274,15 @@ def _datasets(images: np.ndarray, labels: np.ndarray, val_fraction: float, seed:
     return ImageDataset(x[train], y[train]), ImageDataset(x[val], y[val])
 
 
+def _check_image_settings(image_size, channels: int, val_fraction: float) -> None:
+    """The settings every image reader shares, checked before any image is read."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int (pixels per side), got {image_size!r}")
+    _check_fraction(val_fraction)
+
+
 def _check_fraction(val_fraction):
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -338,11 +348,7 @@ class ImageFolder:
         if not path.is_dir():
             raise FileNotFoundError(f"ImageFolder: {path} is not a folder; give a folder with one "
                                     "subfolder of images per class")
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive int (pixels per side), got {image_size!r}")
-        _check_fraction(val_fraction)
+        _check_image_settings(image_size, channels, val_fraction)
         self.path = str(path)
         self.image_size = image_size
         self.channels = channels
@@ -403,16 +409,9 @@ class HFImages:
 
     def __init__(self, path, *, split: str = "train", image_column: str = "image", label_column: str = "label",
                  image_size: int = 32, channels: int = 3, val_fraction: float = 0.2, seed: int = 0):
-        path = Path(path).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"HFImages: {path} is not a folder; give the folder that "
-                                    "Dataset.save_to_disk or DatasetDict.save_to_disk wrote")
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive int (pixels per side), got {image_size!r}")
-        _check_fraction(val_fraction)
-        self.path = str(path.resolve())
+        path = hf_dataset_folder(path, "HFImages")
+        _check_image_settings(image_size, channels, val_fraction)
+        self.path = path
         self.split = split
         self.image_column = image_column
         self.label_column = label_column
@@ -425,12 +424,8 @@ class HFImages:
         self.num_classes = len(names) if names else int(max(ds[label_column])) + 1
 
     def _dataset(self):
-        try:
-            import datasets
-        except ImportError as e:
-            raise ImportError("HFImages reads Hugging Face datasets: pip install datasets") from e
-        ds = datasets.load_from_disk(self.path)
-        if isinstance(ds, datasets.DatasetDict):
+        ds = load_hf_dataset(self.path, "HFImages")
+        if isinstance(ds, dict):  # a DatasetDict: its splits
             if self.split not in ds:
                 raise ValueError(f"HFImages({self.path}) has splits {sorted(ds)}, not {self.split!r}; set split=")
             ds = ds[self.split]

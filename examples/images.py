@@ -1,7 +1,7 @@
 """A second modality: an IsoFLOP sweep of a small vision transformer on images.
 
     python examples/images.py                     # local Ray, CPU, a few minutes
-    python examples/images.py --smoke             # about a minute: a check that all works
+    python examples/images.py --smoke             # about 2 minutes: a check that all works
     python examples/images.py --data my_images/ --image-size 32 --patch-size 4   # your images
 
 The same plan -> run on Ray -> fit -> report path as examples/sweep.py, with what the law
@@ -26,7 +26,7 @@ from flops_fit.vision import DigitsImages, HFImages, ImageFolder, ViT, classific
 
 # examples/ is on sys.path when this file runs as a script: the text example's report()
 # fits, prints and writes the same answer for any modality.
-from sweep import add_run_arguments, report
+from sweep import add_plan_arguments, add_run_arguments, finish_args, plan_and_run, report
 
 # Defaults sized for a 2-core laptop CPU: ViTs of ~1.7k-40k parameters on the digits.
 # The dial is n_layer = size, n_embd = ASPECT * size; at each budget, sizes are centred on
@@ -49,13 +49,7 @@ SMOKE = dict(budgets=[5e8, 1e9, 2e9], sizes=[2, 3, 4])  # 9 short points, about 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budgets", type=float, nargs="+", default=BUDGETS, help="compute budgets, FLOPs")
-    p.add_argument("--sizes", type=int, nargs="+", default=None,
-                   help="model sizes (the dial) to train at every budget")
-    p.add_argument("--points-per-budget", type=int, default=POINTS_PER_BUDGET,
-                   help="without --sizes: this many sizes per budget, centred on a prior optimum")
-    p.add_argument("--tokens-per-param", type=float, default=TOKENS_PER_PARAM,
-                   help="prior patches per parameter at the optimum, to centre the sizes")
+    add_plan_arguments(p, BUDGETS, POINTS_PER_BUDGET, TOKENS_PER_PARAM, per="patches")
     p.add_argument("--aspect", type=int, default=ASPECT, help="ViT width per layer")
     p.add_argument("--patch-size", type=int, default=PATCH_SIZE, help="pixels per patch side")
     p.add_argument("--image-size", type=int, default=IMAGE_SIZE,
@@ -69,14 +63,7 @@ def parse_args(argv=None):
                         "Face dataset folder (save_to_disk; columns image, label) "
                         "(default: scikit-learn's 8x8 digits)")
     add_run_arguments(p)
-    p.add_argument("--smoke", action="store_true", help="a tiny sweep that finishes in about a minute")
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.budgets, args.sizes = SMOKE["budgets"], args.sizes or SMOKE["sizes"]
-        args.bootstrap = min(args.bootstrap, 200)
-    if args.name is None:
-        args.name = "vit-smoke" if args.smoke else ("vit-dry-run" if args.dry_run else "vit-digits")
-    return args
+    return finish_args(p, argv, SMOKE, names=("vit-smoke", "vit-dry-run", "vit-digits"))
 
 
 def make_data(args):
@@ -114,14 +101,7 @@ def main(argv=None):
     args = parse_args(argv)
     task = make_task(args)
     print(task.data.describe())
-    plan = ff.plan_sweep(task, args.budgets, sizes=args.sizes, points_per_budget=args.points_per_budget,
-                         tokens_per_param=args.tokens_per_param)
-    results = ff.run_sweep(
-        plan, task, name=args.name, storage_path=args.storage_path, num_workers=args.num_workers,
-        use_gpu=args.gpu, address=args.address, max_concurrent=args.max_concurrent,
-        dry_run=args.dry_run,
-    )
-    return report(results, args, loss_unit="nats/image")
+    return report(plan_and_run(task, args), args, loss_unit="nats/image")
 
 
 if __name__ == "__main__":

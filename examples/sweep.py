@@ -1,7 +1,7 @@
 """The main job: plan an IsoFLOP sweep, run it on Ray, fit the scaling laws, report.
 
     python examples/sweep.py                      # local Ray, CPU, a few minutes
-    python examples/sweep.py --smoke              # under a minute: a check that all works
+    python examples/sweep.py --smoke              # about 2 minutes: a check that all works
     python examples/sweep.py --address auto --gpu --num-workers 2 --budgets 1e17 3e17 1e18 \\
         --aspect 64 --seq-len 512 --storage-path s3://bucket/flops_fit   # on a GPU cluster
 
@@ -39,13 +39,7 @@ SMOKE = dict(budgets=[2e10, 4e10, 8e10], sizes=[1, 2, 3])  # 9 short points
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budgets", type=float, nargs="+", default=BUDGETS, help="compute budgets, FLOPs")
-    p.add_argument("--sizes", type=int, nargs="+", default=None,
-                   help="model sizes (the dial) to train at every budget")
-    p.add_argument("--points-per-budget", type=int, default=POINTS_PER_BUDGET,
-                   help="without --sizes: this many sizes per budget, centred on a prior optimum")
-    p.add_argument("--tokens-per-param", type=float, default=TOKENS_PER_PARAM,
-                   help="prior tokens per parameter at the optimum, to centre the sizes")
+    add_plan_arguments(p, BUDGETS, POINTS_PER_BUDGET, TOKENS_PER_PARAM, per="tokens")
     p.add_argument("--aspect", type=int, default=ASPECT, help="GPT width per layer")
     p.add_argument("--seq-len", type=int, default=SEQ_LEN, help="tokens per sample")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="global batch, samples")
@@ -55,13 +49,32 @@ def parse_args(argv=None):
                         "Hugging Face dataset folder (save_to_disk, column 'text') "
                         "(default: this Python's standard library sources)")
     add_run_arguments(p)
-    p.add_argument("--smoke", action="store_true", help="a tiny sweep that finishes in under a minute")
+    return finish_args(p, argv, SMOKE, names=("smoke", "dry-run", "gpt-stdlib"))
+
+
+def add_plan_arguments(p, budgets, points_per_budget, tokens_per_param, per: str):
+    """The flags of what a sweep trains (budgets and sizes), shared by every example;
+    `per` names what D counts (tokens, patches)."""
+    p.add_argument("--budgets", type=float, nargs="+", default=budgets, help="compute budgets, FLOPs")
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="model sizes (the dial) to train at every budget")
+    p.add_argument("--points-per-budget", type=int, default=points_per_budget,
+                   help="without --sizes: this many sizes per budget, centred on a prior optimum")
+    p.add_argument("--tokens-per-param", type=float, default=tokens_per_param,
+                   help=f"prior {per} per parameter at the optimum, to centre the sizes")
+
+
+def finish_args(p, argv, smoke: dict, names: tuple):
+    """Add --smoke and parse. --smoke swaps in `smoke`'s budgets and sizes (and 200
+    bootstrap resamples); without --name, the name is names[0] (smoke), names[1] (dry run)
+    or names[2]."""
+    p.add_argument("--smoke", action="store_true", help="a tiny sweep: a quick check that all works")
     args = p.parse_args(argv)
     if args.smoke:
-        args.budgets, args.sizes = SMOKE["budgets"], args.sizes or SMOKE["sizes"]
+        args.budgets, args.sizes = smoke["budgets"], args.sizes or smoke["sizes"]
         args.bootstrap = min(args.bootstrap, 200)
     if args.name is None:
-        args.name = "smoke" if args.smoke else ("dry-run" if args.dry_run else "gpt-stdlib")
+        args.name = names[0] if args.smoke else (names[1] if args.dry_run else names[2])
     return args
 
 
@@ -109,15 +122,18 @@ def make_task(args) -> ff.Task:
 
 def main(argv=None):
     args = parse_args(argv)
-    task = make_task(args)
+    return report(plan_and_run(make_task(args), args), args)
+
+
+def plan_and_run(task, args):
+    """Plan the sweep the flags describe and run it on Ray; the SweepResults."""
     plan = ff.plan_sweep(task, args.budgets, sizes=args.sizes, points_per_budget=args.points_per_budget,
                          tokens_per_param=args.tokens_per_param)
-    results = ff.run_sweep(
+    return ff.run_sweep(
         plan, task, name=args.name, storage_path=args.storage_path, num_workers=args.num_workers,
         use_gpu=args.gpu, address=args.address, max_concurrent=args.max_concurrent,
         dry_run=args.dry_run,
     )
-    return report(results, args)
 
 
 RESULT_COLUMNS = ["point_id", "budget", "size", "params", "tokens", "loss", "status"]  # printed when no fit

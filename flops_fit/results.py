@@ -78,6 +78,7 @@ def load_results(path) -> SweepResults:
     if plan_text is not None:
         plan = _parse_plan(plan_text, _j(root, PLAN_FILE))
     rows, orphans = {}, {}
+    planned = {p.point_id: p for p in plan.points} if plan is not None else {}
     from pyarrow.fs import FileSelector
 
     for info in fs.get_file_info(FileSelector(root)):
@@ -90,7 +91,6 @@ def load_results(path) -> SweepResults:
             # Tune may also leave an empty folder behind when a killed sweep is resumed
             # (it reruns the point in "<id>_<suffix>"), so such a folder only fills a gap.
             name = info.path.rstrip("/").rsplit("/", 1)[-1]
-            planned = {p.point_id: p for p in plan.points} if plan is not None else {}
             error = _read_text(fs, _j(info.path, "error.txt"))
             if name in planned and error is not None:
                 orphans[name] = result_row(_point_dict(planned[name]), None, error)

@@ -98,10 +98,15 @@ class CpuByProcess:
         self._thread.join()
 
     def by_title(self, exclude_pid: int) -> dict:
+        """CPU seconds by actor class. A Ray worker's title also names the method it runs
+        (`ray::TrainController.run`) and is cut short while it changes (`ray::ImplicitFu`):
+        both count under the class."""
+        titles = {t.split(".")[0] for t in self.title.values()}
+        full = {t: max((u for u in titles if u.startswith(t)), key=len) for t in titles}
         out = defaultdict(float)
         for pid, cpu in self.cpu.items():
             if pid != exclude_pid and cpu > 0:
-                out[self.title[pid]] += cpu
+                out[full[self.title[pid].split(".")[0]]] += cpu
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 

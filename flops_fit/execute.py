@@ -3,9 +3,11 @@ imports ray.tune).
 
 - Trial driver (`run_point`): the Tune function trainable for one sweep point. It builds a
   `TorchTrainer` running `train.train_point` on every worker and forwards rank 0's
-  metrics to Tune with `TuneReportCallback`, the pattern of Ray's own
-  `doc_code/train_tune_interop.py` (passing a trainer to `tune.Tuner` is deprecated since
-  Ray 2.43 and fails under Train V2).
+  metrics to Tune, the pattern of Ray's own `doc_code/train_tune_interop.py` (passing a
+  trainer to `tune.Tuner` is deprecated since Ray 2.43 and fails under Train V2). Unlike
+  the stock trainer, Train's controller runs in the trial driver's own process, and one
+  `PlacementGroupGuard` per sweep replaces Train's per-run cleaner: four fewer processes
+  per point (see "The Train stack of one point" below).
 - Sweep (`run_sweep`): one `tune.Tuner` over all points, one trial per point, no
   early-stopping scheduler (every point of an IsoFLOP curve matters), concurrency derived
   from the cluster, one storage folder per sweep, and resume of an interrupted sweep
@@ -22,8 +24,11 @@ import time
 from pathlib import Path
 
 import ray
+import ray.train
 from ray import tune
+from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune.experiment import Trial
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import results as R
 from .plan import SweepPlan, SweepPoint
@@ -111,7 +116,15 @@ def run_sweep(
         if ray.cluster_resources().get(TRIAL_RESOURCE)
         else {"CPU": FALLBACK_DRIVER_CPU}
     )
+    guard_name = f"flops_fit-placement-group-guard-{os.getpid()}-{time.time_ns()}"
+    guard = PlacementGroupGuard.options(
+        name=guard_name,
+        # Beside the sweep's driver, which it lives and dies with (on its node the job's
+        # end removes every placement group anyway).
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
+    ).remote()
     settings = {
+        "guard": guard_name,
         "num_workers": num_workers,
         "use_gpu": use_gpu,
         "resources_per_worker": resources,
@@ -165,7 +178,14 @@ def run_sweep(
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        try:  # a driver that died near the end left its group for this last round
+            ray.get(guard.check.remote(), timeout=30)
+        except Exception as e:
+            print(f"flops_fit: placement-group guard: {e!r}", file=sys.stderr, flush=True)
+        ray.kill(guard)
     results = R.load_results(sweep_dir)
     R.write_results_csv(results)
     if verbose:
@@ -175,16 +195,12 @@ def run_sweep(
 
 def run_point(config: dict, task: Task, settings: dict) -> None:
     """Trial driver: train one sweep point on a TorchTrainer worker group."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     point = SweepPoint.from_dict(config["point"])
     finished = R.read_finished(settings["sweep_dir"], point.point_id)
     if finished is not None:  # finished before the sweep was interrupted: not trained again
         tune.report(finished)
         return
-    trainer = TorchTrainer(
+    trainer = _trainer_class()(
         train_point,
         train_loop_config={
             "point": config["point"],
@@ -203,10 +219,136 @@ def run_point(config: dict, task: Task, settings: dict) -> None:
             storage_path=settings["train_storage"],
             failure_config=ray.train.FailureConfig(max_failures=settings["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],
+            callbacks=[_ReportToTune(), _GuardPlacementGroup(settings["guard"])],
         ),
     )
     trainer.fit()
+
+
+# The Train stack of one point. Each Python process a point starts costs 1-3 CPU-s of
+# start-up and imports, taken from training on a small machine (benchmarks/RESULTS.md,
+# "Where the time goes"). Ray Train 2.60's stock `TorchTrainer.fit()` starts four per point
+# besides the workers: its controller, the report queue behind `TuneReportCallback`, a Ray
+# Data `DatasetManager` (even without datasets) and a detached placement-group cleaner.
+# Here the controller runs in the trial driver's own thread (the driver only waits for it),
+# so its reports go to Tune with a plain `tune.report`; no DatasetManager without datasets;
+# one `PlacementGroupGuard` per sweep does the cleaner's job. These overrides use private
+# Ray Train API: Ray is pinned (pyproject.toml) and tests/test_sweep.py checks that the
+# sweep starts none of those processes.
+PINNED_RAY = "2.60.0"
+
+
+def _trainer_class():
+    """`TorchTrainer` whose controller runs in the calling process (the trial driver)."""
+    import asyncio
+
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+        from ray.train.v2._internal.callbacks.placement_group_callback import (
+            PlacementGroupCleanerCallback,
+        )
+        from ray.train.v2._internal.execution.controller import TrainController
+    except ImportError as e:
+        raise ImportError(
+            f"flops_fit runs Ray Train's controller inside each trial driver, which needs the "
+            f"internals of Ray {PINNED_RAY} ({e}); install ray[default,train,tune]=={PINNED_RAY} "
+            f"as pyproject.toml pins it (this is Ray {ray.__version__})."
+        ) from e
+
+    class DriverTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            # The cleaner's job is done by the sweep's PlacementGroupGuard; the datasets
+            # callback only starts a DatasetManager actor when there are no datasets.
+            drop = (PlacementGroupCleanerCallback,) + (() if self.datasets else (DatasetsCallback,))
+            return [c for c in super()._create_default_callbacks() if not isinstance(c, drop)]
+
+        def _initialize_and_run_controller(self, **controller_init_kwargs):
+            controller = TrainController(**controller_init_kwargs)
+            asyncio.run(controller.run())
+            return controller.get_result()
+
+    return DriverTorchTrainer
+
+
+class _ReportToTune(ray.train.UserCallback):
+    """Forwards rank 0's metrics to Tune. Runs in the controller, i.e. in the trial driver's
+    training thread, where `tune.report` belongs (`TuneReportCallback` needs a queue actor
+    because the stock controller lives in another process)."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        result = dict(metrics[0])
+        if checkpoint:  # where the point's latest checkpoint is, as TuneReportCallback adds it
+            result["checkpoint_path"] = checkpoint.path
+        tune.report(result)
+
+
+class _GuardPlacementGroup(WorkerGroupCallback):
+    """Hands each new worker group's placement group to the sweep's PlacementGroupGuard."""
+
+    def __init__(self, guard_name: str):
+        self.guard_name = guard_name
+
+    def after_worker_group_start(self, worker_group):
+        pg = worker_group.get_worker_group_state().placement_group_handle.placement_group
+        guard = ray.get_actor(self.guard_name)
+        ray.get(guard.watch.remote(ray.get_runtime_context().get_actor_id(), pg))
+
+
+@ray.remote(num_cpus=0)
+class PlacementGroupGuard:
+    """One per sweep: removes the placement group of a worker group whose trial driver died
+    without removing it (killed, out of memory). Such a group keeps its CPUs/GPUs reserved
+    until the sweep ends: a placement group outlives the actor that created it."""
+
+    def __init__(self, check_interval_s: float = 3.0):
+        self._watched: dict = {}  # trial driver's actor id -> its worker group's placement group
+        self._lock = threading.Lock()
+        self._checking = threading.Lock()  # the loop's round and a caller's never overlap
+        self._interval_s = check_interval_s
+        threading.Thread(target=self._loop, daemon=True, name="placement-group-guard").start()
+
+    def watch(self, driver_actor_id: str, placement_group) -> None:
+        with self._lock:  # a restarted worker group replaces the earlier (removed) one
+            self._watched[driver_actor_id] = placement_group
+
+    def check(self) -> int:
+        """Remove the placement groups of dead trial drivers now; returns how many."""
+        with self._checking:
+            return self._check()
+
+    def _check(self) -> int:
+        from ray.util.placement_group import placement_group_table, remove_placement_group
+        from ray.util.state import list_actors
+
+        with self._lock:
+            watched = dict(self._watched)
+        if not watched:
+            return 0
+        # One query for all drivers: alive actors are few, dead ones pile up over a sweep.
+        alive = {a.actor_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)}
+        removed = 0
+        for driver_id, pg in watched.items():
+            if driver_id in alive:
+                continue
+            if placement_group_table(pg).get("state") not in (None, "REMOVED"):
+                print(f"flops_fit: trial driver {driver_id} died; removing its worker group's "
+                      f"placement group {pg.id.hex()}", file=sys.stderr, flush=True)
+                remove_placement_group(pg)
+                removed += 1
+            with self._lock:
+                if self._watched.get(driver_id) is pg:
+                    del self._watched[driver_id]
+        return removed
+
+    def _loop(self):
+        while True:
+            time.sleep(self._interval_s)
+            try:
+                self.check()
+            except Exception as e:  # e.g. the state API briefly unavailable: next round
+                print(f"flops_fit: placement-group guard: {e!r}", file=sys.stderr, flush=True)
 
 
 def trial_name(trial: Trial) -> str:

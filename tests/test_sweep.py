@@ -21,14 +21,30 @@ pytestmark = pytest.mark.slow
 TESTS_DIR = Path(__file__).resolve().parent
 
 
+# Processes that Ray Train's stock TorchTrainer.fit() starts per run and flops_fit's trial
+# driver does without (flops_fit/execute.py: the controller runs in the trial driver).
+NOT_STARTED = {"TrainController", "_QueueActor", "DatasetManager", "PlacementGroupCleaner"}
+
+
+def actor_classes() -> dict:
+    from ray.util.state import list_actors
+
+    # Tune's trial driver is listed as ImplicitFunc or wrap_function.<locals>.ImplicitFunc.
+    return {a.actor_id: a.class_name.split(".")[-1] for a in list_actors(limit=10_000)}
+
+
 def test_two_worker_sweep_trains_exactly_the_plan(ray_session, tmp_path):
     task = tiny_task(tmp_path)
     plan = ff.plan_sweep(task, [5e9, 1e10], sizes=[1, 2, 3])
     assert len(plan) == 6
+    before = actor_classes()
     res = ff.run_sweep(plan, task, name="two-workers", storage_path=tmp_path / "runs", num_workers=2,
                        live_fit=False)
     t = res.table
     assert list(t.status) == ["ok"] * 6, t[["point_id", "status", "error"]]
+    started = [c for a, c in actor_classes().items() if a not in before]
+    assert started.count("ImplicitFunc") == 6 and started.count("RayTrainWorker") == 12, started
+    assert not NOT_STARTED & set(started), started
     assert t.loss.map(math.isfinite).all()
     # Accelerate inside each Ray worker sees the whole group.
     assert (t.num_processes == 2).all()
@@ -155,8 +171,8 @@ CLUSTER = textwrap.dedent(
             sock.bind(("127.0.0.1", 0))
             return sock.getsockname()[1]
     # A head that only hosts trial drivers, and two 1-CPU worker nodes.
-    # The dashboard stays on: Ray Train's placement-group cleanup queries it, and without
-    # it every finished point would keep its CPUs reserved.
+    # The dashboard stays on: the sweep's placement-group guard asks it which trial drivers
+    # are alive.
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": True,
         "dashboard_host": "127.0.0.1", "dashboard_port": free_port()})
@@ -212,6 +228,36 @@ def test_dry_run_takes_the_ray_path_and_follows_the_law(ray_session, tmp_path):
     assert (t.loss - expected).abs().max() < 1e-9
 
 
+def test_a_killed_trial_driver_is_an_error_and_gives_its_cpus_back(ray_session, tmp_path):
+    from ray import tune
+
+    class KillDriverOnce(tune.Callback):
+        """SIGKILL a trial's driver (as the out-of-memory killer would) mid-training."""
+
+        def __init__(self):
+            self.killed = None
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if self.killed is None and result["step"] < result["steps"]:
+                os.kill(result["pid"], signal.SIGKILL)  # Tune's `pid`: the trial driver
+                self.killed = result["point_id"]
+
+    task = tiny_task(tmp_path, report_every=20)
+    plan = ff.plan_sweep(task, [1e10], sizes=[1, 2])
+    before = worker_groups_holding_cpus()
+    killer = KillDriverOnce()
+    res = ff.run_sweep(plan, task, name="driver-killed", storage_path=tmp_path / "runs", live_fit=False,
+                       callbacks=[killer])
+    assert killer.killed is not None, "no trial driver was killed"
+    t = res.table.set_index("point_id")
+    assert t.loc[killer.killed, "status"] == "failed", t.loc[killer.killed, "error"]
+    assert t.loc[killer.killed, "error"], "the failure's cause is kept"
+    assert (t.drop(index=killer.killed).status == "ok").all()
+    # The killed driver's worker group outlived it (a placement group outlives its creator);
+    # the sweep's guard removed it, so its CPU is free for the next points and sweeps.
+    assert worker_groups_holding_cpus() <= before
+
+
 NODE_LOSS = textwrap.dedent(
     """
     import json, os, sys
@@ -231,8 +277,8 @@ NODE_LOSS = textwrap.dedent(
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             return sock.getsockname()[1]
-    # The dashboard stays on: Ray Train's placement-group cleanup queries it, and without
-    # it every finished point would keep its CPUs reserved.
+    # The dashboard stays on: the sweep's placement-group guard asks it which trial drivers
+    # are alive.
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": True,
         "dashboard_host": "127.0.0.1", "dashboard_port": free_port()})

@@ -85,7 +85,7 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
             f"Task.batch_size={task.batch_size} is not divisible by num_workers={world}; "
             "choose a batch size that is a multiple of the number of workers."
         )
-    accelerator = _make_accelerator(task)
+    accelerator = _make_accelerator(task, world)
     train_set, val_set = task.data()
 
     torch.manual_seed(task.seed)
@@ -260,7 +260,7 @@ def _dry_run(point: SweepPoint, law: dict, task: Task) -> dict:
     return metrics
 
 
-def _make_accelerator(task: Task):
+def _make_accelerator(task: Task, world_size: int):
     import torch
     from accelerate import Accelerator
 
@@ -270,7 +270,18 @@ def _make_accelerator(task: Task):
         # bf16 autocast is the standard for transformer training on GPUs (fp32 master
         # weights); CPUs run fp32, where bf16 matmuls are slow on most parts.
         precision = "bf16" if on_gpu else "no"
-    return Accelerator(mixed_precision=precision, cpu=not on_gpu)
+    if world_size > 1:
+        return Accelerator(mixed_precision=precision, cpu=not on_gpu)
+    # A group of one: Ray sets LOCAL_RANK even then, so Accelerate would take it for a
+    # distributed run and wrap the model in DistributedDataParallel, whose gradient
+    # bucketing and all-reduce cost ~4 % per step for nothing (benchmarks/RESULTS.md,
+    # "the worker-loop gap"). Without it Accelerate sees the single process it is.
+    local_rank = os.environ.pop("LOCAL_RANK", None)
+    try:
+        return Accelerator(mixed_precision=precision, cpu=not on_gpu)
+    finally:
+        if local_rank is not None:
+            os.environ["LOCAL_RANK"] = local_rank
 
 
 def _adamw(model, task: Task, lr: float):

@@ -48,6 +48,8 @@ def test_two_worker_sweep_trains_exactly_the_plan(ray_session, tmp_path):
     assert t.loss.map(math.isfinite).all()
     # Accelerate inside each Ray worker sees the whole group.
     assert (t.num_processes == 2).all()
+    last = json.loads((Path(res.path) / t.point_id[0] / "result.json").read_text().splitlines()[-1])
+    assert last["distributed_type"] == "DistributedType.MULTI_CPU", last
     # Every rank's shard of the batch was gathered and found disjoint from the others.
     assert t.shards_disjoint.astype(bool).all()
     # The loop enforces the budget: tokens trained are exactly the plan's D.
@@ -106,6 +108,9 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_loss(ray_session, t
     assert row_killed.status == "ok" and row_killed.attempts == 2
     assert row_killed.tokens == row_clean.tokens == plan.points[0].tokens
     assert row_killed.loss == pytest.approx(row_clean.loss, rel=1e-6)
+    # A group of one is not wrapped in DistributedDataParallel (it only costs time there).
+    last = json.loads((Path(clean.path) / row_clean.point_id / "result.json").read_text().splitlines()[-1])
+    assert last["num_processes"] == 1 and last["distributed_type"] == "DistributedType.NO", last
 
 
 DRIVER = textwrap.dedent(

@@ -4,14 +4,19 @@
 
 Tokens per second between the first and the last optimizer step of one point (size 4 of
 the tiny GPT, 64-token samples, 16-sample global batch): (a) benchmarks/plain_loop.py
-in-process with 1 torch thread, run before and after the Ray runs (the mean is the baseline); (b) flops_fit's worker loop (Ray Train + Accelerate) with
+in-process with 1 torch thread; (b) flops_fit's worker loop (Ray Train + Accelerate) with
 1 worker of 1 CPU; (c) the same with 2 workers of 1 CPU each (data parallel, gloo).
+Plain runs alternate with the 1-worker runs (plain, worker, plain, worker, ..., plain):
+on a shared machine speed drifts by 5-20 % between runs, so each worker run is compared
+with the mean of the plain runs on either side, and the median of those ratios is the
+result.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -24,12 +29,12 @@ from overhead import make_task  # noqa: E402
 from plain_loop import train_plain  # noqa: E402
 from results_file import append_result  # noqa: E402
 
-BUDGET = 8e11  # FLOPs: about 20 s of training for size 4 on one core
+BUDGET = 4e11  # FLOPs: about 10-20 s of training for size 4 on one core
 SIZE = 4
 
 
-def worker_tokens_per_s(plan, task, storage, num_workers) -> float:
-    res = ff.run_sweep(plan, task, name=f"throughput-{num_workers}", storage_path=storage,
+def worker_tokens_per_s(plan, task, storage, num_workers, name) -> float:
+    res = ff.run_sweep(plan, task, name=name, storage_path=storage,
                        num_workers=num_workers, live_fit=False, verbose=False)
     row = res.table.iloc[0]
     assert row.status == "ok", row.error
@@ -41,30 +46,39 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--label", default="")
+    p.add_argument("--repeats", type=int, default=3, help="1-worker runs, each between two plain runs")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="flops_fit-throughput-"))
     try:
         task = make_task(str(work / "cache"))
         plan = ff.plan_sweep(task, [BUDGET], sizes=[SIZE])
-        # Plain runs before and after the Ray runs: run-to-run noise here is 3-5 %, so the
-        # baseline is their mean and both are shown.
-        plain_runs = [train_plain(plan.points[0], task, threads=1)["tokens_per_s"]]
-        one = worker_tokens_per_s(plan, task, str(work / "runs"), 1)
-        two = worker_tokens_per_s(plan, task, str(work / "runs"), 2)
-        plain_runs.append(train_plain(plan.points[0], task, threads=1)["tokens_per_s"])
-        plain = sum(plain_runs) / len(plain_runs)
+        storage = str(work / "runs")
+
+        def plain_run():
+            return train_plain(plan.points[0], task, threads=1)["tokens_per_s"]
+
+        plain_runs, ones = [plain_run()], []
+        for i in range(args.repeats):
+            ones.append(worker_tokens_per_s(plan, task, storage, 1, f"one-{i}"))
+            plain_runs.append(plain_run())
+        two = worker_tokens_per_s(plan, task, storage, 2, "two")
     finally:
         import ray
 
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
+    ratios = [w / ((plain_runs[i] + plain_runs[i + 1]) / 2) for i, w in enumerate(ones)]
+    plain = statistics.median(plain_runs)
     point = plan.points[0]
     lines = [
         f"point: {point.point_id}, {point.params:,} params, {point.steps} steps of {task.batch_tokens} tokens",
-        f"(a) plain PyTorch, 1 thread:        {plain:,.0f} tokens/s  (mean of {plain_runs[0]:,.0f} before "
-        f"and {plain_runs[1]:,.0f} after the Ray runs)",
-        f"(b) worker loop, 1 worker x 1 CPU:  {one:,.0f} tokens/s  ({one / plain:.2f}x plain)",
-        f"(c) worker loop, 2 workers x 1 CPU: {two:,.0f} tokens/s  ({two / plain:.2f}x plain)",
+        f"(a) plain PyTorch, 1 thread:        {plain:,.0f} tokens/s  (median; runs: "
+        f"{', '.join(f'{x:,.0f}' for x in plain_runs)})",
+        f"(b) worker loop, 1 worker x 1 CPU:  {statistics.median(ones):,.0f} tokens/s  (median; runs: "
+        f"{', '.join(f'{x:,.0f}' for x in ones)})",
+        f"    each against the plain runs beside it: {', '.join(f'{r:.3f}' for r in ratios)}",
+        f"    worker / plain: {statistics.median(ratios):.2f}x (median)",
+        f"(c) worker loop, 2 workers x 1 CPU: {two:,.0f} tokens/s  ({two / plain:.2f}x the plain median)",
     ]
     print("\n".join(lines))
     if not args.no_write:

@@ -303,9 +303,12 @@ NODE_LOSS = textwrap.dedent(
         res = ff.run_sweep(plan, task, name="node-loss", storage_path=tmp / "runs", live_fit=False,
                            callbacks=[cb])
         row = res.table.iloc[0]
+        from ray.util.state import list_actors
+        guards = [a.node_id for a in list_actors(filters=[("class_name", "=", "PlacementGroupGuard")])]
         print("RESULT", json.dumps({"status": row.status, "removed": cb.removed, "node": row.node_id,
                                     "attempts": int(row.attempts), "tokens": int(row.tokens),
-                                    "planned": int(row.planned_tokens)}))
+                                    "planned": int(row.planned_tokens), "guards": guards,
+                                    "driver_node": ray.get_runtime_context().get_node_id()}))
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -327,3 +330,16 @@ def test_a_node_removed_mid_trial_resumes_on_another_node(tmp_path):
     assert r["status"] == "ok" and r["attempts"] >= 2
     assert r["node"] != r["removed"], "the point finished on the node that was removed"
     assert r["tokens"] == r["planned"]
+    # The placement-group guard ran beside the sweep driver, not on a node that can go away.
+    assert r["guards"] == [r["driver_node"]]
+
+
+def test_an_unreachable_placement_group_guard_does_not_fail_a_worker_group_start(ray_session, capsys):
+    from types import SimpleNamespace
+
+    from flops_fit.execute import _GuardPlacementGroup
+
+    group = SimpleNamespace(get_worker_group_state=lambda: SimpleNamespace(
+        placement_group_handle=SimpleNamespace(placement_group=None)))
+    _GuardPlacementGroup("flops_fit-placement-group-guard-that-is-gone").after_worker_group_start(group)
+    assert "placement-group guard unreachable" in capsys.readouterr().err

@@ -2,12 +2,13 @@
 imports ray.tune).
 
 - Trial driver (`run_point`): the Tune function trainable for one sweep point. It builds a
-  `TorchTrainer` running `train.train_point` on every worker and forwards rank 0's
-  metrics to Tune, the pattern of Ray's own `doc_code/train_tune_interop.py` (passing a
-  trainer to `tune.Tuner` is deprecated since Ray 2.43 and fails under Train V2). Unlike
-  the stock trainer, Train's controller runs in the trial driver's own process, and one
-  `PlacementGroupGuard` per sweep replaces Train's per-run cleaner: four fewer processes
-  per point (see "The Train stack of one point" below).
+  Ray Train trainer (`TorchTrainer` for several workers) running `train.train_point` on
+  every worker and forwards rank 0's metrics to Tune, the pattern of Ray's own
+  `doc_code/train_tune_interop.py` (passing a trainer to `tune.Tuner` is deprecated since
+  Ray 2.43 and fails under Train V2). Unlike the stock trainer, Train's controller runs in
+  the trial driver's own process, and one `PlacementGroupGuard` per sweep replaces Train's
+  per-run cleaner: four fewer processes per point (see "The Train stack of one point"
+  below).
 - Sweep (`run_sweep`): one `tune.Tuner` over all points, one trial per point, no
   early-stopping scheduler (every point of an IsoFLOP curve matters), concurrency derived
   from the cluster, one storage folder per sweep, and resume of an interrupted sweep
@@ -78,7 +79,9 @@ def run_sweep(
     live_fit: bool = True,
     verbose: bool = True,
 ) -> "R.SweepResults":
-    """Run every point of `plan` as a Ray Tune trial of a TorchTrainer; return the results.
+    """Run every point of `plan` as a Ray Tune trial (one Ray Train worker group each).
+
+    Returns the sweep's results.
 
     Args:
         name: the sweep's name and folder under `storage_path`; running the same name
@@ -136,7 +139,10 @@ def run_sweep(
         "threads": int(resources.get("CPU", 1)) if not use_gpu else 0,
     }
     trainable = tune.with_resources(
-        tune.with_parameters(run_point, task=task, settings=settings), driver_resources
+        # The task travels pickled: unpickling it imports its model code and so torch, which
+        # the trial driver does not need (1.5 CPU-s per point; benchmarks/RESULTS.md).
+        tune.with_parameters(run_point, task_pickle=ray.cloudpickle.dumps(task), settings=settings),
+        driver_resources,
     )
     all_callbacks = [
         ResultsWriter(sweep_dir, plan),
@@ -194,18 +200,21 @@ def run_sweep(
     return results
 
 
-def run_point(config: dict, task: Task, settings: dict) -> None:
-    """Trial driver: train one sweep point on a TorchTrainer worker group."""
+def run_point(config: dict, task_pickle: bytes, settings: dict) -> None:
+    """Trial driver: train one sweep point on a Ray Train worker group.
+
+    `task_pickle` is the Task as `ray.cloudpickle` bytes, unpickled on the workers only.
+    """
     point = SweepPoint.from_dict(config["point"])
     finished = R.read_finished(settings["sweep_dir"], point.point_id)
     if finished is not None:  # finished before the sweep was interrupted: not trained again
         tune.report(finished)
         return
-    trainer = _trainer_class()(
+    trainer = _trainer_class(settings["num_workers"])(
         train_point,
         train_loop_config={
             "point": config["point"],
-            "task": task,
+            "task_pickle": task_pickle,
             "dry_run": settings["dry_run"],
             "threads": settings["threads"],
         },
@@ -233,19 +242,26 @@ def run_point(config: dict, task: Task, settings: dict) -> None:
 # Data `DatasetManager` (even without datasets) and a detached placement-group cleaner.
 # Here the controller runs in the trial driver's own thread (the driver only waits for it),
 # so its reports go to Tune with a plain `tune.report`; no DatasetManager without datasets;
-# one `PlacementGroupGuard` per sweep does the cleaner's job. These overrides use private
+# one `PlacementGroupGuard` per sweep does the cleaner's job. A group of one needs no torch
+# backend, and without it (and with the task left pickled) the trial driver never imports
+# torch: 1.4 CPU-s and 1.6 s of start-up less per point. These overrides use private
 # Ray Train API: Ray is pinned (pyproject.toml) and tests/test_sweep.py checks that the
 # sweep starts none of those processes.
 PINNED_RAY = "2.60.0"
 
 
-def _trainer_class():
-    """`TorchTrainer` whose controller runs in the calling process (the trial driver)."""
+def _trainer_class(num_workers: int):
+    """Ray Train trainer whose controller runs in the calling process (the trial driver):
+    `TorchTrainer` for a group of several workers (its backend sets up their process group),
+    the plain `DataParallelTrainer` for a group of one, which has no process group to set up
+    and so keeps torch out of the trial driver (`ray.train.torch` imports it)."""
     import asyncio
 
-    from ray.train.torch import TorchTrainer
-
     try:
+        if num_workers > 1:
+            from ray.train.torch import TorchTrainer as Trainer
+        else:
+            from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer as Trainer
         from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
         from ray.train.v2._internal.callbacks.placement_group_callback import (
             PlacementGroupCleanerCallback,
@@ -258,7 +274,7 @@ def _trainer_class():
             f"as pyproject.toml pins it (this is Ray {ray.__version__})."
         ) from e
 
-    class DriverTorchTrainer(TorchTrainer):
+    class DriverTrainer(Trainer):
         def _create_default_callbacks(self):
             # The cleaner's job is done by the sweep's PlacementGroupGuard; the datasets
             # callback only starts a DatasetManager actor when there are no datasets.
@@ -270,7 +286,7 @@ def _trainer_class():
             asyncio.run(controller.run())
             return controller.get_result()
 
-    return DriverTorchTrainer
+    return DriverTrainer
 
 
 class _ReportToTune(ray.train.UserCallback):

@@ -1,4 +1,4 @@
-"""Layer 1 of the Ray stack: the worker loop, run on every worker of a TorchTrainer group.
+"""Layer 1 of the Ray stack: the worker loop, run on every worker of a point's Ray Train group.
 
 For one sweep point it creates a fresh `accelerate.Accelerator`, builds the model for the
 point's size, trains exactly the planned number of optimizer steps of the global batch
@@ -43,13 +43,15 @@ DRY_RUN_NOISE = 0.01  # relative (log-normal) noise on dry-run losses
 def train_point(config: dict) -> dict:
     """Ray Train training function for one sweep point (runs on every worker).
 
-    `config` keys: point (SweepPoint as dict), task (Task), dry_run (law dict or None),
-    threads (torch threads per worker on CPU). Returns rank 0's final metrics.
+    `config` keys: point (SweepPoint as dict), task_pickle (the Task as `ray.cloudpickle`
+    bytes), dry_run (law dict or None), threads (torch threads per worker on CPU). Returns
+    rank 0's final metrics.
     """
+    import ray.cloudpickle
     import ray.train
 
     point = SweepPoint.from_dict(config["point"])
-    task: Task = config["task"]
+    task: Task = ray.cloudpickle.loads(config["task_pickle"])
     if config.get("dry_run") is not None:  # {} means "the default law"
         return _dry_run(point, config["dry_run"], task)
     return _train(point, task, threads=config.get("threads", 0))

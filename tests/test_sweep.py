@@ -343,3 +343,19 @@ def test_an_unreachable_placement_group_guard_does_not_fail_a_worker_group_start
         placement_group_handle=SimpleNamespace(placement_group=None)))
     _GuardPlacementGroup("flops_fit-placement-group-guard-that-is-gone").after_worker_group_start(group)
     assert "placement-group guard unreachable" in capsys.readouterr().err
+
+
+def test_a_one_worker_trial_driver_imports_no_torch():
+    # What a trial driver of a one-worker point loads before its workers start: its trainer
+    # class and the task, which stays pickled. torch would cost it 1.5 CPU-s per point.
+    code = textwrap.dedent("""
+        import sys
+        from flops_fit.execute import _trainer_class
+        assert "torch" not in sys.modules
+        _trainer_class(1)
+        assert "torch" not in sys.modules, "the one-worker trainer imported torch"
+        _trainer_class(2)
+        assert "torch" in sys.modules  # several workers: TorchTrainer sets up their process group
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]

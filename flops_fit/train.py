@@ -87,7 +87,7 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
             f"Task.batch_size={task.batch_size} is not divisible by num_workers={world}; "
             "choose a batch size that is a multiple of the number of workers."
         )
-    accelerator = _make_accelerator(task, world)
+    accelerator = _make_accelerator(task)
     train_set, val_set = task.data()
 
     torch.manual_seed(task.seed)
@@ -262,7 +262,7 @@ def _dry_run(point: SweepPoint, law: dict, task: Task) -> dict:
     return metrics
 
 
-def _make_accelerator(task: Task, world_size: int):
+def _make_accelerator(task: Task):
     import torch
     from accelerate import Accelerator
 
@@ -272,18 +272,10 @@ def _make_accelerator(task: Task, world_size: int):
         # bf16 autocast is the standard for transformer training on GPUs (fp32 master
         # weights); CPUs run fp32, where bf16 matmuls are slow on most parts.
         precision = "bf16" if on_gpu else "no"
-    if world_size > 1:
-        return Accelerator(mixed_precision=precision, cpu=not on_gpu)
-    # A group of one: Ray sets LOCAL_RANK even then, so Accelerate would take it for a
-    # distributed run and wrap the model in DistributedDataParallel, whose gradient
-    # bucketing and all-reduce cost ~4 % per step for nothing (benchmarks/RESULTS.md,
-    # "the worker-loop gap"). Without it Accelerate sees the single process it is.
-    local_rank = os.environ.pop("LOCAL_RANK", None)
-    try:
-        return Accelerator(mixed_precision=precision, cpu=not on_gpu)
-    finally:
-        if local_rank is not None:
-            os.environ["LOCAL_RANK"] = local_rank
+    # A group of one runs without Ray's torch backend (execute._trainer_class), which would
+    # set LOCAL_RANK and so make Accelerate wrap the model in DistributedDataParallel: ~4 %
+    # per step for nothing (benchmarks/RESULTS.md, "the worker-loop gap").
+    return Accelerator(mixed_precision=precision, cpu=not on_gpu)
 
 
 def _adamw(model, task: Task, lr: float):

@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 import flops_fit as ff  # noqa: E402
 from overhead import make_task  # noqa: E402
-from plain_loop import train_plain  # noqa: E402
+from plain_loop import batch_at, fresh_state, plain_step, train_plain  # noqa: E402
 from results_file import append_result  # noqa: E402
 from throughput import BUDGET, SIZE  # noqa: E402
 
@@ -50,38 +50,28 @@ def plain_tokens_per_s(point, task, threaded: bool) -> float:
 def steps_per_s(point, task, data, accelerate: bool) -> float:
     import numpy as np
     import torch
-    from torch.utils.data import default_collate
 
-    from flops_fit.task import lr_multiplier
-    from flops_fit.train import _adamw, _make_accelerator, _to_device
+    from flops_fit.train import _make_accelerator, _to_device
 
     train_set = data[0]
     order = np.random.default_rng(task.seed).permutation(len(train_set))
-    torch.manual_seed(task.seed)
-    model = task.model_fn(point.size)
-    opt = _adamw(model, task, task.learning_rate(point.params))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_multiplier(s, point.steps, task.warmup_fraction, task.min_lr_fraction))
-
-    def batch(step):
-        s = step * task.batch_size
-        return default_collate([train_set[int(order[p % len(order)])] for p in range(s, s + task.batch_size)])
-
+    model, opt, sched = fresh_state(point, task)
     if accelerate:
-        acc = _make_accelerator(task, 1)
+        acc = _make_accelerator(task)
         model, opt = acc.prepare(model, opt)
     window_loss = torch.zeros(())
     t = time.perf_counter()
     for step in range(STEPS):
-        if accelerate:
-            with acc.autocast():
-                loss = task.loss_fn(model, _to_device(batch(step), acc.device))
-            acc.backward(loss)
+        batch = batch_at(step, task, train_set, order)
+        if not accelerate:
+            window_loss += plain_step(model, batch, opt, sched, task).detach().float()
+            continue
+        # The step of flops_fit/train.py's worker loop.
+        with acc.autocast():
+            loss = task.loss_fn(model, _to_device(batch, acc.device))
+        acc.backward(loss)
+        if task.grad_clip > 0:
             acc.clip_grad_norm_(model.parameters(), task.grad_clip)
-        else:
-            loss = task.loss_fn(model, batch(step))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), task.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)

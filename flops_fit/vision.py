@@ -23,8 +23,6 @@ Pieces, as in models.py and data.py:
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from flops_fit.data import hf_dataset_folder, load_hf_dataset
-from flops_fit.models import MLP
+from flops_fit.models import Block, block_params, init_gpt2_, param_counts, size_dial
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})  # what ImageFolder reads (Pillow)
 DIGITS_SIZE = 8  # sklearn's digits are 8x8 pixels
@@ -65,43 +63,6 @@ class ViTConfig:
         return self.channels * self.patch_size**2
 
 
-class SelfAttention(nn.Module):
-    """Bidirectional multi-head attention: every patch sees every other (no causal mask)."""
-
-    def __init__(self, config: ViTConfig):
-        super().__init__()
-        if config.n_embd % config.n_head != 0:
-            raise ValueError(
-                f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}; "
-                "pick n_head so that n_embd // n_head is a whole head dimension"
-            )
-        self.n_head = config.n_head
-        # no biases, as in models.GPT: fewer parameters to count
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # q, k, v
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-
-    def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v)
-        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
-
-
-class Block(nn.Module):
-    def __init__(self, config: ViTConfig):
-        super().__init__()
-        # pre-norm (ViT, GPT-2); LayerNorm without bias: one weight vector of n_embd per norm
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=False)
-        self.attn = SelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=False)
-        self.mlp = MLP(config)  # the GPT's 4x GELU MLP; it reads only n_embd
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
 class ViT(nn.Module):
     """Patches -> linear embedding + learned positions -> pre-norm blocks -> mean pool -> classes.
 
@@ -123,18 +84,15 @@ class ViT(nn.Module):
         # a lookup table like the GPT's wpe: an nn.Embedding, so the non_embedding
         # convention leaves it out of N (it costs no FLOPs per token)
         self.pos_embed = nn.Embedding(config.num_patches, config.n_embd)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        # the GPT's blocks without the causal mask: every patch sees every other
+        self.blocks = nn.ModuleList(Block(config.n_embd, config.n_head, causal=False)
+                                    for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=False)
         self.head = nn.Linear(config.n_embd, config.num_classes, bias=False)
         # GPT-2 init as in models.GPT, and a zero head (Dosovitskiy et al. 2021): every
         # model starts at exactly ln(num_classes), so points differ only in what they learn
-        for name, p in self.named_parameters():
-            if name == "head.weight":
-                nn.init.zeros_(p)
-            elif name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-            elif p.dim() == 2:
-                nn.init.normal_(p, mean=0.0, std=0.02)
+        init_gpt2_(self, config.n_layer)
+        nn.init.zeros_(self.head.weight)
 
     @classmethod
     def from_size(
@@ -149,19 +107,9 @@ class ViT(nn.Module):
         num_classes: int = DIGITS_CLASSES,
     ) -> "ViT":
         """One size dial: n_layer = size, n_embd = aspect * size, n_head = n_embd // head_dim."""
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-            raise ValueError(f"size must be an integer >= 1 (it is the number of layers), got {size!r}")
-        size = int(size)  # numpy integers from a planner's grid are fine
-        if aspect < 1 or head_dim < 1:
-            raise ValueError(f"aspect and head_dim must be >= 1, got aspect={aspect}, head_dim={head_dim}")
-        n_embd = aspect * size
-        if n_embd % head_dim != 0:
-            raise ValueError(
-                f"n_embd = aspect * size = {aspect} * {size} = {n_embd} is not a multiple of "
-                f"head_dim={head_dim}; choose aspect as a multiple of head_dim"
-            )
+        n_layer, n_head, n_embd = size_dial(size, aspect, head_dim)
         return cls(ViTConfig(image_size=image_size, patch_size=patch_size, channels=channels,
-                             num_classes=num_classes, n_layer=size, n_head=n_embd // head_dim, n_embd=n_embd))
+                             num_classes=num_classes, n_layer=n_layer, n_head=n_head, n_embd=n_embd))
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """images: [B, C, H, W] -> patches: [B, num_patches, C * patch_size^2], row-major."""
@@ -188,21 +136,13 @@ class ViT(nn.Module):
         'embedding' is the position table (the only nn.Embedding); the patch embedding and
         the head are matmuls on every patch / image and are counted in 'non_embedding'.
         """
-        embedding = sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding)
-                        for p in m.parameters())
-        total = sum(p.numel() for p in self.parameters())
-        counts = {"embedding": embedding, "non_embedding": total - embedding, "total": total}
-        # the same numbers from the config alone: if the architecture changes, this fails
         c = self.config
-        d, L = c.n_embd, c.n_layer
-        per_layer = 4 * d * d + 8 * d * d + 2 * d  # attention (qkv + proj), MLP (4x up+down), 2 norms
-        analytic = {
-            "embedding": c.num_patches * d,  # pos_embed
-            "non_embedding": c.patch_dim * d + L * per_layer + d + d * c.num_classes,  # patches, blocks, ln_f, head
-        }
-        analytic["total"] = analytic["embedding"] + analytic["non_embedding"]
-        assert counts == analytic, f"parameter count {counts} != analytic formula {analytic}"
-        return counts
+        d = c.n_embd
+        return param_counts(
+            self,
+            analytic_embedding=c.num_patches * d,  # pos_embed
+            analytic_non_embedding=c.patch_dim * d + c.n_layer * block_params(d) + d + d * c.num_classes,
+        )
 
 
 def vit(size: int) -> ViT:

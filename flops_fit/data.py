@@ -365,10 +365,29 @@ class HFText:
 
     @property
     def vocab_size(self) -> int:
-        """256 for a text column; else as given, or the largest token id + 1."""
+        """256 for a text column; else as given, or the largest token id + 1.
+
+        Read from the dataset's Arrow columns (the schema for text, one max over the ids),
+        so asking on the driver neither tokenizes the dataset nor writes the token cache.
+        """
         if self._vocab_size is None:
-            self._vocab_size = self._build()[1]["vocab_size"]
+            self._vocab_size = self._scan_vocab()
         return self._vocab_size
+
+    def _scan_vocab(self) -> int:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        top = 0
+        for split in self._splits():
+            column = split.data.column(self.column)
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                return BYTE_VOCAB
+            while pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+                column = pc.list_flatten(column)
+            if len(column):
+                top = max(top, int(pc.max(column).as_py()))
+        return top + 1
 
     def _splits(self) -> tuple:
         """(train, validation) `datasets.Dataset`s holding only `column`."""

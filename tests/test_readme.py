@@ -110,6 +110,18 @@ def test_hf_text_reads_text_and_token_columns(data_folder):
     assert tokens.vocab_size == max(int(train.tokens.max()), int(val.tokens.max())) + 1
 
 
+def test_hf_text_vocab_size_builds_no_token_cache(data_folder):
+    """The examples ask for vocab_size on the driver: it must not tokenize the dataset there."""
+    import datasets
+
+    cache = data_folder / "cache"
+    assert HFText("my_hf_text/", cache_dir=cache).vocab_size == 256
+    ids = HFText("my_hf_tokens/", column="input_ids", cache_dir=cache)
+    expected = max(max(row) for row in datasets.load_from_disk("my_hf_tokens")["input_ids"]) + 1
+    assert ids.vocab_size == expected
+    assert not cache.exists()
+
+
 def test_hf_errors_name_the_fix(data_folder):
     from flops_fit.vision import HFImages
     with pytest.raises(ValueError, match="set column="):

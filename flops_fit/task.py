@@ -141,15 +141,18 @@ def check_task(task: Task, plan) -> list:
         )
     batch = default_collate([train[i % len(train)] for i in range(2)])
     smallest, largest = min(plan, key=lambda p: p.params), max(plan, key=lambda p: p.params)
-    torch.manual_seed(task.seed)
-    try:
-        model = task.model_fn(smallest.size)
-        loss = task.loss_fn(model, batch)
-    except Exception as e:  # re-raised with what was being probed
-        raise ValueError(
-            f"Probe step failed for size {smallest.size} on a batch of 2 training samples: "
-            f"{type(e).__name__}: {e}"
-        ) from e
+    # the probe seeds torch for a reproducible initialisation, inside a fork of the RNG state
+    # so that the caller's global torch RNG is left as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(task.seed)
+        try:
+            model = task.model_fn(smallest.size)
+            loss = task.loss_fn(model, batch)
+        except Exception as e:  # re-raised with what was being probed
+            raise ValueError(
+                f"Probe step failed for size {smallest.size} on a batch of 2 training samples: "
+                f"{type(e).__name__}: {e}"
+            ) from e
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise ValueError(

@@ -65,6 +65,14 @@ def test_samples_longer_than_the_model_context_are_refused(tmp_path):
         check_task(task, plan)
 
 
+def test_the_probe_leaves_the_callers_torch_rng_alone(task, plan):
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    check_task(task, plan)  # seeds torch with task.seed for its probe model
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_a_corpus_too_small_for_the_largest_point_warns_with_the_epochs(tmp_path):
     text = tmp_path / "text"
     text.mkdir()

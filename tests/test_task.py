@@ -190,7 +190,7 @@ def test_task_pickles_and_still_trains(corpus, dumps, loads):
     copy = loads(dumps(task))
     # module-level factories travel by reference; the corpus by its settings
     assert copy.model_fn is gpt and copy.loss_fn is lm_loss and repr(copy.data) == repr(task.data)
-    assert (copy.batch_tokens, copy.extra) == (task.batch_tokens, task.extra)
+    assert copy.batch_tokens == 2 * SEQ_LEN and copy.extra == {"run": 1}
     # a worker rebuilds everything from the copy: model, data, a loss at initialisation
     train, val = copy.data()
     torch.manual_seed(copy.seed)
@@ -222,7 +222,3 @@ def test_shards_are_disjoint_and_cover_each_global_batch(batch_size, world_size)
         seen += flat
     # consecutive steps are contiguous: five steps consume exactly the first 5·B positions
     assert sorted(seen) == list(range(5 * batch_size))
-    # the positions depend only on the step: a resumed run sees what the original would have
-    assert shard_positions(3, batch_size, world_size - 1, world_size) == shard_positions(
-        3, batch_size, world_size - 1, world_size
-    )

@@ -11,6 +11,7 @@ ones Tune sees, and only rank 0 writes files.
 from __future__ import annotations
 
 import gc
+import hashlib
 import math
 import os
 import socket
@@ -224,6 +225,20 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
     return metrics
 
 
+def dry_run_loss(point: SweepPoint, law: dict | bool, seed: int) -> float:
+    """A dry run's loss for `point`, nats/token: `law` (over CHINCHILLA_LAW) times log-normal noise.
+
+    The noise is seeded from the point id and the task seed through a stable hash (blake2b):
+    Python's hash() of a string is salted per process, so the same dry run would differ
+    between runs and between a driver and its rerun.
+    """
+    law = {**CHINCHILLA_LAW, **(law if isinstance(law, dict) else {})}
+    key = hashlib.blake2b(f"{point.point_id}|{seed}".encode(), digest_size=8).digest()
+    rng = np.random.default_rng(int.from_bytes(key, "little"))
+    clean = law["E"] + law["A"] / point.params ** law["alpha"] + law["B"] / point.tokens ** law["beta"]
+    return clean * math.exp(law.get("noise", DRY_RUN_NOISE) * rng.standard_normal())
+
+
 def _dry_run(point: SweepPoint, law: dict, task: Task) -> dict:
     """Same Ray path, no training: the loss comes from `law` plus log-normal noise."""
     import ray
@@ -232,10 +247,7 @@ def _dry_run(point: SweepPoint, law: dict, task: Task) -> dict:
 
     accelerator = Accelerator(cpu=True)
     rank = ray.train.get_context().get_world_rank()
-    law = {**CHINCHILLA_LAW, **(law if isinstance(law, dict) else {})}
-    rng = np.random.default_rng(abs(hash((point.point_id, task.seed))) % 2**32)
-    clean = law["E"] + law["A"] / point.params ** law["alpha"] + law["B"] / point.tokens ** law["beta"]
-    loss = clean * math.exp(law.get("noise", DRY_RUN_NOISE) * rng.standard_normal())
+    loss = dry_run_loss(point, law, task.seed)
     now = time.time()
     metrics = {
         "point_id": point.point_id,

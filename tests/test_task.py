@@ -2,7 +2,10 @@
 learning-rate schedule, and how the worker loop shards a global batch across ranks."""
 
 import math
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import ray.cloudpickle as cloudpickle  # what Ray uses to ship a Task to workers
@@ -222,3 +225,20 @@ def test_shards_are_disjoint_and_cover_each_global_batch(batch_size, world_size)
         seen += flat
     # consecutive steps are contiguous: five steps consume exactly the first 5·B positions
     assert sorted(seen) == list(range(5 * batch_size))
+
+
+# --- dry runs -----------------------------------------------------------------------------
+
+
+def test_dry_run_loss_is_the_same_in_every_process():
+    # str hashes are salted per process (PYTHONHASHSEED): the noise must not depend on them
+    code = ("from flops_fit.plan import SweepPoint; from flops_fit.train import dry_run_loss; "
+            "print(repr(dry_run_loss(SweepPoint(point_id='C1e+12-s3', budget=1e12, size=3, params=100000, "
+            "flops_per_token=6e5, steps=50, tokens=1600000, flops=9.6e11), True, 0)))")
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": str(salt)}).stdout for salt in (1, 2, 3)}
+    assert len(outputs) == 1
+    loss = float(outputs.pop())
+    # Chinchilla's law at N = 1e5, D = 1.6e6, within the dry run's default noise of a few per cent
+    clean = 1.69 + 406.4 / 1e5**0.34 + 410.7 / 1.6e6**0.28
+    assert loss == pytest.approx(clean, rel=0.05) and loss != clean

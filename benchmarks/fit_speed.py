@@ -20,9 +20,11 @@ from scipy.optimize import minimize
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from flops_fit.fit import HUBER_DELTA, fit, fit_parametric_params, start_grid  # noqa: E402
+from flops_fit import fit  # noqa: E402
+from flops_fit.law import HUBER_DELTA  # noqa: E402
+from flops_fit.optimize import fit_parametric_params, start_grid  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data" / "epoch_chinchilla_fig4_svg_extracted.csv"
+DATA = REPO / "data" / "epoch_chinchilla_fig4_svg_extracted.csv"
 BOOTSTRAP = 1000
 
 

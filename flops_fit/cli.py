@@ -75,7 +75,10 @@ def build_parser():
 
 def main(argv=None):
     """Entry point of `flops-fit`; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # usage error (one line, status 2) or --help (status 0)
+        return done.code
     try:
         laws = fit(args.path, approach=args.approach, optimum=args.optimum, bootstrap=args.bootstrap,
                    seed=args.seed, columns=_mapping(args.map), where=args.where, holdout=args.holdout,

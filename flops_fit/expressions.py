@@ -75,7 +75,7 @@ def parse(expression: str, columns) -> tuple[ast.Expression, dict]:
 
     text = _BACKTICK.sub(sub, expression)
     if "@" in _STRING.sub("", text):
-        raise ExpressionError("'@' references to Python variables are not allowed "
+        raise ExpressionError("an '@' reference to a Python variable is not allowed "
                               f"({ALLOWED_SUMMARY})")
     try:
         tree = ast.parse(text.strip(), mode="eval")
@@ -121,7 +121,7 @@ def _check(node):
     elif isinstance(node, ast.Attribute):
         _refuse(f"the attribute access '.{node.attr}' (only the listed methods may be called)")
     elif isinstance(node, ast.Subscript):
-        _refuse("subscripts ([...])")
+        _refuse("a subscript ([...])")
     elif isinstance(node, ast.Lambda):
         _refuse("lambda")
     else:
@@ -142,7 +142,7 @@ def _method_of(func):
 
 def _check_call(node):
     if node.keywords:
-        _refuse("keyword arguments")
+        _refuse("a keyword argument")
     if isinstance(node.func, ast.Name):
         if node.func.id not in FUNCTIONS:
             _refuse(f"calling {node.func.id!r}")
@@ -152,6 +152,8 @@ def _check_call(node):
         return
     method = _method_of(node.func)
     if method is None:
+        if isinstance(node.func, ast.Attribute):
+            _refuse(f"calling the method '.{node.func.attr}'")
         _refuse("calling anything but the listed functions and methods")
     receiver, name = method
     _check(receiver)

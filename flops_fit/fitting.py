@@ -66,6 +66,9 @@ APPROACHES = ("auto", "isoflop", "parametric")
 MAX_BOOTSTRAP = 100_000
 # More than this share of bootstrap replicates dropped: the interval is unreliable.
 MAX_DROPPED_SHARE = 0.2
+# Below this share of the variance of ln loss explained, the parametric law describes
+# nothing in the data (published sets explain well over 90%).
+MIN_EXPLAINED_VARIANCE = 0.5
 # A prediction more than this factor beyond the largest fitted FLOPs is an extrapolation.
 EXTRAPOLATION_FACTOR = 100.0
 
@@ -750,6 +753,12 @@ def _domain_warnings(points, iso, par, bootstrap):
     if iso is not None and iso.loss_exponent.value >= 0:
         out.append(f"IsoFLOP optimal loss rises with compute (L_opt ~ C^{iso.loss_exponent.value:+.3g})")
     if par is not None:
+        resid = np.log(par.loss(points["params"], points["tokens"])) - log_l
+        r2 = 1 - float(np.sum(resid**2)) / float(np.sum((log_l - log_l.mean()) ** 2) or np.inf)
+        if r2 < MIN_EXPLAINED_VARIANCE:
+            out.append(f"the parametric law explains only {max(r2, 0):.0%} of the variance of ln loss "
+                       "across these rows: the loss does not follow N and D here (random or mislabelled "
+                       "losses?); check the loss column")
         for name in ("alpha", "beta"):
             if getattr(par, name).value <= EXPONENT_MIN * 1.01:
                 out.append(f"parametric {name} sits at its lower bound {EXPONENT_MIN:g}: loss does not "

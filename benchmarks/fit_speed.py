@@ -1,6 +1,7 @@
-"""Fit speed: vectorised full-grid parametric fit and 1,000 bootstrap refits vs a
-straightforward per-start scipy loop (4,500 x L-BFGS-B, numeric gradients), on the 240
-Epoch points (Besiroglu et al. 2024). Appends the numbers to benchmarks/RESULTS.md.
+"""Fit speed: full-grid parametric fit (4,500 starts evaluated in chunks, the best 5
+polished by L-BFGS-B) and 1,000 bootstrap refits vs a straightforward per-start scipy
+loop (4,500 x L-BFGS-B, numeric gradients), on the 240 Epoch points (Besiroglu et al.
+2024). Appends the numbers to benchmarks/RESULTS.md.
 
     python benchmarks/fit_speed.py [--starts K]   (K < 4500 times a subset and extrapolates)
 """
@@ -41,6 +42,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--starts", type=int, default=4500)
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     d = pd.read_csv(DATA).sort_values("loss").iloc[:-5]
     log_n = np.log(d["Model Size"].to_numpy())
     log_d = np.log(d["Training FLOP"].to_numpy() / (6 * d["Model Size"].to_numpy()))
@@ -71,11 +73,12 @@ def main():
         f"\n## Parametric fit speed ({date.today().isoformat()})\n",
         f"Command: `python benchmarks/fit_speed.py{'' if args.starts == 4500 else f' --starts {args.starts}'}`  ",
         f"Machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python "
-        f"{platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}  ",
+        f"{platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}; "
+        f"load average {load_at_start:.1f} at the start (shared machine)  ",
         f"Data: Epoch digitised Chinchilla points, 240 after dropping the 5 highest losses.\n",
         "| what | seconds |",
         "|---|---|",
-        f"| flops_fit full-grid fit (4,500 starts batched, best 5 polished) | {t_grid:.2f} |",
+        f"| flops_fit full-grid fit (4,500 starts evaluated, best 5 polished by L-BFGS-B) | {t_grid:.2f} |",
         f"| flops_fit {BOOTSTRAP} bootstrap refits (isoflop + parametric) | {t_boot:.2f} |",
         f"| per-start scipy L-BFGS-B loop, numeric gradients, 4,500 starts"
         f"{'' if args.starts == 4500 else f' (timed {args.starts}, extrapolated x{4500 / args.starts:.1f})'} | {t_naive:.1f} |",

@@ -5,9 +5,11 @@ Layers, kept apart (lmfit style), one module each:
 1. `flops_fit.law`      -- the laws and the Huber / log-sum-exp objective (pure math);
 2. `flops_fit.optimize` -- the multi-start minimisation of that objective;
 3. `flops_fit.table`    -- reading, mapping, validating and grouping a results table;
-4. this module         -- per-budget optima, power laws, the bootstrap, `fit()` and the
-                          result classes `ScalingLaws` and friends. Presentation (tables, summary text, plots)
-                  lives in `flops_fit.report`; the methods here only delegate to it.
+4. this module         -- per-budget optima (and `valley_vertex`, the valley rule), power
+                          laws, the bootstrap, the warnings, `fit()` and the result classes
+                          `ScalingLaws` and friends.
+Presentation (tables, summary text, plots) lives in `flops_fit.report`; the methods here
+only delegate to it.
 
 Units throughout: compute C in FLOPs, model size N in parameters, data D in tokens,
 loss L in nats per token.
@@ -466,9 +468,10 @@ def _isoflop_laws(points, optima, optimum, k, bootstrap, rng, level):
                 x = log_n[mask] - centre
                 w = counts[:, mask].astype(float)
                 c0, c1, c2 = _weighted_parabolas(x, loss[mask], w)
-                present = w > 0
-                lo = np.where(present, x, np.inf).min(1)
-                hi = np.where(present, x, -np.inf).max(1)
+                # The bracket is the design's: the sizes the budget sampled. A resample that
+                # misses an edge size still places its vertex from a parabola through at
+                # least 3 sizes; dropping it would narrow the interval towards the centre.
+                lo, hi = x.min(), x.max()
                 with np.errstate(invalid="ignore", divide="ignore"):
                     xv = -c1 / (2 * c2)
                 ok = np.isfinite(c2) & (c2 > 0) & (xv >= lo) & (xv <= hi)

@@ -26,10 +26,10 @@ def test_sweep_example_smoke_runs_fits_and_reports(ray_session, tmp_path, capsys
     table = pd.read_csv(folder / "results.csv")
     assert len(table) == 9 and (table.status == "ok").all(), table[["point_id", "status", "error"]]
     assert (table.tokens == table.planned_tokens).all()
-    if laws is None:
+    if laws is None or laws.isoflop is None:
         # Under heavy load the smallest budget's valley can come out unbracketed; the run
-        # must then still finish, keep its table, and say why it cannot be fitted.
-        assert "too small to fit the scaling laws" in out
+        # must then still finish, keep its table, and say why the IsoFLOP laws were not fitted.
+        assert "too small to fit the scaling laws" in out or "approach isoflop: not run" in out
         return
     for name in ("summary.txt", "table.md", "prediction.csv", "isoflop_curves.png",
                  "optima_vs_compute.png", "parametric_residuals.png"):

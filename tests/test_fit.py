@@ -54,7 +54,7 @@ def test_epoch_exclusions_name_the_rule(epoch_laws):
     assert dropped["loss"].min() >= epoch_laws.points["loss"].max()
 
 
-def test_batched_grid_reaches_the_best_minimum_of_individual_runs(data_dir):
+def test_grid_fit_reaches_the_best_minimum_of_individual_runs(data_dir):
     """Spot check: scipy L-BFGS-B from a sample of grid starts never beats the fit."""
     from scipy.optimize import minimize
 

@@ -820,11 +820,11 @@ def _provenance(data, prep, **options):
     import scipy
 
     if isinstance(data, (str, Path)):
-        p = Path(data)
-        if p.is_file():
+        p = Path(data).expanduser()
+        if "://" not in str(data) and p.is_file():
             digest = "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-        else:
-            digest = "folder (hash of the table read): sha256:" + _frame_hash(prep)
+        else:  # a sweep folder or a remote table: hash the rows fitted
+            digest = "sha256 of the rows fitted:" + _frame_hash(prep)
         source = str(data)
     else:
         source, digest = f"{type(data).__name__} in memory", "sha256:" + _frame_hash(prep)

@@ -310,3 +310,14 @@ def test_summary_carries_provenance(data_dir):
     assert "  mapping: {'params': 'Model Size', 'flops': 'Training FLOP'}" in text
     assert "seed=7" in text and "drop_highest_loss=5" in text
     assert "  versions: flops_fit " in text and "numpy" in text and "scipy" in text and "pandas" in text
+
+
+def test_uris_are_read_through_pyarrow_filesystems(sweep, tmp_path):
+    # s3:// and gs:// go through the same pyarrow call as file://, which needs no network.
+    sweep.to_csv(tmp_path / "s.csv", index=False)
+    local = fit(tmp_path / "s.csv", bootstrap=0, approach="isoflop")
+    remote = fit(f"file://{tmp_path / 's.csv'}", bootstrap=0, approach="isoflop")
+    assert remote.isoflop.a.value == local.isoflop.a.value
+    assert remote.provenance["content"].startswith("sha256 of the rows fitted:")
+    with pytest.raises(FitError, match=r"data: no such file or folder: file://"):
+        fit(f"file://{tmp_path / 'missing.csv'}", bootstrap=0)

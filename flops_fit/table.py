@@ -33,6 +33,10 @@ FLOPS_CONVENTION_RTOL = 0.01
 # from 2 (forward only) to ~8 (attention counted); GFLOPs or millions of parameters give
 # factors of 1e6 or more.
 FLOPS_UNIT_SLIP_FACTOR = 4.0
+# Tokens per parameter of real runs lie far inside this range (Chinchilla ~20, heavy
+# over-training ~1e4); outside it N or D is in other units (millions, billions).
+MIN_TOKENS_PER_PARAM = 1e-2
+MAX_TOKENS_PER_PARAM = 1e6
 # A budget column more than this factor away from the rows' FLOPs is in other units.
 BUDGET_FLOPS_MAX_RATIO = 1.5
 # Values of a budget column within this relative distance are one budget (float noise).
@@ -355,6 +359,13 @@ def prepare(data, *, columns=None, where=None, drop_highest_loss=0, budget_rtol=
                          "FLOPs per parameter per token for D = C/(k N)")
         else:
             k = FLOPS_PER_PARAM_TOKEN
+
+    ratio_dn = (pts["tokens"] / pts["params"]).to_numpy()
+    if ratio_dn.min() < MIN_TOKENS_PER_PARAM or ratio_dn.max() > MAX_TOKENS_PER_PARAM:
+        warnings.append(
+            f"tokens per parameter range from {ratio_dn.min():.3g} to {ratio_dn.max():.3g}, outside "
+            f"[{MIN_TOKENS_PER_PARAM:g}, {MAX_TOKENS_PER_PARAM:g}]: a unit slip (parameters in "
+            "millions, tokens in billions)? Map both as plain counts, e.g. --map 'params=n_M * 1e6'")
 
     budget_given = "budget" in present
     if budget_given:

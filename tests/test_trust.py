@@ -107,6 +107,13 @@ def test_unit_slip_in_flops_or_params_warns(sweep, scale_flops, scale_params):
     assert "a unit slip" in w
 
 
+def test_params_in_millions_without_flops_column_warns(sweep):
+    data = sweep.assign(params=sweep["params"] / 1e6)
+    laws = fit(data, bootstrap=0, approach="isoflop")
+    (w,) = [w for w in laws.warnings if w.startswith("tokens per parameter range from")]
+    assert "a unit slip (parameters in millions, tokens in billions)?" in w
+
+
 def test_budget_column_in_pf_days_warns(sweep):
     data = sweep.copy()
     data["budget"] = data["budget"] / 8.64e19  # PF-days

@@ -7,9 +7,10 @@ re-analysed on a machine without either.
 
 from importlib import import_module
 
-# Imported eagerly (numpy, scipy and pandas only): the function `fit` must be bound after
-# its module `flops_fit.fit`, which the import system also sets as a package attribute.
-from .fit import FitError, ScalingLaws, fit
+# Imported eagerly (numpy only at import time): `flops_fit.fit` is the function; the
+# fitting code lives in modules of other names so no submodule import can rebind it.
+from .fitting import ScalingLaws, fit
+from .table import FitError
 
 __version__ = "0.1.0"
 

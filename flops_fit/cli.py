@@ -1,14 +1,15 @@
 """`flops-fit` command: fit scaling laws to a stored sweep or any published table.
 
-    flops-fit fit PATH [--optimum parabola|lowest] [--predict 1e21 ...] [--plots DIR]
-                  [--map COL=SOURCE ...] [--where EXPR ...] [--drop-highest-loss K]
-                  [--budget-rtol R] [--bootstrap N] [--seed S]
+    flops-fit fit PATH [--approach auto|isoflop|parametric] [--optimum parabola|lowest|given]
+                  [--predict 1e21 ...] [--plots DIR] [--map COL=SOURCE ...] [--where EXPR ...]
+                  [--holdout EXPR] [--drop-highest-loss K] [--budget-rtol R]
+                  [--bootstrap N] [--seed S] [--tie-exponents]
 
---map COL=SOURCE sets our column COL (params, tokens, loss, flops, budget, status, error)
-from SOURCE, a column of the file or a pandas expression over its columns (names with
-spaces or '/' in backticks), e.g. --map params="Model Size" or
---map flops='`throughput/total_gflops` * 1e9'. With no tokens column D = C/(6N) is
-derived (and N = C/(6D) with no params column); the summary says so.
+--map COL=SOURCE sets our column COL (params, tokens, loss, flops, budget, status, error,
+run) from SOURCE, a column of the file or a safe expression over its columns (names with
+spaces or '/' in backticks; see flops_fit/expressions.py for what is allowed), e.g.
+--map params="Model Size" or --map flops='`throughput/total_gflops` * 1e9'. With no
+tokens column D = C/(6N) is derived (and N = C/(6D) with no params column).
 Bad input exits with status 2 and a one-line message.
 """
 
@@ -17,7 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flops_fit.fit import BUDGET_RTOL, OPTIMA, FitError, fit
+from flops_fit.fitting import APPROACHES, MAX_BOOTSTRAP, OPTIMA, fit
+from flops_fit.table import BUDGET_RTOL, FitError
 
 EXIT_BAD_INPUT = 2
 DEFAULT_BOOTSTRAP = 1000
@@ -33,41 +35,58 @@ def _mapping(items):
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the flag and the fix), exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="flops-fit", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="flops-fit", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("fit", help="fit IsoFLOP and parametric scaling laws; print summary and table")
     p.add_argument("path", help="results CSV / JSON / JSONL file or stored sweep directory")
+    p.add_argument("--approach", choices=APPROACHES, default="auto",
+                   help="auto: L(N, D) whenever possible, IsoFLOP laws where budgets have enough sizes")
     p.add_argument("--optimum", choices=OPTIMA, default="parabola",
-                   help="per-budget optimum: parabola vertex in ln N, or the lowest-loss run")
+                   help="per-budget optimum: parabola vertex in ln N, the lowest-loss run, or "
+                        "given (each row is already a budget's optimum)")
+    p.add_argument("--holdout", metavar="EXPR",
+                   help="backtest: fit the other rows, predict these rows' loss, print the errors")
+    p.add_argument("--tie-exponents", action="store_true", help="fit L(N, D) with alpha = beta")
     p.add_argument("--predict", type=float, nargs="+", metavar="FLOPS",
                    help="compute budgets (FLOPs) for the table instead of the defaults")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots to DIR")
     p.add_argument("--map", action="append", metavar="COL=SOURCE",
-                   help="our column from their column or a pandas expression (repeatable)")
+                   help="our column from their column or a safe expression (repeatable)")
     p.add_argument("--where", action="append", metavar="EXPR",
-                   help="keep rows where the pandas expression is true (repeatable); "
+                   help="keep rows where the expression is true (repeatable); "
                         "dropped rows are reported as excluded")
     p.add_argument("--drop-highest-loss", type=int, default=0, metavar="K",
                    help="exclude the K highest-loss usable rows (Besiroglu et al. 2024 use 5)")
     p.add_argument("--budget-rtol", type=float, default=BUDGET_RTOL, metavar="R",
                    help="with no budget column, group points whose FLOPs agree within R")
     p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
-                   help="bootstrap replicates for intervals (0 disables)")
+                   help=f"bootstrap replicates for intervals (0 disables; at most {MAX_BOOTSTRAP})")
     p.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
     return parser
 
 
 def main(argv=None):
     """Entry point of `flops-fit`; returns the exit status."""
-    args = build_parser().parse_args(argv)
     try:
-        laws = fit(args.path, optimum=args.optimum, bootstrap=args.bootstrap, seed=args.seed,
-                   columns=_mapping(args.map), where=args.where,
-                   drop_highest_loss=args.drop_highest_loss, budget_rtol=args.budget_rtol)
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # usage error (one line, status 2) or --help (status 0)
+        return done.code
+    try:
+        laws = fit(args.path, approach=args.approach, optimum=args.optimum, bootstrap=args.bootstrap,
+                   seed=args.seed, columns=_mapping(args.map), where=args.where, holdout=args.holdout,
+                   drop_highest_loss=args.drop_highest_loss, budget_rtol=args.budget_rtol,
+                   tie_exponents=args.tie_exponents)
         table = laws.table(args.predict)
     except FitError as err:
-        print(f"flops-fit: error: {err}", file=sys.stderr)
+        print(f"flops-fit: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(laws.summary())
     print()

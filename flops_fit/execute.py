@@ -537,7 +537,7 @@ class LiveFit(tune.Callback):
                 self._again = False
 
     def _fit_once(self):
-        from .fit import FitError, fit
+        from .fitting import FitError, fit
 
         with self._lock:
             table = self._table

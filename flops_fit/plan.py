@@ -264,7 +264,51 @@ def plan_sweep(
             + "\n".join(f"  {d['budget']:.3g} / size {d['size']}: {d['reason']}" for d in dropped)
         )
     _check_unique_ids(points)
+    _check_design(points, budgets, dropped)
     return SweepPlan(tuple(points), task.batch_tokens, param_convention, flops_per_token, tuple(dropped))
+
+
+class PlanWarning(UserWarning):
+    """The plan runs, but its points cannot support every law the fit offers."""
+
+
+# A power law in C needs this many budgets with a parabola each (flops_fit.fitting).
+_MIN_BUDGETS = 3
+
+
+def _check_design(points, budgets, dropped) -> None:
+    """Refuse a model_fn whose size dial does not change N; warn, before any compute, about
+    budgets the IsoFLOP fit cannot use (too few sizes, emptied by min_steps, too few budgets)."""
+    import warnings
+
+    by_size = {}
+    for p in points:
+        by_size.setdefault(p.size, p.params)
+    if len(by_size) > 1 and len(set(by_size.values())) == 1:
+        raise ValueError(
+            f"model_fn: sizes {sorted(by_size)} all give N = {next(iter(by_size.values())):,} parameters; "
+            "the size dial must change the parameter count (e.g. width or depth = size)."
+        )
+    sizes_at = defaultdict(set)
+    for p in points:
+        sizes_at[p.budget].add(p.params)
+    emptied = [b for b in budgets if b not in sizes_at]
+    if emptied:
+        warnings.warn(
+            f"plan_sweep: budget(s) {', '.join(f'{b:.3g}' for b in emptied)} FLOPs lost every point to "
+            "min_steps (see plan.dropped); raise them or lower Task.batch_size.", PlanWarning, stacklevel=3)
+    thin = {b: len(n) for b, n in sizes_at.items() if len(n) < _MIN_SIZES_PER_BUDGET}
+    if thin:
+        warnings.warn(
+            "plan_sweep: budget(s) " + ", ".join(f"{b:.3g} ({n} size{'s' if n != 1 else ''})" for b, n in thin.items())
+            + f" FLOPs have fewer than {_MIN_SIZES_PER_BUDGET} distinct model sizes: no IsoFLOP parabola "
+            "there; give more sizes.", PlanWarning, stacklevel=3)
+    usable = len(sizes_at) - len(thin)
+    if usable < _MIN_BUDGETS:
+        warnings.warn(
+            f"plan_sweep: {usable} budget(s) with at least {_MIN_SIZES_PER_BUDGET} sizes; the IsoFLOP power "
+            f"laws need {_MIN_BUDGETS} (only the parametric law L(N, D) can be fitted). Add budgets.",
+            PlanWarning, stacklevel=3)
 
 
 class _Probe:

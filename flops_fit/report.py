@@ -1,6 +1,6 @@
 """Presentation of fitted scaling laws: Chinchilla-style table, summary text, plots.
 
-Never fits anything (the numbers come from `flops_fit.fit.ScalingLaws`), writes only to
+Never fits anything (the numbers come from `flops_fit.fitting.ScalingLaws`), writes only to
 the paths it is given, and draws on `matplotlib.figure.Figure` objects with the Agg
 canvas so no global pyplot state or rcParams are touched.
 """
@@ -16,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
+from flops_fit.fitting import EXTRAPOLATION_FACTOR, MAX_DROPPED_SHARE
+
 # Default prediction budgets: the sweep's budgets plus this many powers of ten above the
 # largest one (Chinchilla Table 3 extrapolates several decades past the sweep).
 DEFAULT_EXTRA_DECADES = 3
@@ -23,12 +25,20 @@ FIGURE_DPI = 120
 FIGURE_SIZE = (7.0, 5.0)  # inches
 BAND_ALPHA = 0.2  # opacity of bootstrap interval bands
 CURVE_POINTS = 200  # samples along each drawn curve
-PLOT_FILES = ("isoflop_curves.png", "optima_vs_compute.png", "parametric_residuals.png")
+PLOT_FILES = ("isoflop_curves.png", "optima_vs_compute.png", "parametric_residuals.png",
+              "backtest.png")
 
 
 def default_budgets(laws):
-    """Sweep budgets (FLOPs, bracketed or not) plus the next powers of ten above them."""
-    sweep = np.sort(laws.isoflop.optima["budget"].to_numpy())
+    """Sweep budgets (FLOPs, bracketed or not) plus the next powers of ten above them;
+    without IsoFLOP budgets, the powers of ten the fitted FLOPs span."""
+    if laws.isoflop is not None:
+        sweep = np.sort(laws.isoflop.optima["budget"].to_numpy())
+    else:
+        f = laws.points["flops"]
+        sweep = 10.0 ** np.arange(math.ceil(math.log10(f.min())), math.floor(math.log10(f.max())) + 1)
+        if not sweep.size:
+            sweep = np.array([float(f.max())])
     top = math.floor(math.log10(sweep.max()))
     extra = [10.0 ** (top + i) for i in range(1, DEFAULT_EXTRA_DECADES + 1)]
     return np.concatenate([sweep, extra])
@@ -54,48 +64,80 @@ def markdown_table(laws, budgets=None):
         f"| loss, nats/token ({pct}% CI) |",
         "|---|---|---|---|---|---|",
     ]
+    unreliable = _unreliable(laws)
     for r in pred.itertuples():
+        flops = f"{r.flops:.2e}" + (" (extrapolated)" if r.extrapolated else "")
+        name = r.approach + (" (unreliable intervals)" if r.approach in unreliable else "")
         lines.append(
-            f"| {r.approach} | {r.flops:.2e} | {_with_interval(r.params, r.params_low, r.params_high)} "
+            f"| {name} | {flops} | {_with_interval(r.params, r.params_low, r.params_high)} "
             f"| {_with_interval(r.tokens, r.tokens_low, r.tokens_high)} | {r.tokens / r.params:.3g} "
             f"| {_with_interval(r.loss, r.loss_low, r.loss_high, '.4g')} |"
         )
+    if pred["extrapolated"].any():
+        lines.append(f"\n(extrapolated: more than {EXTRAPOLATION_FACTOR:g}x the largest fitted FLOPs, "
+                     f"{laws.max_fitted_flops:.3g})")
     return "\n".join(lines)
 
 
+def _unreliable(laws):
+    """Approaches whose bootstrap dropped more than MAX_DROPPED_SHARE of the replicates."""
+    out = set()
+    if not laws.bootstrap:
+        return out
+    if laws.isoflop is not None and laws.isoflop.bootstrap_failed > MAX_DROPPED_SHARE * laws.bootstrap:
+        out.add("isoflop")
+    if laws.parametric is not None and laws.parametric.bootstrap_dropped > MAX_DROPPED_SHARE * laws.bootstrap:
+        out.add("parametric")
+    return out
+
+
 def summary_text(laws):
-    """Exponents, coefficients and parametric parameters with intervals, exclusions, counts."""
+    """Warnings first; then which approaches ran, exponents, coefficients and parametric
+    parameters with intervals, the backtest, exclusions and the provenance block."""
     iso, par = laws.isoflop, laws.parametric
     pct = int(round(100 * laws.level))
     ci = f"{pct}% bootstrap interval, {laws.bootstrap} replicates, seed {laws.seed}" \
         if laws.bootstrap else "no bootstrap (bootstrap=0)"
-    opt = iso.optima
-    used = opt[opt["bracketed"]]
-    out = [
+    unreliable = _unreliable(laws)
+    out = []
+    for w in laws.warnings:
+        out.append(f"WARNING: {w}")
+    if out:
+        out.append("")
+    out += [
         f"Scaling-law fit of {laws.source}" if laws.source else "Scaling-law fit",
         f"  points used: {len(laws.points)} in {laws.points['budget'].nunique()} FLOP groups; "
-        f"excluded rows: {int((laws.excluded['kind'] == 'row').sum())}; "
-        f"budgets in the power laws: {len(used)} of {len(opt)}",
+        f"excluded rows: {int((laws.excluded['kind'] == 'row').sum())}"
+        + (f"; budgets in the power laws: {int(iso.optima['bracketed'].sum())} of {len(iso.optima)}"
+           if iso is not None else ""),
         f"  intervals: {ci}",
-        f"  FLOPs per parameter per token: {iso.flops_per_param_token:.4g}",
+        f"  FLOPs per parameter per token: {(iso or par).flops_per_param_token:.4g}",
     ]
+    for line in laws.approaches:
+        out.append(f"  approach {line}")
+    if laws.agreement:
+        out.append(f"  approaches {laws.agreement}")
     for note in laws.notes:
         out.append(f"  note: {note}")
-    out += [
-        "",
-        f"IsoFLOP approach (optimum = {iso.optimum}; C = budget FLOPs)",
-        f"  N_opt = k_N * C^a   a = {iso.a}   k_N = {iso.k_N}",
-        f"  D_opt = k_D * C^b   b = {iso.b}   k_D = {iso.k_D}",
-        f"  L_opt = k_L * C^c   c = {iso.loss_exponent}   k_L = {iso.k_L}",
-    ]
-    if iso.bootstrap_failed:
-        out.append(f"  {iso.bootstrap_failed} bootstrap replicate(s) had fewer than 3 bracketed "
-                   "budgets and were left out of the intervals")
+    if iso is not None:
+        label = " -- UNRELIABLE intervals" if "isoflop" in unreliable else ""
+        out += [
+            "",
+            f"IsoFLOP approach (optimum = {iso.optimum}; C = budget FLOPs){label}",
+            f"  N_opt = k_N * C^a   a = {iso.a}   k_N = {iso.k_N}",
+            f"  D_opt = k_D * C^b   b = {iso.b}   k_D = {iso.k_D}",
+            f"  L_opt = k_L * C^c   c = {iso.loss_exponent}   k_L = {iso.k_L}",
+        ]
+        if iso.bootstrap_failed:
+            out.append(f"  {iso.bootstrap_failed} of {laws.bootstrap} bootstrap replicate(s) had fewer than "
+                       "3 bracketed budgets and were left out of the intervals")
     if par is not None:
+        label = " -- UNRELIABLE intervals" if "parametric" in unreliable else ""
         out += [
             "",
             f"Parametric approach L(N, D) = E + A/N^alpha + B/D^beta "
-            f"({par.n_points} points, Huber delta=1e-3 on log loss, objective {par.objective:.6g})",
+            f"({par.n_points} points, Huber delta=1e-3 on log loss, objective {par.objective:.6g})"
+            + (", alpha = beta" if par.tie_exponents else "") + label,
             f"  E = {par.E}   A = {par.A}   B = {par.B}",
             f"  alpha = {par.alpha}   beta = {par.beta}",
             f"  N_opt ~ C^a   a = {par.a}   (a = beta/(alpha+beta))",
@@ -103,6 +145,11 @@ def summary_text(laws):
             f"  G = (alpha A / (beta B))^(1/(alpha+beta)) = {par.G}  "
             f"(N_opt = G (C/{par.flops_per_param_token:.3g})^a, D_opt = (C/{par.flops_per_param_token:.3g})^b / G)",
         ]
+        if par.bootstrap_dropped:
+            out.append(f"  {par.bootstrap_dropped} of {laws.bootstrap} bootstrap replicate(s) failed and "
+                       "were left out of the intervals")
+    if laws.backtest is not None:
+        out += ["", backtest_text(laws)]
     ex = laws.excluded
     out += ["", f"Excluded ({len(ex)})" if len(ex) else "Excluded: nothing"]
     if len(ex):
@@ -115,7 +162,34 @@ def summary_text(laws):
                 rows = ", ".join(str(int(r)) for r in grp["row"].head(12))
                 more = " ..." if len(grp) > 12 else ""
                 out.append(f"  {len(grp)} row(s) [{rows}{more}]: {reason}")
+    if laws.provenance:
+        out += ["", "Provenance"]
+        for key, value in laws.provenance.items():
+            if key == "options":
+                value = ", ".join(f"{k}={v!r}" for k, v in value.items())
+            out.append(f"  {key}: {value}")
     return "\n".join(out)
+
+
+def backtest_text(laws):
+    """Held-out rows: observed vs predicted loss (parametric law), relative error."""
+    bt = laws.backtest
+    pct = int(round(100 * laws.level))
+    err = bt["relative_error"].abs()
+    lines = [
+        f"Backtest: {len(bt)} held-out row(s) predicted by the parametric law fitted to the rest "
+        f"(mean |relative error| {err.mean():.2%}, max {err.max():.2%}"
+        + (f"; {int(bt['inside_interval'].sum())} of {len(bt)} inside the {pct}% interval)"
+           if np.isfinite(bt["predicted_low"]).all() else ")"),
+        f"| row | parameters | tokens | FLOPs | observed loss | predicted ({pct}% CI) | relative error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in bt.itertuples():
+        flops = f"{r.flops:.2e}" + (" (extrapolated)" if r.extrapolated else "")
+        lines.append(f"| {r.row} | {r.params:.3g} | {r.tokens:.3g} | {flops} | {r.loss:.4g} "
+                     f"| {_with_interval(r.predicted, r.predicted_low, r.predicted_high, '.4g')} "
+                     f"| {r.relative_error:+.2%} |")
+    return "\n".join(lines)
 
 
 def _new_figure():
@@ -174,7 +248,12 @@ def plot_optima_vs_compute(laws, path):
     fig = Figure(figsize=(FIGURE_SIZE[0] * 1.8, FIGURE_SIZE[1] * 0.9), dpi=FIGURE_DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
-    opt = laws.isoflop.optima
+    if laws.isoflop is not None:
+        opt = laws.isoflop.optima
+    else:  # no IsoFLOP optima to show: only the parametric law's curves
+        opt = pd.DataFrame({"budget": laws.points["flops"].agg(["min", "max"]).to_numpy(),
+                            "bracketed": False, "params_opt": np.nan, "tokens_opt": np.nan,
+                            "loss_opt": np.nan})
     budgets = opt["budget"].to_numpy()
     grid = np.logspace(math.log10(budgets.min()), math.log10(budgets.max()) + 1, CURVE_POINTS)
     pred = laws.predict(grid)
@@ -184,7 +263,7 @@ def plot_optima_vs_compute(laws, path):
     styles = {"isoflop": ("tab:blue", "-"), "parametric": ("tab:orange", "--")}
     for ax, (col, opt_col, label) in zip(axes, specs):
         used = opt[opt["bracketed"]]
-        left = opt[~opt["bracketed"]]
+        left = opt[~opt["bracketed"] & np.isfinite(opt[opt_col])]
         ax.scatter(used["budget"], used[opt_col], color="black", s=18, zorder=3,
                    label="per-budget optimum")
         if len(left):
@@ -246,12 +325,48 @@ def plot_parametric_residuals(laws, path):
     return path
 
 
+def plot_backtest(laws, path):
+    """Held-out rows: predicted (with interval) against observed loss, and relative error vs N."""
+    fig = Figure(figsize=(FIGURE_SIZE[0] * 1.6, FIGURE_SIZE[1]), dpi=FIGURE_DPI)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    bt = laws.backtest
+    fitted = laws.points
+    left.scatter(fitted["loss"], laws.parametric.loss(fitted["params"], fitted["tokens"]), s=10,
+                 color="grey", alpha=0.6, label="fitted rows")
+    yerr = None
+    if np.isfinite(bt["predicted_low"]).all():
+        yerr = np.vstack([bt["predicted"] - bt["predicted_low"], bt["predicted_high"] - bt["predicted"]])
+    left.errorbar(bt["loss"], bt["predicted"], yerr=yerr, fmt="o", color="tab:red", ms=5,
+                  label="held-out rows")
+    lo = min(fitted["loss"].min(), bt["loss"].min(), bt["predicted"].min())
+    hi = max(fitted["loss"].max(), bt["loss"].max(), bt["predicted"].max())
+    left.plot([lo, hi], [lo, hi], color="black", lw=0.8, label="y = x")
+    left.set_xlabel("observed loss (nats/token)")
+    left.set_ylabel("predicted L(N, D) (nats/token)")
+    left.set_title("Backtest: held-out rows")
+    left.legend(fontsize=8)
+    right.scatter(bt["params"], 100 * bt["relative_error"], color="tab:red")
+    right.axhline(0.0, color="black", lw=0.8)
+    right.set_xscale("log")
+    right.set_xlabel("model size N (parameters)")
+    right.set_ylabel("relative error of predicted loss (%)")
+    right.set_title("Backtest error per held-out row")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
 def plot_all(laws, out_dir):
     """Write the plots to out_dir (created if missing); return the list of paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [plot_isoflop_curves(laws, out / PLOT_FILES[0]),
-             plot_optima_vs_compute(laws, out / PLOT_FILES[1])]
+    paths = []
+    if laws.isoflop is not None:
+        paths.append(plot_isoflop_curves(laws, out / PLOT_FILES[0]))
+    paths.append(plot_optima_vs_compute(laws, out / PLOT_FILES[1]))
     if laws.parametric is not None:
         paths.append(plot_parametric_residuals(laws, out / PLOT_FILES[2]))
+    if laws.backtest is not None:
+        paths.append(plot_backtest(laws, out / PLOT_FILES[3]))
     return paths

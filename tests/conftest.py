@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-# The repository is cloned next to `shared/` (locally and in CI).
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Published data sets, copied into the repository with their provenance (data/README.md).
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
 # Generating law for synthetic sweeps (nats/token; N parameters, D tokens), chosen so the
 # compute-optimal exponents a = beta/(alpha+beta), b = alpha/(alpha+beta) differ from 1/2.
@@ -20,8 +20,6 @@ SYNTH_NOISE = 0.004  # relative loss noise (std of ln L)
 
 @pytest.fixture
 def data_dir():
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"published data sets not found at {DATA_DIR} (clone the repo next to shared/)")
     return DATA_DIR
 
 

@@ -65,13 +65,22 @@ def test_every_published_data_set_fits(name, data_dir, capsys):
     assert "| isoflop |" in out and "| parametric |" in out
 
 
-def test_porian_optima_file_needs_sweep_points(data_dir, capsys):
-    # One row per budget (already the optimum): no parabola can be fitted; clear message.
-    code = cli.main(["fit", str(data_dir / "porian2024_isoflop_optima.csv"), "--bootstrap", "0",
-                     "--map", "params=n_star", "--map", "tokens=t_star", "--map", "loss=loss_star",
-                     "--map", "budget=flops", "--where", 'dataset == "rw" and hparams == "tuned" '
-                     'and warmup == "short" and param_count == "standard"'])
-    assert code == 2
+PORIAN_OPTIMA = ["--map", "params=n_star", "--map", "tokens=t_star", "--map", "loss=loss_star",
+                 "--map", "budget=flops", "--where", 'dataset == "rw" and hparams == "tuned" '
+                 'and warmup == "short" and param_count == "standard"']
+
+
+def test_porian_optima_table_fits_with_optimum_given(data_dir, capsys):
+    # One row per budget, already the optimum: power laws are fitted to the rows themselves.
+    path = str(data_dir / "porian2024_isoflop_optima.csv")
+    assert cli.main(["fit", path, "--bootstrap", "200", "--optimum", "given", *PORIAN_OPTIMA]) == 0
+    out = capsys.readouterr().out
+    (a,) = _exponents(out)["a"]
+    # Porian et al. 2024 (arXiv:2406.19146) report a ~ 0.5 for this configuration
+    assert 0.45 < a[0] < 0.55 and a[1] < a[0] < a[2]
+    assert "parametric: not run (optimum=given" in out
+    # the same table as sweep points is refused: one size per budget gives no parabola
+    assert cli.main(["fit", path, "--bootstrap", "0", "--approach", "isoflop", *PORIAN_OPTIMA]) == 2
     assert "budget" in capsys.readouterr().err
 
 

@@ -347,3 +347,38 @@ def test_model_fn_errors_name_the_size(corpus):
     # under the convention that counts embeddings the same model is fine
     plan = plan_sweep(make(only_embeddings), [1e12], sizes=[2], param_convention="all")
     assert plan.points[0].params == VOCAB * ASPECT * 2
+
+
+# --- designs the fit cannot use: refused or warned about before any compute ---------------
+
+
+def fixed_size_gpt(size):
+    """A model_fn that ignores its size dial."""
+    return gpt(2)
+
+
+def test_model_fn_whose_size_does_not_change_n_is_refused(corpus):
+    task = Task(fixed_size_gpt, corpus, lm_loss, tokens_per_sample=SEQ_LEN, batch_size=BATCH_SIZE)
+    n = meta_gpt(2).param_counts()["non_embedding"]
+    with pytest.raises(ValueError, match=re.escape(f"model_fn: sizes [1, 2, 3] all give N = {n:,} parameters")):
+        plan_sweep(task, [1e12], sizes=[1, 2, 3])
+
+
+def test_thin_designs_warn_before_compute(task):
+    from flops_fit.plan import PlanWarning
+
+    with pytest.warns(PlanWarning) as caught:
+        plan_sweep(task, [1e11, 1e12], sizes=[1, 2])
+    text = [str(w.message) for w in caught]
+    assert any("1e+11 (2 sizes), 1e+12 (2 sizes) FLOPs have fewer than 3 distinct model sizes" in t for t in text)
+    assert any("0 budget(s) with at least 3 sizes; the IsoFLOP power laws need 3" in t for t in text)
+    with pytest.warns(PlanWarning, match=r"budget\(s\) 1e\+06 FLOPs lost every point to min_steps"):
+        plan_sweep(task, [1e6, 1e11, 1e12, 3e12], sizes=[1, 2, 3])
+
+
+def test_a_full_design_plans_without_warnings(task):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan_sweep(task, [1e11, 3e11, 1e12], sizes=[1, 2, 3])

@@ -1,0 +1,103 @@
+"""Scaling laws and the parametric fit's objective: pure math, no I/O.
+
+Units throughout: compute C in FLOPs, model size N in parameters, data D in tokens,
+loss L in nats per token.
+
+References
+- Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (Chinchilla),
+  arXiv:2203.15556: eq. 2 (parametric loss), eq. 4 (compute-optimal allocation),
+  App. D.2 (Huber objective on log loss, log-sum-exp form).
+- Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt", arXiv:2404.10102:
+  the objective SUMMED (not averaged) over points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+# Training FLOPs per parameter per token for a dense transformer: 2 (forward) + 4
+# (backward), Kaplan et al. 2020 eq. 2.1; Chinchilla uses C = 6ND throughout.
+FLOPS_PER_PARAM_TOKEN = 6.0
+
+
+
+# Huber threshold on the log-loss residual, Hoffmann et al. 2022 App. D.2.
+HUBER_DELTA = 1e-3
+
+
+
+
+def training_flops(params, tokens, flops_per_param_token=FLOPS_PER_PARAM_TOKEN):
+    """Training compute in FLOPs for N parameters trained on D tokens: C = k*N*D."""
+    return flops_per_param_token * np.asarray(params, float) * np.asarray(tokens, float)
+
+
+def power_law(flops, coefficient, exponent):
+    """y = k * C^exponent, C in FLOPs."""
+    return coefficient * np.asarray(flops, float) ** exponent
+
+
+def parametric_loss(params, tokens, E, A, B, alpha, beta):
+    """L(N, D) = E + A/N^alpha + B/D^beta in nats per token (Hoffmann et al. 2022 eq. 2)."""
+    n = np.asarray(params, float)
+    d = np.asarray(tokens, float)
+    return E + A / n**alpha + B / d**beta
+
+
+def compute_optimal_allocation(flops, A, B, alpha, beta,
+                               flops_per_param_token=FLOPS_PER_PARAM_TOKEN):
+    """N_opt and D_opt minimising L(N, D) subject to C = k*N*D (Hoffmann et al. 2022 eq. 4).
+
+    N_opt = G (C/k)^a, D_opt = G^-1 (C/k)^b, G = (alpha A / (beta B))^(1/(alpha+beta)),
+    a = beta/(alpha+beta), b = alpha/(alpha+beta). Returns (parameters, tokens).
+    """
+    a_exp = beta / (alpha + beta)
+    b_exp = alpha / (alpha + beta)
+    g = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
+    c_over_k = np.asarray(flops, float) / flops_per_param_token
+    return g * c_over_k**a_exp, c_over_k**b_exp / g
+
+
+def huber(residual, delta=HUBER_DELTA):
+    """Huber loss: quadratic for |r| <= delta, linear beyond (Huber 1964)."""
+    r = np.abs(residual)
+    return np.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta))
+
+
+def huber_lse_objective(theta, log_n, log_d, log_loss, weights, delta=HUBER_DELTA):
+    """Summed Huber objective of Hoffmann et al. 2022 App. D.2 and its analytic gradient.
+
+    theta: (S, 5) rows (a, b, e, alpha, beta) with A, B, E = exp(a, b, e); log_n, log_d,
+    log_loss: (n,) natural logs of parameters, tokens and loss; weights: (n,) or (S, n)
+    per-point multiplicities (bootstrap counts). The residual is
+    r = LSE(a - alpha ln N, b - beta ln D, e) - ln L, the model's log loss minus the
+    observed one; the objective is sum_i w_i Huber(r_i). Returns (f (S,), grad (S, 5)).
+    """
+    theta = np.atleast_2d(theta)
+    a, b, e, alpha, beta = (theta[:, j : j + 1] for j in range(5))
+    u1 = a - alpha * log_n
+    u2 = b - beta * log_d
+    u3 = np.broadcast_to(e, u1.shape)
+    top = np.maximum(np.maximum(u1, u2), u3)
+    e1 = np.exp(u1 - top)
+    e2 = np.exp(u2 - top)
+    e3 = np.exp(u3 - top)
+    total = e1 + e2 + e3
+    r = top + np.log(total) - log_loss
+    # psi = d Huber / dr = clip(r, -delta, delta), and Huber(r) = psi (r - psi/2) exactly
+    # in both branches, which saves a branch over the (S, n) array.
+    psi = np.clip(r, -delta, delta)
+    f = (weights * (psi * (r - 0.5 * psi))).sum(axis=1)
+    # d LSE / d u_k = softmax weight e_k / total.
+    wpsi = weights * psi / total
+    g1 = wpsi * e1
+    g2 = wpsi * e2
+    grad = np.empty_like(theta)
+    grad[:, 0] = g1.sum(axis=1)
+    grad[:, 1] = g2.sum(axis=1)
+    grad[:, 2] = (wpsi * e3).sum(axis=1)
+    grad[:, 3] = -(g1 * log_n).sum(axis=1)
+    grad[:, 4] = -(g2 * log_d).sum(axis=1)
+    return f, grad
+

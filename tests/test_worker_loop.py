@@ -354,3 +354,36 @@ def test_a_gpu_point_on_a_node_without_cuda_fails_instead_of_training_on_cpu(tmp
     assert r["status"] == "failed", r
     assert "no usable CUDA device" in r["error"] and "CUDA_VISIBLE_DEVICES" in r["error"], r["error"]
     assert r["tokens"] is None, "a step was trained (on the CPU)"
+
+
+# --- benchmarks/gpu_check.py ------------------------------------------------------------------------
+GPU_CHECK = TESTS_DIR.parent / "benchmarks" / "gpu_check.py"
+
+
+def test_gpu_check_documents_itself():
+    out = subprocess.run([sys.executable, str(GPU_CHECK), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for words in ("MFU", "torch.compile", "dry run", "2 workers", "RESULTS.md", "refuses"):
+        assert words in out.stdout, words
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpu_check_refuses_without_a_gpu():
+    out = subprocess.run([sys.executable, str(GPU_CHECK), "--no-write"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert "needs a CUDA GPU" in out.stderr and "CUDA_VISIBLE_DEVICES" in out.stderr
+
+
+def test_examples_take_the_gpu_flags(tmp_path):
+    sys.path.insert(0, str(TESTS_DIR.parent / "examples"))
+    try:
+        import sweep
+    finally:
+        sys.path.pop(0)
+    args = sweep.parse_args(["--micro-batch-size", "4", "--precision", "no", "--compile",
+                             "--data", str(TESTS_DIR)])
+    task = sweep.make_task(args)
+    assert (task.micro_batch_size, task.precision, task.compile) == (4, "no", True)
+    with pytest.raises(SystemExit):  # argparse refuses an unknown precision
+        sweep.parse_args(["--precision", "fp8"])

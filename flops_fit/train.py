@@ -42,6 +42,7 @@ MIN_CHECKPOINT_INTERVAL_S = 10.0
 # Optimizer steps of batches built ahead of the one training: one hides the build time; a
 # second absorbs a slow sample (a page-cache miss) without stalling the device.
 PREFETCH_STEPS = 2
+QUEUE_POLL_S = 0.1  # how often a full prefetch queue checks that the loop still runs
 
 # Default law for dry runs: Chinchilla's fit (Hoffmann et al. 2022, eq. 10), so a rehearsal
 # produces realistic IsoFLOP valleys and a fit that can be checked against known values.
@@ -374,17 +375,20 @@ class Prefetcher:
     def _fill(self, step):
         try:
             for s in range(step, self._run.point.steps):
-                item = [self._batch(p) for p in _positions(self._run, s)]
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put([self._batch(p) for p in _positions(self._run, s)]):
                     return
         except BaseException as e:  # handed to the training thread, which raises it
-            self._queue.put(e)
+            self._put(e)
+
+    def _put(self, item) -> bool:
+        """Queue `item` unless the loop has stopped taking batches; False once it has."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=QUEUE_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def next(self) -> list:
         item = self._queue.get()

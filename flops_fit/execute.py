@@ -88,7 +88,9 @@ def run_sweep(
             again resumes: finished points are kept, unfinished and errored ones rerun.
         storage_path: local folder or pyarrow URI (s3://, gs://); default ~/flops_fit_runs.
         num_workers: Ray Train workers per point (data parallel).
-        use_gpu: one GPU per worker; bf16 autocast unless Task.precision says otherwise.
+        use_gpu: one GPU per worker; precision from the device unless Task.precision says
+            otherwise (bf16 from compute capability 8.0, else fp16); a worker whose torch
+            sees no CUDA device fails its point rather than train on the CPU.
         resources_per_worker: Ray resources per worker, default {"CPU": 1} (+ {"GPU": 1}).
         max_concurrent: points trained at once; default: as many as the cluster fits.
         max_failures: worker-group restarts per point (resuming from its last checkpoint).

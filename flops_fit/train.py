@@ -150,16 +150,7 @@ def _setup(point: SweepPoint, task: Task, threads: int) -> _Run:
     # node builds it while the node's others wait, then they read it.
     with accelerator.local_main_process_first():
         train_set, val_set = task.data()
-    torch.manual_seed(task.seed)
-    net = task.model_fn(point.size)
-    optimizer = _adamw(net, task, task.learning_rate(point.params))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, point.steps, task.warmup_fraction, task.min_lr_fraction)
-    )
-    model = torch.compile(net) if task.compile else net
-    # The scheduler is stepped by hand, once per optimizer step: a prepared scheduler would
-    # step num_processes times per step (accelerate's default for unsplit batches).
-    model, optimizer = accelerator.prepare(model, optimizer)
+    net, model, optimizer, scheduler = _build(point, task, accelerator)
     precision = str(accelerator.mixed_precision)
     device_name = torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else None
     run = _Run(point=point, task=task, rank=rank, world=world, accum=accum, accelerator=accelerator,
@@ -180,6 +171,26 @@ def _setup(point: SweepPoint, task: Task, threads: int) -> _Run:
         "worker_pid": os.getpid(),  # Tune fills "pid" with the trial driver's own
     }
     return run
+
+
+def _build(point: SweepPoint, task: Task, accelerator):
+    """The bare model, the model to train (compiled if Task.compile, prepared by Accelerate),
+    its optimizer and its LR schedule, all fresh."""
+    import torch
+
+    torch.manual_seed(task.seed)
+    net = task.model_fn(point.size)
+    optimizer = _adamw(net, task, task.learning_rate(point.params))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, point.steps, task.warmup_fraction, task.min_lr_fraction)
+    )
+    # Compiled once per point (a model of another size is another graph); the compiled module
+    # shares `net`'s parameters, so checkpoints and evaluation use `net` unchanged.
+    model = torch.compile(net) if task.compile else net
+    # The scheduler is stepped by hand, once per optimizer step: a prepared scheduler would
+    # step num_processes times per step (accelerate's default for unsplit batches).
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return net, model, optimizer, scheduler
 
 
 def _resume(run: _Run, state: dict | None) -> None:

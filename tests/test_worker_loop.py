@@ -190,6 +190,17 @@ def test_prefetched_batches_are_the_planned_sample_positions():
         batches.close()
 
 
+@pytest.mark.slow  # torch.compile builds C++ kernels: tens of seconds on 2 cores
+def test_compiled_model_trains_like_the_eager_one():
+    eager, compiled = _run(_task()), _run(_task(compile=True))
+    for run in (eager, compiled):  # as _setup builds them
+        run.net, run.model, run.optimizer, run.scheduler = T._build(run.point, run.task, run.accelerator)
+    assert type(compiled.model).__name__ == "OptimizedModule" and compiled.model is not compiled.net
+    assert _train_steps(compiled, 3) == pytest.approx(_train_steps(eager, 3), rel=1e-5)
+    # The bare module holds the trained weights (what checkpoints and evaluation use).
+    torch.testing.assert_close(compiled.net.weight, eager.net.weight, rtol=1e-5, atol=1e-6)
+
+
 def test_a_failing_sample_is_raised_in_the_training_thread():
     class Broken(_Data):
         def __getitem__(self, i):

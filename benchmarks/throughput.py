@@ -5,7 +5,9 @@
 Tokens per second between the first and the last optimizer step of one point (size 4 of
 the tiny GPT, 64-token samples, 16-sample global batch): (a) benchmarks/plain_loop.py
 in-process with 1 torch thread; (b) flops_fit's worker loop (Ray Train + Accelerate) with
-1 worker of 1 CPU; (c) the same with 2 workers of 1 CPU each (data parallel, gloo).
+1 worker of 1 CPU, batches built ahead in its prefetch thread; (c) the same with 2 workers
+of 1 CPU each (data parallel, gloo); (d) the model FLOP/s of (a) and (b) against the
+machine's measured single-thread fp32 matmul FLOP/s (the CPU's counterpart of MFU).
 Plain runs alternate with the 1-worker runs (plain, worker, plain, worker, ..., plain):
 on a shared machine speed drifts by 5-20 % between runs, so each worker run is compared
 with the mean of the plain runs on either side, and the median of those ratios is the
@@ -31,6 +33,32 @@ from results_file import append_result  # noqa: E402
 
 BUDGET = 4e11  # FLOPs: about 10-20 s of training for size 4 on one core
 SIZE = 4
+MATMUL_N = 512  # square fp32 matmul for the machine's single-thread peak: big enough for the
+# kernel's steady state, small enough to stay in cache like the tiny models' matmuls
+MATMUL_REPEATS = 5  # timed blocks; the fastest is the peak (a shared machine only slows things)
+
+
+def matmul_flops_per_s(n: int = MATMUL_N, repeats: int = MATMUL_REPEATS) -> float:
+    """Measured fp32 matmul FLOP/s of one torch thread (2 n^3 FLOPs per product): the CPU
+    counterpart of a GPU's datasheet peak, against which a loop's model FLOP/s is read."""
+    import time
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        products = max(1, int(2e9 / (2 * n**3)))  # ~2 GFLOP per timed block
+        best = 0.0
+        for _ in range(repeats + 1):  # the first block warms up
+            t = time.perf_counter()
+            for _ in range(products):
+                a @ b
+            best = max(best, products * 2 * n**3 / (time.perf_counter() - t))
+        return best
+    finally:
+        torch.set_num_threads(threads)
 
 
 def worker_tokens_per_s(plan, task, storage, num_workers, name) -> float:
@@ -70,6 +98,11 @@ def main(argv=None):
     ratios = [w / ((plain_runs[i] + plain_runs[i + 1]) / 2) for i, w in enumerate(ones)]
     plain = statistics.median(plain_runs)
     point = plan.points[0]
+    peak = matmul_flops_per_s()
+
+    def flops(tokens_per_s):  # model FLOP/s and the share of the measured matmul peak
+        f = tokens_per_s * point.flops_per_token
+        return f"{f / 1e9:.2f} GFLOP/s = {100 * f / peak:.1f} % of it"
     lines = [
         f"point: {point.point_id}, {point.params:,} params, {point.steps} steps of {task.batch_tokens} tokens",
         f"(a) plain PyTorch, 1 thread:        {plain:,.0f} tokens/s  (median; runs: "
@@ -79,6 +112,9 @@ def main(argv=None):
         f"    each against the plain runs beside it: {', '.join(f'{r:.3f}' for r in ratios)}",
         f"    worker / plain: {statistics.median(ratios):.2f}x (median)",
         f"(c) worker loop, 2 workers x 1 CPU: {two:,.0f} tokens/s  ({two / plain:.2f}x the plain median)",
+        f"(d) single-thread fp32 matmul ({MATMUL_N}^3), measured: {peak / 1e9:.2f} GFLOP/s; model FLOP/s "
+        f"({point.flops_per_token:,.0f} FLOPs/token):",
+        f"    plain {flops(plain)}; worker loop {flops(statistics.median(ones))}",
     ]
     print("\n".join(lines))
     if not args.no_write:

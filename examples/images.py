@@ -26,7 +26,7 @@ from flops_fit.vision import DigitsImages, HFImages, ImageFolder, ViT, classific
 
 # examples/ is on sys.path when this file runs as a script: the text example's report()
 # fits, prints and writes the same answer for any modality.
-from sweep import add_plan_arguments, add_run_arguments, finish_args, plan_and_run, report
+from sweep import add_plan_arguments, add_run_arguments, finish_args, plan_and_run, report, run_settings
 
 # Defaults sized for a 2-core laptop CPU: ViTs of ~1.7k-40k parameters on the digits.
 # The dial is n_layer = size, n_embd = ASPECT * size; at each budget, sizes are centred on
@@ -94,6 +94,7 @@ def make_task(args) -> ff.Task:
         lr=args.lr,
         # every point is scored on the same held-out images: all of the digits' 20 %
         eval_samples=DIGITS_VAL_IMAGES,
+        **run_settings(args),
     )
 
 

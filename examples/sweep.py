@@ -19,6 +19,7 @@ from pathlib import Path
 import flops_fit as ff
 from flops_fit.data import HFText, TextCorpus, TokenFile, is_hf_dataset
 from flops_fit.models import GPT, lm_loss
+from flops_fit.task import PRECISIONS
 
 # Defaults sized for a 2-core laptop CPU: a byte-level GPT of 3k-180k parameters on the
 # .py files of this Python's standard library. Budgets are FLOPs; at each, five sizes of
@@ -85,7 +86,13 @@ def finish_args(p, argv, smoke: dict, names: tuple):
 def add_run_arguments(p):
     """The flags of how and where a sweep runs, shared by every example."""
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per point")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (precision: see --precision)")
+    p.add_argument("--micro-batch-size", type=int, default=0,
+                   help="samples per forward/backward on one worker; the rest of its share of the "
+                        "batch is accumulated (default 0: the whole share at once)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 on GPUs that have it, else fp16 with loss scaling; fp32 on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model on each worker")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--storage-path", default=os.environ.get("FLOPS_FIT_STORAGE", "~/flops_fit_runs"),
                    help="folder or URI for results (default: $FLOPS_FIT_STORAGE or ~/flops_fit_runs)")
@@ -121,7 +128,13 @@ def make_task(args) -> ff.Task:
         tokens_per_sample=args.seq_len,
         batch_size=args.batch_size,
         lr=args.lr,
+        **run_settings(args),
     )
+
+
+def run_settings(args) -> dict:
+    """The Task fields set by the run flags: how each worker trains, not what it trains."""
+    return dict(micro_batch_size=args.micro_batch_size, precision=args.precision, compile=args.compile)
 
 
 def main(argv=None):

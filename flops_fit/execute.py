@@ -88,7 +88,9 @@ def run_sweep(
             again resumes: finished points are kept, unfinished and errored ones rerun.
         storage_path: local folder or pyarrow URI (s3://, gs://); default ~/flops_fit_runs.
         num_workers: Ray Train workers per point (data parallel).
-        use_gpu: one GPU per worker; bf16 autocast unless Task.precision says otherwise.
+        use_gpu: one GPU per worker; precision from the device unless Task.precision says
+            otherwise (bf16 from compute capability 8.0, else fp16); a worker whose torch
+            sees no CUDA device fails its point rather than train on the CPU.
         resources_per_worker: Ray resources per worker, default {"CPU": 1} (+ {"GPU": 1}).
         max_concurrent: points trained at once; default: as many as the cluster fits.
         max_failures: worker-group restarts per point (resuming from its last checkpoint).
@@ -450,7 +452,7 @@ class ProgressPrinter(tune.Callback):
         loss_text = f"loss {loss:.4f}" if isinstance(loss, float) else "no loss"
         print(
             f"[{self.done}/{self.total}] {trial_name(trial):<18} {status:<8} {loss_text}  "
-            f"({time.time() - self.t0:.0f} s)",
+            f"{R.hardware_use(result or {})}({time.time() - self.t0:.0f} s)",
             flush=True,
         )
 
@@ -569,11 +571,7 @@ def _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent
         raise ValueError(f"run_sweep(name={name!r}): give a plain folder name such as 'gpt-cpu-sweep'.")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"run_sweep(num_workers={num_workers!r}) must be an int >= 1.")
-    if task.batch_size % num_workers:
-        raise ValueError(
-            f"Task.batch_size={task.batch_size} is not divisible by num_workers={num_workers}; "
-            "each worker takes an equal share of the global batch."
-        )
+    task.accumulation_steps(num_workers)  # the global batch splits into equal micro-batches
     if not isinstance(max_failures, int) or max_failures < 0:
         raise ValueError(f"run_sweep(max_failures={max_failures!r}) must be an int >= 0.")
     if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1):

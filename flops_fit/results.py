@@ -32,6 +32,10 @@ COLUMNS = [
     "steps", "train_loss", "tokens_per_s", "attempts", "started_at", "first_step_at", "last_step_at",
     "finished_at",
     "num_processes", "shards_disjoint", "node", "node_id", "planned_tokens",
+    # Hardware use over the point's last progress window: model FLOP/s (counted FLOPs per token
+    # x tokens/s, all workers) and MFU = that / the devices' dense peak (flops_fit/hardware.py;
+    # empty on CPUs and GPUs without a known peak); precision as trained; fp16 steps skipped.
+    "model_flops_per_s", "mfu", "precision", "device", "micro_batch_size", "skipped_steps",
 ]
 
 
@@ -59,6 +63,16 @@ class SweepResults:
 
     def __repr__(self) -> str:
         return f"SweepResults({self.status_line()})"
+
+
+def hardware_use(metrics: dict) -> str:
+    """'12.3 GFLOP/s, MFU 41.0 %  ' from a point's reported metrics ('' when it has none)."""
+    flops = metrics.get("model_flops_per_s")
+    if not isinstance(flops, (int, float)) or not math.isfinite(flops):
+        return ""
+    mfu = metrics.get("mfu")
+    mfu_text = f", MFU {100 * mfu:.1f} %" if isinstance(mfu, (int, float)) and math.isfinite(mfu) else ""
+    return f"{flops / 1e9:,.1f} GFLOP/s{mfu_text}  "
 
 
 def join(base: str, *parts: str) -> str:
@@ -186,7 +200,8 @@ def result_row(point: dict, last: dict | None, error_text: str | None, started: 
     )
     if last:
         for key in ("tokens", "flops", "steps", "train_loss", "tokens_per_s", "attempts", "started_at",
-                    "first_step_at", "last_step_at", "finished_at", "num_processes", "shards_disjoint", "node", "node_id"):
+                    "first_step_at", "last_step_at", "finished_at", "num_processes", "shards_disjoint", "node", "node_id",
+                    "model_flops_per_s", "mfu", "precision", "device", "micro_batch_size", "skipped_steps"):
             row[key] = last.get(key)
         if last.get("final") and last.get("status") in ("ok", "diverged"):
             row["status"] = last["status"]

@@ -45,13 +45,21 @@ class Task:
     loss_fn: Callable[[Any, Any], Any]
     tokens_per_sample: int
     batch_size: int = 32  # samples per optimizer step, summed over all workers (global batch)
+    # Samples per forward/backward on one worker (nanoGPT / nanochat's device batch). 0: a
+    # worker's whole share of the batch at once. Smaller: the share is split into micro-batches
+    # whose gradients are accumulated and synchronised once per optimizer step, so a GPU holds
+    # only micro_batch_size samples of activations; tokens per optimizer step are unchanged.
+    micro_batch_size: int = 0
     lr: LearningRate = 3e-3  # peak AdamW learning rate, or a function params -> lr
     warmup_fraction: float = 0.05  # linear warmup over this fraction of a point's own steps
     min_lr_fraction: float = 0.1  # cosine decay ends at this fraction of the peak (Chinchilla: 10x decay)
     weight_decay: float = 0.1  # AdamW decoupled weight decay (nanoGPT default)
     betas: tuple = (0.9, 0.95)  # AdamW betas (nanoGPT / GPT-3)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU; or "no", "bf16", "fp16"
+    # "auto": from the device (bf16 autocast on GPUs that support it, compute capability >= 8.0;
+    # fp16 with a loss scaler on older GPUs; fp32 on CPU), or "no" (fp32), "bf16", "fp16".
+    precision: str = "auto"
+    compile: bool = False  # torch.compile the model on each worker (GPU speed; minutes of compile per size)
     seed: int = 0  # model init and data order; the same for every point, so points differ only in N, D
     eval_samples: int = 256  # fixed held-out samples evaluated at the end of every point
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = about 10 per point
@@ -71,7 +79,7 @@ class Task:
         _positive_int("tokens_per_sample", self.tokens_per_sample)
         _positive_int("batch_size", self.batch_size)
         _positive_int("eval_samples", self.eval_samples)
-        for name in ("checkpoint_every", "report_every"):
+        for name in ("checkpoint_every", "report_every", "micro_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"Task({name}={value!r}) must be an int >= 0 (0 picks a default).")
@@ -89,11 +97,45 @@ class Task:
             raise ValueError(f"Task(seed={self.seed!r}) must be an int in [0, 2**64).")
         if self.precision not in PRECISIONS:
             raise ValueError(f"Task(precision={self.precision!r}) must be one of {PRECISIONS}.")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"Task(compile={self.compile!r}) must be True or False.")
+        if self.micro_batch_size > self.batch_size:
+            raise ValueError(
+                f"Task(micro_batch_size={self.micro_batch_size}) is larger than batch_size={self.batch_size}; "
+                "the micro-batch is a part of one worker's share of the global batch."
+            )
+        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"Task(batch_size={self.batch_size}) is not a multiple of micro_batch_size="
+                f"{self.micro_batch_size}; pick a micro-batch that divides the global batch."
+            )
 
     @property
     def batch_tokens(self) -> int:
         """Tokens per optimizer step of the global batch."""
         return self.batch_size * self.tokens_per_sample
+
+    def accumulation_steps(self, num_workers: int) -> int:
+        """Micro-batches per worker per optimizer step, for a group of `num_workers`.
+
+        Raises ValueError when the global batch does not split evenly into num_workers x
+        micro_batch_size (the tokens per step would otherwise differ from the plan's).
+        """
+        if self.batch_size % num_workers:
+            raise ValueError(
+                f"Task.batch_size={self.batch_size} is not divisible by num_workers={num_workers}; "
+                "each worker takes an equal share of the global batch: choose a batch size that is "
+                "a multiple of the number of workers."
+            )
+        share = self.batch_size // num_workers
+        micro = self.micro_batch_size or share
+        if share % micro:
+            raise ValueError(
+                f"Task.batch_size={self.batch_size} over num_workers={num_workers} gives {share} samples per "
+                f"worker, not a multiple of micro_batch_size={micro}; choose batch_size as a multiple of "
+                f"num_workers x micro_batch_size ({num_workers * micro})."
+            )
+        return share // micro
 
     def learning_rate(self, params: int) -> float:
         """Peak learning rate for a model of `params` parameters."""

@@ -10,17 +10,23 @@ ones Tune sees, and only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import math
 import os
+import queue
 import socket
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .hardware import choose_precision, peak_flops
 from .plan import SweepPoint
 from .task import Task, lr_multiplier
 
@@ -34,6 +40,10 @@ CHECKPOINTS_PER_POINT = 10  # checkpoints per point when Task.checkpoint_every i
 # reruns from the start faster than it would checkpoint.
 MIN_REPORT_INTERVAL_S = 1.0
 MIN_CHECKPOINT_INTERVAL_S = 10.0
+# Optimizer steps of batches built ahead of the one training: one hides the build time; a
+# second absorbs a slow sample (a page-cache miss) without stalling the device.
+PREFETCH_STEPS = 2
+QUEUE_POLL_S = 0.1  # how often a full prefetch queue checks that the loop still runs
 
 # Default law for dry runs: Chinchilla's fit (Hoffmann et al. 2022, eq. 10), so a rehearsal
 # produces realistic IsoFLOP valleys and a fit that can be checked against known values.
@@ -71,158 +81,336 @@ def shard_positions(step: int, batch_size: int, rank: int, world_size: int) -> r
     return range(start, start + per_rank)
 
 
+@dataclass
+class _Run:
+    """One attempt at one point on one worker: what the small functions of the loop share."""
+
+    point: SweepPoint
+    task: Task
+    rank: int
+    world: int
+    accum: int  # micro-batches per worker per optimizer step
+    accelerator: Any
+    model: Any  # as prepared by Accelerate (DDP-wrapped in a group of several)
+    net: Any  # the bare module, the same parameters: checkpoints and evaluation
+    optimizer: Any
+    scheduler: Any
+    train_set: Any
+    val_set: Any
+    peak_flops: float | None  # dense peak of this worker's device, FLOP/s (hardware.peak_flops)
+    base: dict = field(default_factory=dict)  # metrics every report carries
+    step: int = 0  # optimizer steps taken: the data position of the next step
+    skipped_steps: int = 0  # fp16 steps the loss scaler skipped (inf/NaN gradients)
+    meta: dict = field(default_factory=dict)
+
+
 def _train(point: SweepPoint, task: Task, threads: int) -> dict:
+    run = _setup(point, task, threads)
+    _resume(run, _load_checkpoint())
+    batches = Prefetcher(run)
+    window = _Window(run)
+    metrics, status = {}, "running"
+    try:
+        while run.step < point.steps:
+            window.add(_step(run, batches.next()))
+            decision = _decide(run, window)
+            if decision is None:
+                continue
+            save, train_loss = decision
+            metrics = _progress(run, window, train_loss)
+            if not math.isfinite(train_loss):
+                status = "diverged"
+                metrics.update(status=status, loss=float("nan"), final=True,
+                               error=f"training loss became {train_loss} at step {run.step}")
+                _report(metrics, None, run.rank)
+                break
+            _report(metrics, run if save else None, run.rank)
+            window.restart(saved=save)
+    finally:
+        batches.close()
+    if status != "diverged":
+        metrics = _finish(run, metrics)
+    _release(run.accelerator, run.model, run.optimizer)
+    return metrics
+
+
+def _setup(point: SweepPoint, task: Task, threads: int) -> _Run:
+    """Accelerator, data, model, optimizer and schedule of a fresh attempt at `point`."""
     import ray
     import ray.train
     import torch
-    from accelerate import Accelerator
-    from torch.utils.data import default_collate
 
     if threads:
         # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this worker reserved.
         torch.set_num_threads(threads)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if task.batch_size % world:
-        raise ValueError(
-            f"Task.batch_size={task.batch_size} is not divisible by num_workers={world}; "
-            "choose a batch size that is a multiple of the number of workers."
-        )
+    accum = task.accumulation_steps(world)  # a clear error before any compute
     accelerator = _make_accelerator(task)
-    train_set, val_set = task.data()
-
-    torch.manual_seed(task.seed)
-    model = task.model_fn(point.size)
-    optimizer = _adamw(model, task, task.learning_rate(point.params))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, point.steps, task.warmup_fraction, task.min_lr_fraction)
-    )
-    state = _load_checkpoint()
-    if state is not None:
-        model.load_state_dict(state["model"])
-    # The scheduler is stepped by hand, once per optimizer step: a prepared scheduler would
-    # step num_processes times per step (accelerate's default for unsplit batches).
-    model, optimizer = accelerator.prepare(model, optimizer)
-    start_step, meta = 0, {"started_at": time.time(), "attempts": 1, "restored_from_step": None}
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start_step = int(state["step"])
-        meta = {
-            "started_at": float(state["started_at"]),
-            "attempts": int(state["attempts"]) + 1,
-            "restored_from_step": start_step,
-        }
-
-    order = np.random.default_rng(task.seed).permutation(len(train_set))
-    device = accelerator.device
-    per_rank = task.batch_size // world
-
-    def batch_at(step):
-        positions = shard_positions(step, task.batch_size, rank, world)
-        samples = [train_set[int(order[p % len(order)])] for p in positions]
-        return _to_device(default_collate(samples), device), positions
-
-    report_every = task.report_every or max(1, point.steps // REPORTS_PER_POINT)
-    checkpoint_every = task.checkpoint_every or max(1, point.steps // CHECKPOINTS_PER_POINT)
-    base = {
+    # Data factories may write a cache (TextCorpus tokenizes once): the first worker of each
+    # node builds it while the node's others wait, then they read it.
+    with accelerator.local_main_process_first():
+        train_set, val_set = task.data()
+    net, model, optimizer, scheduler = _build(point, task, accelerator)
+    precision = str(accelerator.mixed_precision)
+    device_name = torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else None
+    run = _Run(point=point, task=task, rank=rank, world=world, accum=accum, accelerator=accelerator,
+               model=model, net=net, optimizer=optimizer, scheduler=scheduler, train_set=train_set,
+               val_set=val_set, peak_flops=peak_flops(device_name, precision))
+    run.meta = {"started_at": time.time(), "attempts": 1, "restored_from_step": None}
+    run.base = {
         "point_id": point.point_id,
         "steps": point.steps,
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
+        "precision": precision,
+        "device": device_name or "cpu",
+        "micro_batch_size": (task.batch_size // world) // accum,
+        "accumulation_steps": accum,
         "node": socket.gethostname(),
         "node_id": ray.get_runtime_context().get_node_id(),
         "worker_pid": os.getpid(),  # Tune fills "pid" with the trial driver's own
-        **meta,
     }
-    shards_disjoint = _check_shards(accelerator, batch_at(start_step)[1], world)
+    return run
 
-    model.train()
-    window_loss = torch.zeros((), device=device)
-    window_steps, window_start = 0, time.perf_counter()
-    last_save = window_start
-    status, step = "running", start_step
-    first_step_at = None
-    while step < point.steps:
-        batch, _ = batch_at(step)
-        with accelerator.autocast():
-            loss = task.loss_fn(model, batch)
-        accelerator.backward(loss)
-        if task.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), task.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        # Accumulate on the device: no host synchronisation inside the step loop.
-        window_loss += loss.detach().float()
-        window_steps += 1
-        step += 1
-        if first_step_at is None:
-            first_step_at = time.time()
-        save_step = step % checkpoint_every == 0 and step < point.steps
-        if step % report_every == 0 or save_step or step == point.steps:
-            # Rank 0's clock decides whether to report (and save) now; the decision travels
-            # in the same reduce as the loss, so every rank reports at the same steps.
-            now = time.perf_counter()
-            save = save_step and (task.checkpoint_every > 0 or now - last_save >= MIN_CHECKPOINT_INTERVAL_S)
-            report = (save or step == point.steps or task.report_every > 0
-                      or now - window_start >= MIN_REPORT_INTERVAL_S)
-            decision = torch.tensor(float(2 if save else 1 if report else 0) if rank == 0 else 0.0, device=device)
-            loss_sum, decided = accelerator.reduce(torch.stack([window_loss, decision]), "sum").tolist()
-            train_loss = loss_sum / world / window_steps
-            save, report = decided == 2, decided >= 1
-            if math.isfinite(train_loss) and not report:
-                continue
-            elapsed = now - window_start
-            metrics = {
-                **base,
-                "status": "running",
-                "step": step,
-                "tokens": step * task.batch_tokens,
-                "flops": step * task.batch_tokens * point.flops_per_token,
-                "train_loss": train_loss,
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": window_steps * task.batch_tokens / max(elapsed, 1e-9),
-                "first_step_at": first_step_at,
-                "shards_disjoint": shards_disjoint,
-            }
-            if not math.isfinite(train_loss):
-                status = "diverged"
-                metrics.update(status=status, loss=float("nan"), final=True,
-                               error=f"training loss became {train_loss} at step {step}")
-                _report(metrics, None, rank)
-                break
-            _report(metrics, (model, optimizer, scheduler, step, meta) if save else None, rank,
-                    accelerator=accelerator)
-            window_loss.zero_()
-            window_steps, window_start = 0, time.perf_counter()
-            if save:
-                last_save = window_start
 
-    last_step_at = time.time()
-    if status != "diverged":
-        eval_loss = _evaluate(accelerator, model, task, val_set, rank, world)
-        status = "ok" if math.isfinite(eval_loss) else "diverged"
-        # "final", never "done": Tune takes a reported done=True for the trial's end and kills
-        # the trial driver at once, while the Train controller is still shutting down; the
-        # worker group it then restarts holds its CPUs until the sweep ends (seen as a sweep
-        # stuck after ~100 points, every CPU held by such placement groups).
-        final = {
-            **metrics,
-            "status": status,
-            "loss": eval_loss,
-            "eval_samples": min(task.eval_samples, len(val_set)),
-            "last_step_at": last_step_at,
-            "finished_at": time.time(),
-            "final": True,
+def _build(point: SweepPoint, task: Task, accelerator):
+    """The bare model, the model to train (compiled if Task.compile, prepared by Accelerate),
+    its optimizer and its LR schedule, all fresh."""
+    import torch
+
+    torch.manual_seed(task.seed)
+    net = task.model_fn(point.size)
+    optimizer = _adamw(net, task, task.learning_rate(point.params))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, point.steps, task.warmup_fraction, task.min_lr_fraction)
+    )
+    # Compiled once per point (a model of another size is another graph); the compiled module
+    # shares `net`'s parameters, so checkpoints and evaluation use `net` unchanged.
+    model = torch.compile(net) if task.compile else net
+    # The scheduler is stepped by hand, once per optimizer step: a prepared scheduler would
+    # step num_processes times per step (accelerate's default for unsplit batches).
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return net, model, optimizer, scheduler
+
+
+def _resume(run: _Run, state: dict | None) -> None:
+    """Continue from a checkpoint's state (weights, optimizer, schedule, loss scaler, RNG and
+    data position), or leave a fresh attempt as it is; then check the data shards."""
+    import torch
+
+    if state is not None:
+        run.net.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        if run.accelerator.scaler is not None and state.get("scaler"):
+            run.accelerator.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        run.step = int(state["step"])
+        run.skipped_steps = int(state.get("skipped_steps", 0))
+        run.meta = {
+            "started_at": float(state["started_at"]),
+            "attempts": int(state["attempts"]) + 1,
+            "restored_from_step": run.step,
         }
-        if status == "diverged":
-            final["error"] = f"held-out loss is {eval_loss}"
-        _report(final, None, rank)
-        metrics = final
-    _release(accelerator, model, optimizer)
-    return metrics
+    run.base.update(run.meta)
+    first = _positions(run, run.step)
+    run.base["shards_disjoint"] = _check_shards(run.accelerator, [p for m in first for p in m], run.world)
+
+
+def _positions(run: _Run, step: int) -> list:
+    """This rank's sample positions of optimizer step `step`, one range per micro-batch."""
+    mine = shard_positions(step, run.task.batch_size, run.rank, run.world)
+    micro = len(mine) // run.accum
+    return [mine[i * micro:(i + 1) * micro] for i in range(run.accum)]
+
+
+def _step(run: _Run, micro_batches: list):
+    """One optimizer step over this rank's micro-batches; the step's mean loss (a tensor).
+
+    Gradients of the micro-batches add up locally (`no_sync`) and are all-reduced once, on
+    the last one; each loss is divided by their number, so the update equals the one of the
+    whole share at once (equal micro-batches, mean losses). The schedule advances only when
+    the optimizer stepped: an fp16 loss scaler skips steps with inf/NaN gradients, and those
+    must not eat into the warmup or the decay (torch.amp's recipe).
+    """
+    accelerator, model = run.accelerator, run.model
+    total = None
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            with accelerator.autocast():
+                loss = run.task.loss_fn(model, _to_device(batch, accelerator.device))
+            accelerator.backward(loss / run.accum)
+        total = loss.detach().float() if total is None else total + loss.detach().float()
+    if run.task.grad_clip > 0:
+        accelerator.clip_grad_norm_(model.parameters(), run.task.grad_clip)
+    run.optimizer.step()
+    if run.optimizer.step_was_skipped:
+        run.skipped_steps += 1
+    else:
+        run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    return total / run.accum
+
+
+class _Window:
+    """Training loss and time since the last report; kept on the device (no host sync per step)."""
+
+    def __init__(self, run: _Run):
+        import torch
+
+        self.run = run
+        self.loss = torch.zeros((), device=run.accelerator.device)
+        self.steps = 0
+        self.start = self.last_save = time.perf_counter()
+        self.first_step_at = None
+        self.report_every = run.task.report_every or max(1, run.point.steps // REPORTS_PER_POINT)
+        self.checkpoint_every = run.task.checkpoint_every or max(1, run.point.steps // CHECKPOINTS_PER_POINT)
+
+    def add(self, loss) -> None:
+        self.loss += loss
+        self.steps += 1
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+
+    def restart(self, saved: bool) -> None:
+        self.loss.zero_()
+        self.steps, self.start = 0, time.perf_counter()
+        if saved:
+            self.last_save = self.start
+
+
+def _decide(run: _Run, window: _Window):
+    """After a step: None (go on), or (save a checkpoint?, mean training loss of the window).
+
+    Rank 0's clock decides whether to report (and save) now; the decision travels in the same
+    reduce as the loss, so every rank reports at the same steps. A non-finite loss is always
+    reported (the point has diverged).
+    """
+    import torch
+
+    step, steps, task = run.step, run.point.steps, run.task
+    save_step = step % window.checkpoint_every == 0 and step < steps
+    if not (step % window.report_every == 0 or save_step or step == steps):
+        return None
+    now = time.perf_counter()
+    save = save_step and (task.checkpoint_every > 0 or now - window.last_save >= MIN_CHECKPOINT_INTERVAL_S)
+    report = save or step == steps or task.report_every > 0 or now - window.start >= MIN_REPORT_INTERVAL_S
+    mine = float(2 if save else 1 if report else 0) if run.rank == 0 else 0.0
+    decision = torch.tensor(mine, device=run.accelerator.device)
+    loss_sum, decided = run.accelerator.reduce(torch.stack([window.loss, decision]), "sum").tolist()
+    train_loss = loss_sum / run.world / window.steps
+    if math.isfinite(train_loss) and decided < 1:
+        return None
+    return decided == 2, train_loss
+
+
+def _progress(run: _Run, window: _Window, train_loss: float) -> dict:
+    """Metrics of a progress report: budget spent, loss, speed and hardware use."""
+    task, point = run.task, run.point
+    elapsed = max(time.perf_counter() - window.start, 1e-9)
+    tokens_per_s = window.steps * task.batch_tokens / elapsed
+    # Model FLOP/s from the FLOPs per token the plan counts (PaLM's MFU, Chowdhery et al. 2022,
+    # App. B): what the model needs, not what the hardware executed (no recomputation).
+    flops_per_s = tokens_per_s * point.flops_per_token
+    peak = run.peak_flops * run.accelerator.num_processes if run.peak_flops else None
+    return {
+        **run.base,
+        "status": "running",
+        "step": run.step,
+        "tokens": run.step * task.batch_tokens,
+        "flops": run.step * task.batch_tokens * point.flops_per_token,
+        "train_loss": train_loss,
+        "lr": run.scheduler.get_last_lr()[0],
+        "tokens_per_s": tokens_per_s,
+        "model_flops_per_s": flops_per_s,
+        "mfu": flops_per_s / peak if peak else None,
+        "skipped_steps": run.skipped_steps,
+        "first_step_at": window.first_step_at,
+    }
+
+
+def _finish(run: _Run, metrics: dict) -> dict:
+    """Evaluate on the held-out set and report the point's final metrics."""
+    last_step_at = time.time()
+    eval_loss = _evaluate(run.accelerator, run.net, run.task, run.val_set, run.rank, run.world)
+    status = "ok" if math.isfinite(eval_loss) else "diverged"
+    # "final", never "done": Tune takes a reported done=True for the trial's end and kills
+    # the trial driver at once, while the Train controller is still shutting down; the
+    # worker group it then restarts holds its CPUs until the sweep ends (seen as a sweep
+    # stuck after ~100 points, every CPU held by such placement groups).
+    final = {
+        **metrics,
+        "status": status,
+        "loss": eval_loss,
+        "eval_samples": min(run.task.eval_samples, len(run.val_set)),
+        "last_step_at": last_step_at,
+        "finished_at": time.time(),
+        "final": True,
+    }
+    if status == "diverged":
+        final["error"] = f"held-out loss is {eval_loss}"
+    _report(final, None, run.rank)
+    return final
+
+
+class Prefetcher:
+    """Builds the micro-batches of the next optimizer steps in a background thread while the
+    current step runs, in step order, from exactly the positions of `shard_positions`: the
+    same samples as building them in the loop, so a resumed run stays bit-exact. On a GPU
+    the batches are pinned, so the copy to the device overlaps the compute."""
+
+    def __init__(self, run: _Run, depth: int = PREFETCH_STEPS):
+        import torch
+
+        self._run, self._pin = run, run.accelerator.device.type == "cuda"
+        self._order = np.random.default_rng(run.task.seed).permutation(len(run.train_set))
+        self._queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._collate = torch.utils.data.default_collate
+        self._thread = threading.Thread(target=self._fill, args=(run.step,), daemon=True,
+                                        name="flops_fit-prefetch")
+        self._thread.start()
+
+    def _batch(self, positions):
+        samples = [self._run.train_set[int(self._order[p % len(self._order)])] for p in positions]
+        batch = self._collate(samples)
+        if self._pin:
+            import torch
+
+            batch = torch.utils._pytree.tree_map(
+                lambda t: t.pin_memory() if isinstance(t, torch.Tensor) else t, batch)
+        return batch
+
+    def _fill(self, step):
+        try:
+            for s in range(step, self._run.point.steps):
+                if not self._put([self._batch(p) for p in _positions(self._run, s)]):
+                    return
+        except BaseException as e:  # handed to the training thread, which raises it
+            self._put(e)
+
+    def _put(self, item) -> bool:
+        """Queue `item` unless the loop has stopped taking batches; False once it has."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=QUEUE_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self) -> list:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise RuntimeError(f"building the batch of step {self._run.step} failed: {item!r}") from item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def dry_run_loss(point: SweepPoint, law: dict | bool, seed: int) -> float:
@@ -275,19 +463,43 @@ def _dry_run(point: SweepPoint, law: dict, task: Task) -> dict:
 
 
 def _make_accelerator(task: Task):
+    """A fresh Accelerator for this attempt, in the precision the device supports.
+
+    A worker that reserved a GPU but sees no usable CUDA device fails here, at once: training
+    on the CPU of a GPU node would spend the point's whole budget at a hundredth of the speed.
+    """
     import torch
     from accelerate import Accelerator
 
+    gpus = _reserved_gpus()
+    if gpus and not torch.cuda.is_available():
+        raise RuntimeError(_no_cuda_message(gpus))
     on_gpu = torch.cuda.is_available()
-    precision = task.precision
-    if precision == "auto":
-        # bf16 autocast is the standard for transformer training on GPUs (fp32 master
-        # weights); CPUs run fp32, where bf16 matmuls are slow on most parts.
-        precision = "bf16" if on_gpu else "no"
+    capability = torch.cuda.get_device_capability() if on_gpu else None
+    precision = choose_precision(task.precision, capability)
     # A group of one runs without Ray's torch backend (execute._trainer_class), which would
     # set LOCAL_RANK and so make Accelerate wrap the model in DistributedDataParallel: ~4 %
     # per step for nothing (benchmarks/RESULTS.md, "the worker-loop gap").
     return Accelerator(mixed_precision=precision, cpu=not on_gpu)
+
+
+def _reserved_gpus() -> list:
+    """The GPU ids Ray assigned to this worker (empty for a CPU worker or outside Ray)."""
+    import ray
+
+    return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+
+
+def _no_cuda_message(gpus: list) -> str:
+    import torch
+
+    return (
+        f"This worker reserved GPU(s) {gpus} on node {socket.gethostname()} but torch sees no usable "
+        f"CUDA device (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
+        f"torch {torch.__version__}, built for CUDA {torch.version.cuda}). Install a CUDA build of "
+        "torch that the node's NVIDIA driver supports (nvidia-smi shows the driver's CUDA version), "
+        "or run without use_gpu / --gpu to train on CPUs."
+    )
 
 
 def _adamw(model, task: Task, lr: float):
@@ -319,7 +531,7 @@ def _check_shards(accelerator, positions, world) -> bool:
     return len(set(everyone)) == len(everyone) == len(positions) * world
 
 
-def _evaluate(accelerator, model, task: Task, val_set, rank: int, world: int) -> float:
+def _evaluate(accelerator, net, task: Task, val_set, rank: int, world: int) -> float:
     """Mean held-out loss (nats per token) over the first `eval_samples` validation samples.
 
     The set is the same for every point of the sweep, so losses are comparable across
@@ -330,9 +542,9 @@ def _evaluate(accelerator, model, task: Task, val_set, rank: int, world: int) ->
 
     n = min(task.eval_samples, len(val_set))
     mine = list(range(rank, n, world))
-    per_rank = max(1, task.batch_size // world)
+    # Micro-batch sized chunks: evaluation must fit where training did.
+    per_rank = max(1, task.micro_batch_size or task.batch_size // world)
     total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    net = accelerator.unwrap_model(model)
     net.eval()
     with torch.no_grad(), accelerator.autocast():
         for i in range(0, len(mine), per_rank):
@@ -342,36 +554,41 @@ def _evaluate(accelerator, model, task: Task, val_set, rank: int, world: int) ->
     return float(accelerator.reduce(total, "sum").item() / n)
 
 
-def _report(metrics: dict, to_save, rank: int, accelerator=None) -> None:
-    """Every rank reports (a barrier); rank 0 attaches the checkpoint when there is one."""
+def _report(metrics: dict, run: _Run | None, rank: int) -> None:
+    """Every rank reports (a barrier); rank 0 attaches a checkpoint of `run` when given one."""
     import ray.train
     import torch
 
-    if to_save is None:
-        ray.train.report(metrics)
-        return
-    model, optimizer, scheduler, step, meta = to_save
-    if rank != 0:
+    if run is None or rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(
-            {
-                "model": accelerator.unwrap_model(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "step": step,  # the data position: the next optimizer step to take
-                "started_at": meta["started_at"],
-                "attempts": meta["attempts"],
-            },
-            Path(tmp) / CHECKPOINT_FILE,
-        )
+        torch.save(_checkpoint_state(run), Path(tmp) / CHECKPOINT_FILE)
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name=f"step-{step:08d}",
+            checkpoint_dir_name=f"step-{run.step:08d}",
         )
+
+
+def _checkpoint_state(run: _Run) -> dict:
+    """All a resumed attempt needs to continue exactly: tensors and numbers only."""
+    import torch
+
+    scaler = run.accelerator.scaler
+    return {
+        "model": run.net.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        # fp16: the loss scale and its growth counter, else a resumed run restarts the scale at
+        # 2**16 and skips steps (without advancing the schedule) until it has backed off again.
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "rng": torch.get_rng_state(),
+        "step": run.step,  # the data position: the next optimizer step to take
+        "skipped_steps": run.skipped_steps,
+        "started_at": run.meta["started_at"],
+        "attempts": run.meta["attempts"],
+    }
 
 
 def _load_checkpoint():

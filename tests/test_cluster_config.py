@@ -1,4 +1,4 @@
-"""cluster.yaml and the on-prem variant in docs/cluster.md, checked offline.
+"""cluster.yaml and the on-prem variant (examples/cluster-onprem.yaml), checked offline.
 
 Both are validated with the installed Ray's own cluster-launcher code
 (`prepare_config` merges the provider's defaults, `validate_config` applies
@@ -26,6 +26,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config  # noqa
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 CLUSTER_DOC = ROOT / "docs" / "cluster.md"
+ONPREM_YAML = ROOT / "examples" / "cluster-onprem.yaml"
 
 PROJECT_MOUNT = "~/flops_fit"
 TOKEN_FILE = "~/.ray/auth_token"
@@ -59,7 +60,7 @@ def _aws_config() -> dict:
 
 
 def _onprem_config() -> dict:
-    return yaml.safe_load(_doc_block("On-prem", "yaml"))
+    return yaml.safe_load(ONPREM_YAML.read_text())
 
 
 CONFIGS = {"aws": _aws_config, "onprem": _onprem_config}
@@ -195,3 +196,100 @@ def test_documented_security_group_opens_only_ssh_to_outside():
             assert argv[argv.index("--cidr") + 1] not in WORLD, argv
         else:
             assert "--source-group" in argv, argv
+
+
+# --- the stack: one consistent pairing (docs/cluster.md, "The stack") -------------------------
+# Facts the pairing rests on, with their sources. torch's Linux wheels on PyPI: 2.13.0 is built
+# for CUDA 13.0 and tagged manylinux_2_28 (glibc >= 2.28); CUDA 13.0 needs an NVIDIA driver
+# >= 580 (CUDA 13.0 release notes, "CUDA Toolkit and Corresponding Driver Versions").
+TORCH_BUILDS = {"2.13.0": {"cuda": "13.0", "min_driver": 580, "glibc": (2, 28)}}
+# Ray's images (rayproject/ray, Dockerfiles in ray/docker/): Ubuntu 22.04, glibc 2.35.
+RAY_IMAGE_GLIBC = (2, 35)
+RAY_IMAGE = re.compile(r"^rayproject/ray:(?P<ray>\d+\.\d+\.\d+)-py(?P<py>3\d+)-(?P<kind>cpu|gpu|cu\d+)$")
+
+
+def _pinned(name: str) -> str:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = [d for d in pyproject["project"]["dependencies"] if d.startswith(name)]
+    assert len(pins) == 1, pins
+    return pins[0].split("==")[1] if "==" in pins[0] else pins[0]
+
+
+def _torch_pin(commands) -> str:
+    pins = {m for c in commands for m in re.findall(r"torch==([\d.]+)", c)}
+    assert len(pins) == 1, f"one torch version on every node, found {pins}"
+    return pins.pop()
+
+
+def test_aws_nodes_run_rays_image_of_the_projects_ray_version():
+    config = _aws_config()
+    docker = config["docker"]
+    images = {"head": docker["head_image"], "worker": docker["worker_image"]}
+    ray_pin = _pinned("ray[")
+    for role, image in images.items():
+        m = RAY_IMAGE.match(image)
+        assert m, f"{role} image {image!r} is not one of Ray's own images"
+        assert m["ray"] == ray_pin, f"{role} image has Ray {m['ray']}, the project pins {ray_pin}"
+        py = (int(m["py"][0]), int(m["py"][1:]))
+        assert py >= (3, 10), f"{role} image's Python {py} is below requires-python >= 3.10"
+    assert RAY_IMAGE.match(images["worker"])["kind"] != "cpu", "GPU workers need the -gpu image"
+
+
+def test_torch_build_fits_the_image_and_the_driver_check():
+    config = _aws_config()
+    torch_version = _torch_pin(config["setup_commands"])
+    # The CI and the README install the same torch as the nodes.
+    assert f"torch=={torch_version}" in (ROOT / ".ci" / "run").read_text()
+    assert torch_version in TORCH_BUILDS, f"add torch {torch_version}'s CUDA build to TORCH_BUILDS"
+    build = TORCH_BUILDS[torch_version]
+    assert RAY_IMAGE_GLIBC >= build["glibc"]
+    gpu_types = [t for t in config["available_node_types"].values() if t["resources"].get("GPU")]
+    for node_type in gpu_types:
+        checks = [c for c in node_type.get("initialization_commands", []) if "nvidia-smi" in c]
+        assert len(checks) == 1, "each GPU node checks its driver before Ray starts"
+        assert re.search(rf"\$1 < {build['min_driver']}\b", checks[0]), checks[0]
+        assert f"torch {torch_version}" in checks[0] and f"CUDA {build['cuda']}" in checks[0]
+
+
+def test_driver_check_passes_a_new_driver_and_fails_an_old_one():
+    # The check's shell pipeline, run on canned nvidia-smi output.
+    import subprocess
+
+    node_type = next(t for t in _aws_config()["available_node_types"].values() if t["resources"].get("GPU"))
+    check = node_type["initialization_commands"][0]
+    pipeline = check.split("|", 1)[1]  # what follows nvidia-smi
+    for driver, ok in (("580.95.05", True), ("590.1", True), ("570.172.08", False), ("470.256.02", False)):
+        out = subprocess.run(["bash", "-c", f"echo {driver} | {pipeline}"], capture_output=True, text=True)
+        assert (out.returncode == 0) == ok, (driver, out.stdout)
+        if not ok:
+            assert "older than" in out.stdout
+
+
+def test_no_node_uses_rays_default_ami():
+    # Ray 2.60's latest_dlami is Ubuntu 18.04 (glibc 2.27, CUDA 11.2): torch 2.13 cannot install.
+    for name, node_type in _aws_config()["available_node_types"].items():
+        image = node_type["node_config"].get("ImageId", "")
+        assert image and image != "latest_dlami", name
+
+
+def test_head_has_its_own_least_privilege_role():
+    config = _aws_config()
+    head = config["available_node_types"][config["head_node_type"]]
+    arn = head["node_config"]["IamInstanceProfile"]["Arn"]
+    assert arn.endswith(":instance-profile/flops-fit-head"), arn
+    policy_commands = _doc_block("Head role", "bash").replace("\\\n", " ")
+    document = re.search(r"--policy-name flops-fit-autoscaler --policy-document\s+'(.*?)'", policy_commands, re.S)
+    assert document, "the head's policy is documented"
+    import json
+
+    statements = json.loads(document.group(1))["Statement"]
+    actions = [a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
+    assert not [a for a in actions if a.endswith("*")], actions
+    for s in statements:
+        acts = [s["Action"]] if isinstance(s["Action"], str) else s["Action"]
+        if "iam:PassRole" in acts:
+            assert all("flops-fit-worker" in r for r in s["Resource"]), s
+        if "ec2:TerminateInstances" in acts:
+            assert s["Condition"]["StringEquals"]["aws:ResourceTag/ray-cluster-name"] == config["cluster_name"]
+        if any(a.startswith("s3:") for a in acts):
+            assert all("YOUR-BUCKET" in r for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"]))

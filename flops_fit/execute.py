@@ -116,10 +116,12 @@ def run_sweep(
 
 def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, resources,
          max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose):
-    ray_setup.ensure_ray(address, verbose=verbose)
-    ray_setup.check_cluster_fits(resources, num_workers, use_gpu)
     finished = R.finished_ids(sweep_dir)
     todo = [p for p in plan if p.point_id not in finished]
+    if not todo:  # every point finished earlier: the table, without starting Ray
+        return _finish(sweep_dir, verbose)
+    ray_setup.ensure_ray(address, verbose=verbose)
+    ray_setup.check_cluster_fits(resources, num_workers, use_gpu)
     concurrency = max_concurrent or ray_setup.concurrency(resources, num_workers, len(todo))
     settings = PointSettings(
         num_workers=num_workers,
@@ -137,40 +139,43 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
         if finished:
             print(f"Resuming sweep {name!r}: {len(plan) - len(todo)} finished point(s) kept, "
                   f"{len(todo)} to run.", flush=True)
-    if todo:
-        trainable = tune.with_resources(
-            # The task travels pickled and is unpickled on the workers only: unpickling
-            # imports its model code, which the trial driver does not need.
-            tune.with_parameters(run_point, task_pickle=task_pickle, settings=settings),
-            ray_setup.driver_resources(),
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"point": tune.grid_search([dataclasses.asdict(p) for p in todo])},
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=concurrency,
-                trial_name_creator=point_id,
-                trial_dirname_creator=point_id,
-                # Not reused: Tune fails a reused function trainable ("reuse requires
-                # reset_config()").
-                reuse_actors=False,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                callbacks=[
-                    ResultsWriter(sweep_dir, plan),
-                    *([ProgressPrinter(plan, already_done=len(plan) - len(todo))] if verbose else []),
-                    *([LiveFit(sweep_dir, plan, verbose=verbose)] if live_fit else []),
-                    *callbacks,
-                ],
-                verbose=0,
-                # Retries happen inside the trial (Train's FailureConfig resumes from the
-                # last checkpoint); a failed point is rerun by running the sweep again.
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
-        tuner.fit()
+    trainable = tune.with_resources(
+        # The task travels pickled and is unpickled on the workers only: unpickling
+        # imports its model code, which the trial driver does not need.
+        tune.with_parameters(run_point, task_pickle=task_pickle, settings=settings),
+        ray_setup.driver_resources(),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"point": tune.grid_search([dataclasses.asdict(p) for p in todo])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=concurrency,
+            trial_name_creator=point_id,
+            trial_dirname_creator=point_id,
+            # Not reused: Tune fails a reused function trainable ("reuse requires
+            # reset_config()").
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            callbacks=[
+                ResultsWriter(sweep_dir, plan),
+                *([ProgressPrinter(plan, already_done=len(plan) - len(todo))] if verbose else []),
+                *([LiveFit(sweep_dir, plan, verbose=verbose)] if live_fit else []),
+                *callbacks,
+            ],
+            verbose=0,
+            # Retries happen inside the trial (Train's FailureConfig resumes from the
+            # last checkpoint); a failed point is rerun by running the sweep again.
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    tuner.fit()
+    return _finish(sweep_dir, verbose)
+
+
+def _finish(sweep_dir: str, verbose: bool) -> "R.SweepResults":
     results = R.load_results(sweep_dir)
     R.write_results_csv(results)
     if verbose:

@@ -243,3 +243,31 @@ def test_a_local_ray_gets_the_laptop_settings_unless_the_user_set_them():
     assert got["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.2"
     assert got["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
     assert got["RAY_TRAIN_METRICS_ENABLED"] == "1"
+
+
+FINISHED_RERUN = textwrap.dedent(
+    """
+    import sys, ray, flops_fit as ff
+    sys.path.insert(0, {tests!r})
+    from toy import tiny_task
+    from flops_fit import results as R
+    from pathlib import Path
+    tmp = Path({tmp!r})
+    task = tiny_task(tmp)
+    plan = ff.plan_sweep(task, [5e9], sizes=[1, 2])
+    folder = str(tmp / "runs" / "done")
+    R.claim_sweep_dir(folder, plan, task).release()
+    for p in plan:
+        R.write_finished(folder, p.point_id, dict(final=True, status="ok", loss=3.0 + p.size, tokens=p.tokens))
+    res = ff.run_sweep(plan, task, name="done", storage_path=str(tmp / "runs"), verbose=False)
+    print("STATUS", list(res.table.status), list(res.table.loss))
+    print("RAY_STARTED", ray.is_initialized())
+    """
+)
+
+
+def test_a_finished_sweep_run_again_returns_its_table_without_starting_ray(tmp_path):
+    code = FINISHED_RERUN.format(tests=str(TESTS_DIR), tmp=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "STATUS ['ok', 'ok'] [4.0, 5.0]" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "RAY_STARTED False" in out.stdout

@@ -21,7 +21,8 @@ FALLBACK_DRIVER_CPU = 0.01
 # Set for every sweep (a user's own value wins: setdefault).
 RAY_ENV = {
     # Train V2 is what the trial driver's TorchTrainer + TuneReportCallback pattern needs;
-    # the default from Ray 2.54 on, opt-in in 2.50-2.53. Read at import of ray.train, in
+    # the default from Ray 2.54 on, opt-in in 2.53 (the oldest supported: the first with
+    # Train's placement-group cleaner, which frees the group of a trial driver that died). Read at import of ray.train, in
     # the sweep driver, the trial drivers and the workers alike.
     "RAY_TRAIN_V2_ENABLED": "1",
     "RAY_USAGE_STATS_ENABLED": "0",  # never phone home
@@ -53,7 +54,7 @@ def set_ray_env(local: bool) -> dict:
     return {k: os.environ[k] for k in wanted}
 
 
-# Before `import ray.train` anywhere in this process (Ray 2.50-2.53 choose V1 or V2 then).
+# Before `import ray.train` anywhere in this process (Ray 2.53 chooses V1 or V2 then).
 set_ray_env(local=False)
 
 

@@ -5,7 +5,7 @@
 # supported range are tested. Extra arguments go to both pytest runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OLDEST_RAY="2.50.1"  # the lower bound of ray in pyproject.toml (>=2.50), latest patch
+OLDEST_RAY="2.53.0"  # the lower bound of ray in pyproject.toml (>=2.53)
 echo "== tests on ray $(python -c 'import ray; print(ray.__version__)') (all)"
 python -m pytest "$@"
 if [ ! -x .venv-ray-oldest/bin/python ]; then

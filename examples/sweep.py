@@ -98,6 +98,9 @@ def add_run_arguments(p):
                    help="folder or URI for results (default: $FLOPS_FIT_STORAGE or ~/flops_fit_runs)")
     p.add_argument("--name", default=None, help="sweep name; the same name again resumes")
     p.add_argument("--max-concurrent", type=int, default=None, help="points trained at once")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="worker-group restarts per point, each from its last checkpoint; "
+                        "-1 = retry forever (spot / preemptible nodes)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
     p.add_argument("--dry-run", action="store_true",
                    help="rehearse the sweep on Ray with losses drawn from Chinchilla's law")
@@ -149,7 +152,7 @@ def plan_and_run(task, args):
     return ff.run_sweep(
         plan, task, name=args.name, storage_path=args.storage_path, num_workers=args.num_workers,
         use_gpu=args.gpu, address=args.address, max_concurrent=args.max_concurrent,
-        dry_run=args.dry_run,
+        max_failures=args.max_failures, dry_run=args.dry_run,
     )
 
 

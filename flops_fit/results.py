@@ -12,6 +12,8 @@ import io
 import json
 import math
 import os
+import re
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +119,18 @@ def load_results(path) -> SweepResults:
         rows[point["point_id"]] = result_row(point, last, _read_text(fs, _j(info.path, "error.txt")))
     for name, row in orphans.items():
         rows.setdefault(name, row)
+    # A finished point's record is the authority: its trial folder may hold the rows of a
+    # later, interrupted attempt or the error of an earlier one.
+    for pid, metrics in _read_all_finished(fs, root).items():
+        if pid in planned:
+            point = _point_dict(planned[pid])
+        elif pid in rows:  # no plan.json: the point as its trial folder recorded it
+            r = rows[pid]
+            point = dict(point_id=pid, budget=r["budget"], size=r["size"], params=r["params"],
+                         tokens=r["planned_tokens"])
+        else:
+            continue
+        rows[pid] = result_row(point, metrics, None)
     if not rows and plan is None:
         raise ValueError(f"{path} holds no sweep trials (no */params.json) and no {PLAN_FILE}.")
     return SweepResults(table=make_table(rows, plan), path=path, plan=plan)
@@ -125,14 +139,17 @@ def load_results(path) -> SweepResults:
 FINISHED_DIR = "finished"  # one JSON file of final metrics per finished point
 
 
-def write_finished(sweep_dir: str, point_id: str, metrics: dict) -> None:
-    """Record a point's final metrics the moment it finishes.
-
-    Tune saves its experiment state periodically; a driver killed between a point's end
-    and that save would otherwise train the point again on resume.
-    """
+def write_finished(sweep_dir: str, point_id: str, metrics: dict) -> bool:
+    """Record a point's final metrics the moment it finishes, once: a point already
+    recorded keeps its record (returns False). A rerun of the sweep trains only the points
+    without one, so a driver killed right after a point's end never trains it again."""
+    path = join(sweep_dir, FINISHED_DIR, f"{point_id}.json")
+    fs, p = _filesystem(path)
+    if _info(fs, p).type.name != "NotFound":
+        return False
     keep = {k: v for k, v in metrics.items() if k != "config"}
-    write_text_atomic(join(sweep_dir, FINISHED_DIR, f"{point_id}.json"), json.dumps(keep, default=str))
+    write_text_atomic(path, json.dumps(keep, default=str))
+    return True
 
 
 def read_finished(sweep_dir: str, point_id: str) -> dict | None:
@@ -142,14 +159,66 @@ def read_finished(sweep_dir: str, point_id: str) -> dict | None:
     return json.loads(text) if text else None
 
 
+def finished_ids(sweep_dir: str) -> set:
+    """Ids of the points recorded as finished (ok or diverged) in the sweep folder."""
+    fs, root = _filesystem(sweep_dir)
+    return set(_read_all_finished(fs, root))
+
+
+def _read_all_finished(fs, root) -> dict:
+    from pyarrow.fs import FileSelector
+
+    folder = _j(root, FINISHED_DIR)
+    if _info(fs, folder).type.name == "NotFound":
+        return {}
+    out = {}
+    for info in fs.get_file_info(FileSelector(folder)):
+        name = info.path.rstrip("/").rsplit("/", 1)[-1]
+        if info.type.name != "File" or not name.endswith(".json") or name.startswith("."):
+            continue
+        text = _read_text(fs, info.path)
+        try:
+            metrics = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"Corrupt finished-point record {info.path}: {e}. Delete it to rerun the point.") from e
+        if metrics.get("final") and metrics.get("status") in ("ok", "diverged"):
+            out[name[: -len(".json")]] = metrics
+    return out
+
+
 def write_results_csv(results: SweepResults) -> str:
     """Write results.csv beside the sweep, atomically (temporary file + rename)."""
     write_text_atomic(results.results_csv, results.table.to_csv(index=False))
     return results.results_csv
 
 
-def claim_sweep_dir(sweep_dir: str, plan: SweepPlan, task) -> None:
-    """Create the sweep folder and record the plan; refuse a different plan under one name."""
+class SweepClaim:
+    """A sweep folder held by this process: an exclusive `flock` on `<sweep>/.lock`.
+
+    The operating system drops the lock when the process exits, crashes or is killed, so
+    a dead driver never blocks a resume. Object stores (s3://, gs://) have no locks: there,
+    one driver per sweep name is the user's to keep."""
+
+    def __init__(self, handle=None):
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file drops its flock
+            self._handle = None
+
+
+LOCK_FILE = ".lock"
+TASK_FINGERPRINT_FILE = "task-fingerprint.json"
+
+
+def claim_sweep_dir(sweep_dir: str, plan: SweepPlan, task) -> SweepClaim:
+    """Create and lock the sweep folder, and record its plan and task there.
+
+    Refuses (before any compute) a different plan or a different task under one name,
+    naming what differs, and a second driver while one runs the sweep. Call
+    `.release()` on the returned claim when the sweep ends.
+    """
     fs, root = _filesystem(sweep_dir)
     try:
         fs.create_dir(root, recursive=True)
@@ -157,8 +226,45 @@ def claim_sweep_dir(sweep_dir: str, plan: SweepPlan, task) -> None:
         raise PermissionError(
             f"Cannot create the sweep folder {sweep_dir} ({e}); pass a writable storage_path."
         ) from e
+    claim = _lock(sweep_dir)
+    try:
+        _check_or_record(fs, root, sweep_dir, plan, task)
+    except BaseException:
+        claim.release()
+        raise
+    return claim
+
+
+def _lock(sweep_dir: str) -> SweepClaim:
+    if "://" in sweep_dir:
+        return SweepClaim()
+    import fcntl
+
+    path = Path(sweep_dir) / LOCK_FILE
+    try:
+        handle = open(path, "a+")
+    except OSError as e:
+        raise PermissionError(f"storage_path {sweep_dir} is not writable ({e}); pass a writable storage_path.") from e
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RuntimeError(
+            f"The sweep at {sweep_dir} is being run by another driver ({holder}). Wait for it to end "
+            "(or stop it) before resuming this sweep, or pass another name to start a new one."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return SweepClaim(handle)
+
+
+def _check_or_record(fs, root, sweep_dir, plan, task) -> None:
     existing = _read_text(fs, _j(root, PLAN_FILE))
-    new = plan.to_json()
+    fingerprint = task_fingerprint(task)
     if existing is not None:
         try:
             same = _parse_plan(existing, _j(root, PLAN_FILE)) == plan
@@ -170,16 +276,30 @@ def claim_sweep_dir(sweep_dir: str, plan: SweepPlan, task) -> None:
                 "again with the plan it was started with (see its plan.json); to start a new sweep, "
                 "pass another name, or delete that folder."
             )
-        return
-    probe = _j(root, ".write-test")
-    try:
-        with fs.open_output_stream(probe) as f:
-            f.write(b"ok")
-        fs.delete_file(probe)
-    except OSError as e:
-        raise PermissionError(f"storage_path {sweep_dir} is not writable ({e}); pass a writable storage_path.") from e
-    write_text_atomic(join(sweep_dir, PLAN_FILE), new)
-    write_text_atomic(join(sweep_dir, TASK_FILE), json.dumps(describe_task(task), indent=1, default=repr))
+        stored = _read_text(fs, _j(root, TASK_FINGERPRINT_FILE))
+        if stored is not None:
+            old = json.loads(stored)
+            differs = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+            if differs:
+                detail = "; ".join(f"{k}: {old.get(k)!r} then, {fingerprint.get(k)!r} now" for k in differs)
+                raise ValueError(
+                    f"The sweep at {sweep_dir} was started with a different task ({detail}). Its "
+                    "results would mix two experiments. To resume it, run the task it was started "
+                    "with (see its task.json); to start a new sweep, pass another name."
+                )
+            return
+    else:
+        probe = _j(root, ".write-test")
+        try:
+            with fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+            fs.delete_file(probe)
+        except OSError as e:
+            raise PermissionError(f"storage_path {sweep_dir} is not writable ({e}); pass a writable storage_path.") from e
+        write_text_atomic(join(sweep_dir, PLAN_FILE), plan.to_json())
+        write_text_atomic(join(sweep_dir, TASK_FILE), json.dumps(describe_task(task), indent=1, default=repr))
+    # A sweep folder from before fingerprints were recorded takes this task's on resume.
+    write_text_atomic(join(sweep_dir, TASK_FINGERPRINT_FILE), json.dumps(fingerprint, indent=1, sort_keys=True))
 
 
 def describe_task(task) -> dict:
@@ -189,6 +309,44 @@ def describe_task(task) -> dict:
         value = getattr(task, name)
         out[name] = value if isinstance(value, (int, float, str, bool, list, tuple, dict, type(None))) else repr(value)
     return out
+
+
+def task_fingerprint(task) -> dict:
+    """Per field of the task, a description that is the same in every process for the same
+    task: numbers as they are, functions by module and qualified name (and, for lambdas
+    and nested functions, a hash of their code), partials by function and arguments,
+    other objects (data sources) by their repr without memory addresses."""
+    return {name: _describe(getattr(task, name)) for name in task.__dataclass_fields__}
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _describe(value):
+    import functools
+    import hashlib
+    import types
+
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_describe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _describe(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, functools.partial):
+        return {"partial": _describe(value.func), "args": _describe(list(value.args)),
+                "keywords": _describe(dict(value.keywords))}
+    if isinstance(value, (types.FunctionType, types.MethodType, types.BuiltinFunctionType, type)):
+        func = getattr(value, "__func__", value)
+        owner = getattr(value, "__self__", None)
+        text = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+        if isinstance(owner, type):
+            text = f"{owner.__module__}.{owner.__qualname__}.{func.__name__}"
+        code = getattr(func, "__code__", None)
+        if code is not None and "<" in func.__qualname__:  # a lambda or a nested function
+            text += " #" + hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
+        return text
+    return _ADDRESS.sub("", repr(value))
 
 
 def result_row(point: dict, last: dict | None, error_text: str | None, started: bool = True) -> dict:
@@ -302,12 +460,41 @@ def write_text_atomic(path: str, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(text)
         tmp = f.name
-    # NamedTemporaryFile creates the file 0600 and os.replace keeps that mode; give it the
-    # mode a plain open() would, so teammates on shared storage can read the table.
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+        try:
+            f.write(text)
+            f.flush()
+            # On disk before it replaces the old file: a crash (power, kernel) right after
+            # the rename must not leave an empty or partial results file in its place.
+            os.fsync(f.fileno())
+        except BaseException:
+            f.close()
+            os.unlink(tmp)  # a failed write leaves no temporary file behind
+            raise
+    try:
+        # NamedTemporaryFile creates the file 0600 and os.replace keeps that mode; give it
+        # the mode a plain open() would, so teammates on shared storage can read the table.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX: the directory entry is data of the folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a folder; the rename still happened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # e.g. EINVAL where the filesystem does not sync folders: nothing to do
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -477,10 +477,18 @@ def _make_accelerator(task: Task):
     on_gpu = torch.cuda.is_available()
     capability = torch.cuda.get_device_capability() if on_gpu else None
     precision = choose_precision(task.precision, capability)
-    # A group of one runs without Ray's torch backend (execute._trainer_class), which would
-    # set LOCAL_RANK and so make Accelerate wrap the model in DistributedDataParallel: ~4 %
-    # per step for nothing (benchmarks/RESULTS.md, "the worker-loop gap").
-    return Accelerator(mixed_precision=precision, cpu=not on_gpu)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return Accelerator(mixed_precision=precision, cpu=not on_gpu)
+    # A group of one: Ray's torch backend sets LOCAL_RANK even then, so Accelerate would
+    # take it for a distributed run and wrap the model in DistributedDataParallel, whose
+    # gradient bucketing and all-reduce cost ~4 % per step for nothing (benchmarks/RESULTS.md,
+    # "the worker-loop gap"). Without it Accelerate sees the single process it is.
+    local_rank = os.environ.pop("LOCAL_RANK", None)
+    try:
+        return Accelerator(mixed_precision=precision, cpu=not on_gpu)
+    finally:
+        if local_rank is not None:
+            os.environ["LOCAL_RANK"] = local_rank
 
 
 def _reserved_gpus() -> list:

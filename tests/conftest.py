@@ -55,6 +55,14 @@ def true_law():
 TESTS_DIR = Path(__file__).resolve().parent
 
 
+def pytest_collection_modifyitems(items):
+    """Every test on the session's Ray is a Ray test (tests/run.sh runs those on both ends
+    of the supported Ray range); tests that start a Ray of their own carry the mark."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole session (2 CPUs, dashboard on loopback).
@@ -68,13 +76,10 @@ def ray_session():
     os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray
 
-    from flops_fit.execute import RAY_ENV, TRIAL_RESOURCE, pin_local_address
+    from flops_fit.ray_setup import TRIAL_RESOURCE, pin_local_address, set_ray_env
 
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    pin_local_address()
-    env = {k: os.environ[k] for k in RAY_ENV}
-    env["RAY_ADDRESS"] = os.environ["RAY_ADDRESS"]
+    env = set_ray_env(local=True)  # the settings of a Ray that flops_fit starts itself
+    env["RAY_ADDRESS"] = pin_local_address()
     env["RAY_AUTH_MODE"] = "disabled"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
     ray.init(

@@ -36,10 +36,9 @@ def test_sweep_job_actors_and_runs_are_listed_by_the_dashboard(ray_session, tmp_
     actors = get(f"{base}/api/v0/actors?limit=1000&detail=1")["data"]["result"]["result"]
     # The trial driver is listed as ImplicitFunc or wrap_function.<locals>.ImplicitFunc.
     classes = {a["class_name"].split(".")[-1] for a in actors if a.get("job_id") == job_id}
-    # One Tune trial driver, which also runs the point's Train controller, and the training
-    # workers per point.
-    assert {"ImplicitFunc", "RayTrainWorker"} <= classes, classes
-    drivers = {a["actor_id"] for a in actors if a["class_name"].endswith("ImplicitFunc")}
+    # One Tune trial driver, the point's Train controller and its training workers per point.
+    assert {"ImplicitFunc", "TrainController", "RayTrainWorker"} <= classes, classes
+    controllers = {a["actor_id"] for a in actors if a["class_name"].endswith("TrainController")}
 
     runs = get(f"{base}/api/train/v2/runs/v1")["train_runs"]
     by_name = {r["name"]: r for r in runs}
@@ -49,4 +48,4 @@ def test_sweep_job_actors_and_runs_are_listed_by_the_dashboard(ray_session, tmp_
     for p in plan:
         workers = [w for attempt in by_name[p.point_id]["attempts"] for w in attempt["workers"]]
         assert workers and all(w["actor_id"] in actor_ids for w in workers)
-        assert by_name[p.point_id]["controller_actor_id"] in drivers
+        assert by_name[p.point_id]["controller_actor_id"] in controllers

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -105,17 +106,17 @@ def _one_split():
 
 BEFORE_RAY = textwrap.dedent(
     """
-    import sys, ray, flops_fit as ff
+    import dataclasses, sys, threading, ray, flops_fit as ff
     sys.path.insert(0, {tests!r})
     from toy import tiny_task
     from pathlib import Path
     tmp = Path({tmp!r})
     task = tiny_task(tmp)
     plan = ff.plan_sweep(task, [5e9], sizes=[1, 2])
-    kwargs = dict(name="x", storage_path=str(tmp / "runs"))
+    kwargs = dict(name="x", storage_path=str(tmp / "runs"), task=task)
     kwargs.update({overrides})
     try:
-        ff.run_sweep(plan, task, **kwargs)
+        ff.run_sweep(plan, **kwargs)
     except Exception as e:
         print("ERROR", type(e).__name__, e)
     print("RAY_STARTED", ray.is_initialized())
@@ -129,7 +130,15 @@ BEFORE_RAY = textwrap.dedent(
         ("dict(num_workers=0)", "num_workers=0"),
         ("dict(num_workers=3)", "not divisible by num_workers=3"),
         ("dict(name='a/b')", "name='a/b'"),
-        ("dict(max_failures=-1)", "max_failures=-1"),
+        ("dict(max_failures=-2)", "max_failures=-2"),
+        ("dict(resources_per_worker={'CPU': 0})", "CPU=0 must be a finite number > 0"),
+        ("dict(resources_per_worker={'CPU': 1, 'GPU': -1})", "GPU=-1 must be a finite number > 0"),
+        ("dict(task=dataclasses.replace(task, lr=lambda n: 1.0 / (n - n)))",
+         "ZeroDivisionError"),
+        ("dict(task=dataclasses.replace(task, lr=lambda n: 1e-3 if n < 5000 else float('nan')))",
+         "lr must suit every planned N"),
+        ("dict(task=dataclasses.replace(task, extra={'lock': threading.Lock()}))",
+         "cannot be pickled for Ray's workers"),
         ("dict(storage_path=str(tmp / 'file.txt' / 'runs'))", "writable storage_path"),
     ],
 )
@@ -186,8 +195,87 @@ def test_results_are_read_without_unpickling_anything(tmp_path):
 
 
 def test_ray_started_by_flops_fit_keeps_token_auth_and_a_loopback_dashboard():
-    from flops_fit.execute import DASHBOARD_HOST, RAY_ENV
+    from flops_fit.ray_setup import DASHBOARD_HOST, LOCAL_RAY_ENV, RAY_ENV
 
     assert DASHBOARD_HOST == "127.0.0.1"
-    assert "RAY_AUTH_MODE" not in RAY_ENV  # never turned off outside tests
+    assert "RAY_AUTH_MODE" not in {**RAY_ENV, **LOCAL_RAY_ENV}  # never turned off outside tests
     assert RAY_ENV["RAY_USAGE_STATS_ENABLED"] == "0"
+
+
+JOIN = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "5"  # the user's own setting
+    from flops_fit import ray_setup
+    import ray
+    started = ray_setup.ensure_ray(sys.argv[1], verbose=False)
+    job_env = ray.get_runtime_context().runtime_env.get("env_vars", {})
+    print("RESULT", json.dumps({"started": started, "job_env": job_env,
+                                "driver": {k: os.environ.get(k) for k in ray_setup.LOCAL_RAY_ENV}}))
+    ray.shutdown()
+    """
+)
+
+
+@pytest.mark.slow
+def test_laptop_settings_are_not_forced_on_a_cluster_that_is_joined(ray_session, tmp_path):
+    from flops_fit.ray_setup import LOCAL_RAY_ENV, RAY_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in LOCAL_RAY_ENV and k != "RAY_ADDRESS"}
+    address = ray_session.get_runtime_context().gcs_address
+    out = subprocess.run([sys.executable, "-c", JOIN, address], capture_output=True, text=True,
+                         timeout=120, env=env)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    assert lines, out.stdout[-2000:] + out.stderr[-2000:]
+    r = json.loads(lines[0][len("RESULT "):])
+    assert r["started"] is False
+    # The user's own value is kept; the other laptop settings are set neither in the driver
+    # nor in what the job hands to Ray's processes.
+    assert r["driver"]["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "5"
+    assert all(r["driver"][k] is None for k in LOCAL_RAY_ENV if k != "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+    assert not set(LOCAL_RAY_ENV) & set(r["job_env"]), r["job_env"]
+    assert r["job_env"]["RAY_TRAIN_V2_ENABLED"] == RAY_ENV["RAY_TRAIN_V2_ENABLED"]
+
+
+def test_a_local_ray_gets_the_laptop_settings_unless_the_user_set_them():
+    code = textwrap.dedent("""
+        import json, os
+        os.environ["RAY_TRAIN_METRICS_ENABLED"] = "1"  # the user's own choice
+        from flops_fit.ray_setup import set_ray_env
+        print(json.dumps(set_ray_env(local=True)))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_TRAIN")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.2"
+    assert got["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert got["RAY_TRAIN_METRICS_ENABLED"] == "1"
+
+
+FINISHED_RERUN = textwrap.dedent(
+    """
+    import sys, ray, flops_fit as ff
+    sys.path.insert(0, {tests!r})
+    from toy import tiny_task
+    from flops_fit import results as R
+    from pathlib import Path
+    tmp = Path({tmp!r})
+    task = tiny_task(tmp)
+    plan = ff.plan_sweep(task, [5e9], sizes=[1, 2])
+    folder = str(tmp / "runs" / "done")
+    R.claim_sweep_dir(folder, plan, task).release()
+    for p in plan:
+        R.write_finished(folder, p.point_id, dict(final=True, status="ok", loss=3.0 + p.size, tokens=p.tokens))
+    res = ff.run_sweep(plan, task, name="done", storage_path=str(tmp / "runs"), verbose=False)
+    print("STATUS", list(res.table.status), list(res.table.loss))
+    print("RAY_STARTED", ray.is_initialized())
+    """
+)
+
+
+def test_a_finished_sweep_run_again_returns_its_table_without_starting_ray(tmp_path):
+    code = FINISHED_RERUN.format(tests=str(TESTS_DIR), tmp=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "STATUS ['ok', 'ok'] [4.0, 5.0]" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "RAY_STARTED False" in out.stdout

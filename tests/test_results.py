@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -321,7 +322,8 @@ def test_claim_creates_the_folder_and_records_plan_and_task(tmp_path, task):
     recorded = json.loads((sweep_dir / R.TASK_FILE).read_text())
     assert recorded["batch_size"] == 4 and recorded["lr"] == 2e-3 and recorded["betas"] == [0.9, 0.95]
     assert "no_model" in recorded["model_fn"]  # factories are recorded by name
-    assert sorted(os.listdir(sweep_dir)) == [R.PLAN_FILE, R.TASK_FILE]  # write probe removed
+    # write probe removed; the lock and the task's fingerprint beside plan and task
+    assert sorted(os.listdir(sweep_dir)) == sorted([R.LOCK_FILE, R.PLAN_FILE, R.TASK_FILE, R.TASK_FINGERPRINT_FILE])
     # the folder loads as a sweep with every point still to run
     assert set(R.load_results(sweep_dir).table["error"]) == {"not started"}
 
@@ -356,6 +358,133 @@ def test_claim_refuses_a_path_that_cannot_be_a_folder(tmp_path, task):
     with pytest.raises(PermissionError, match="storage_path") as e:
         R.claim_sweep_dir(str(blocker / "my-sweep"), make_plan(), task)
     assert str(blocker / "my-sweep") in str(e.value)
+
+
+def other_model(size):
+    return None
+
+
+def other_data():
+    return (), ()
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(lr=3e-3), "lr: 0.002 then, 0.003 now"),
+    (dict(model_fn=other_model), "model_fn"),
+    (dict(data=other_data), "data"),
+    (dict(extra={"note": "y"}), "extra"),
+])
+def test_claim_refuses_a_different_task_and_names_what_differs(tmp_path, task, change, named):
+    import dataclasses
+
+    plan = make_plan()
+    R.claim_sweep_dir(str(tmp_path / "s"), plan, task).release()
+    with pytest.raises(ValueError, match="different task") as e:
+        R.claim_sweep_dir(str(tmp_path / "s"), plan, dataclasses.replace(task, **change))
+    message = str(e.value)
+    assert named in message and "another name" in message
+    unchanged = [f for f in ("lr", "model_fn", "data", "extra", "batch_size") if f not in change]
+    assert not any(f"{f}:" in message for f in unchanged), message
+    R.claim_sweep_dir(str(tmp_path / "s"), plan, task).release()  # the task it began with resumes
+
+
+FINGERPRINT = """
+import functools, json, sys
+from flops_fit.data import TextCorpus
+from flops_fit.models import GPT, lm_loss
+from flops_fit.results import task_fingerprint
+from flops_fit.task import Task
+task = Task(functools.partial(GPT.from_size, aspect=8), TextCorpus(seq_len=32, cache_dir=sys.argv[1]),
+            lm_loss, tokens_per_sample=32, lr=lambda n: 0.01 * n ** -0.1)
+print(json.dumps(task_fingerprint(task)))
+"""
+
+
+def test_a_task_fingerprint_is_the_same_in_every_process(tmp_path):
+    runs = [subprocess.run([sys.executable, "-c", FINGERPRINT, str(tmp_path)], capture_output=True,
+                           text=True, check=True).stdout for _ in range(2)]
+    first = json.loads(runs[0])
+    assert runs[0] == runs[1]
+    assert "GPT.from_size" in json.dumps(first["model_fn"]) and "0x" not in runs[0]
+    assert first["data"].startswith("TextCorpus(") and "<lambda>" in first["lr"]
+
+
+def test_a_second_driver_on_a_live_sweep_is_refused(tmp_path, task):
+    plan = make_plan()
+    claim = R.claim_sweep_dir(str(tmp_path / "s"), plan, task)
+    with pytest.raises(RuntimeError, match=r"being run by another driver \(pid \d+") as e:
+        R.claim_sweep_dir(str(tmp_path / "s"), plan, task)
+    assert "another name" in str(e.value)
+    claim.release()
+    R.claim_sweep_dir(str(tmp_path / "s"), plan, task).release()  # free again once released
+
+
+HOLD = """
+import sys, time
+from flops_fit import results as R
+from flops_fit.plan import SweepPlan
+sys.path.insert(0, sys.argv[2])
+from test_results import no_data, no_loss, no_model
+from flops_fit.task import Task
+task = Task(no_model, no_data, no_loss, tokens_per_sample=128, batch_size=4, lr=2e-3, extra={"note": "x"})
+claim = R.claim_sweep_dir(sys.argv[1], SweepPlan.from_json(sys.argv[1] + "/plan.json"), task)
+print("HELD", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_driver_that_was_killed_leaves_no_lock_behind(tmp_path, task):
+    import signal
+
+    plan = make_plan()
+    folder = tmp_path / "s"
+    R.claim_sweep_dir(str(folder), plan, task).release()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(Path(__file__).parent)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        with pytest.raises(RuntimeError, match=f"pid {holder.pid}"):
+            R.claim_sweep_dir(str(folder), plan, task)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    R.claim_sweep_dir(str(folder), plan, task).release()  # the dead driver's lock went with it
+
+
+def test_a_result_file_is_flushed_to_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                  real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b)))
+    R.write_text_atomic(str(tmp_path / "results.csv"), "a,b\n1,2\n")
+    assert (tmp_path / "results.csv").read_text() == "a,b\n1,2\n"
+    kinds = [k for k, _ in events]
+    assert kinds[:2] == ["fsync", "replace"], events
+    assert events[0][1] == events[1][1]  # the temporary file itself was synced, then renamed
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
+    target = tmp_path / "results.csv"
+    target.write_text("the old table\n")
+    with pytest.raises(UnicodeEncodeError):
+        R.write_text_atomic(str(target), "half a table \ud800 that cannot be encoded")
+    assert os.listdir(tmp_path) == ["results.csv"]
+    assert target.read_text() == "the old table\n"
+
+
+def test_a_finished_point_is_recorded_once_and_its_record_wins(sweep):
+    root, plan = sweep
+    p = plan.points[0]
+    first = {"final": True, "status": "ok", "loss": 3.25, "tokens": p.tokens, "attempts": 1}
+    assert R.write_finished(str(root), p.point_id, first) is True
+    assert R.write_finished(str(root), p.point_id, {**first, "loss": 9.0}) is False
+    assert R.read_finished(str(root), p.point_id)["loss"] == 3.25
+    assert R.finished_ids(str(root)) == {p.point_id}
+    # Its trial folder may say otherwise (a later attempt's rows, an old error): the record wins.
+    (root / p.point_id / "error.txt").write_text("RuntimeError: an earlier attempt failed\n")
+    row = R.load_results(root).table.set_index("point_id").loc[p.point_id]
+    assert (row.status, row.loss, row.error) == ("ok", 3.25, "")
 
 
 def test_results_and_plan_import_neither_ray_nor_torch():

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): the whole suite on the Ray this environment installed
+# (pyproject's newest match), then the tests marked `ray` on the oldest supported Ray, in a
+# second virtual environment beside the first (.venv-ray-oldest), so both ends of the
+# supported range are tested. Extra arguments go to both pytest runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OLDEST_RAY="2.53.0"  # the lower bound of ray in pyproject.toml (>=2.53)
+echo "== tests on ray $(python -c 'import ray; print(ray.__version__)') (all)"
+python -m pytest "$@"
+if [ ! -x .venv-ray-oldest/bin/python ]; then
+    python3 -m venv .venv-ray-oldest
+fi
+.venv-ray-oldest/bin/pip install -q torch==2.13.0
+.venv-ray-oldest/bin/pip install -q -e ".[dev]" "ray[default,train,tune]==${OLDEST_RAY}"
+echo "== tests on ray $(.venv-ray-oldest/bin/python -c 'import ray; print(ray.__version__)') (marked ray)"
+.venv-ray-oldest/bin/python -m pytest -m ray "$@"

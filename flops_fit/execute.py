@@ -32,6 +32,7 @@ from ray.tune.experiment import Trial
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import results as R
+from .callbacks import SweepMetrics, check_callbacks
 from .plan import SweepPlan, SweepPoint
 from .task import Task, check_task
 from .train import train_point
@@ -92,13 +93,15 @@ def run_sweep(
         resources_per_worker: Ray resources per worker, default {"CPU": 1} (+ {"GPU": 1}).
         max_concurrent: points trained at once; default: as many as the cluster fits.
         max_failures: worker-group restarts per point (resuming from its last checkpoint).
-        callbacks: extra `ray.tune.Callback`s.
+        callbacks: extra `ray.tune.Callback`s, e.g. experiment trackers (MLflow, W&B
+            logger callbacks); they run on this driver and see every point as a trial.
         dry_run: True, or a law dict (E, A, B, alpha, beta, noise): same Ray path, but the
             loss is drawn from the law instead of training.
         address: Ray cluster address; default RAY_ADDRESS, else a local Ray is started.
         live_fit: refit and redraw the table and plots in the sweep folder as points finish.
     """
     _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent)
+    callbacks = check_callbacks(callbacks)
     if not dry_run:
         check_task(task, plan)
     resources = dict(resources_per_worker or {"CPU": 1})
@@ -144,10 +147,12 @@ def run_sweep(
         tune.with_parameters(run_point, task_pickle=ray.cloudpickle.dumps(task), settings=settings),
         driver_resources,
     )
+    metrics = SweepMetrics(name, plan)  # the dashboard's and Prometheus' view of the sweep
     all_callbacks = [
         ResultsWriter(sweep_dir, plan),
         *([ProgressPrinter(plan)] if verbose else []),
-        *([LiveFit(sweep_dir, plan, verbose=verbose)] if live_fit else []),
+        *([LiveFit(sweep_dir, plan, verbose=verbose, on_fit=metrics.record_fit)] if live_fit else []),
+        metrics,
         *callbacks,
     ]
     if verbose:
@@ -389,7 +394,9 @@ def ensure_ray(address: str | None = None, *, verbose: bool = True) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": {k: os.environ[k] for k in RAY_ENV}}
     if address:  # "auto" attaches to a Ray started with `ray start --head` on this machine
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        # On a cluster the driver's output is all a person sees (`ray job logs`, the Jobs
+        # view): trial drivers' and workers' output (errors, retries) is forwarded to it.
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
     pin_local_address()
     runtime_env["env_vars"]["RAY_ADDRESS"] = os.environ["RAY_ADDRESS"]
@@ -497,8 +504,10 @@ class LiveFit(tune.Callback):
     while a fit runs triggers one more fit afterwards.
     """
 
-    def __init__(self, sweep_dir: str, plan: SweepPlan, verbose: bool = True, bootstrap: int = 200):
+    def __init__(self, sweep_dir: str, plan: SweepPlan, verbose: bool = True, bootstrap: int = 200,
+                 on_fit=None):
         self.sweep_dir, self.plan, self.verbose, self.bootstrap = sweep_dir, plan, verbose, bootstrap
+        self.on_fit = on_fit  # called with each new fit (SweepMetrics.record_fit)
         self._thread = None
         self._again = False
         self._table = None
@@ -545,6 +554,8 @@ class LiveFit(tune.Callback):
             laws = fit(table, bootstrap=self.bootstrap)
         except FitError:  # not enough finished points yet: nothing to draw
             return
+        if self.on_fit is not None:
+            self.on_fit(laws)
         live = R.join(self.sweep_dir, "live")
         if "://" in live:
             return  # plots are drawn on local disk; fit a remote sweep with `flops-fit fit URI`

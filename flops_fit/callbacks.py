@@ -60,15 +60,14 @@ class SweepMetrics(tune.Callback):
         self.total = len(plan)
         self._state: dict = {}  # point id -> one of POINT_STATES
         self._rate: dict = {}  # point id -> latest tokens per second while it runs
-        self._gauges = None
         self._lock = threading.Lock()
 
     def __getstate__(self):
-        # Tune pickles its callbacks with the experiment; Ray's metric objects stay behind.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_gauges", "_lock")}
+        # Tune pickles its callbacks with the experiment; the lock stays behind.
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _gauges=None, _lock=threading.Lock())
+        self.__dict__.update(state, _lock=threading.Lock())
 
     def setup(self, **info):
         self._publish()
@@ -93,7 +92,7 @@ class SweepMetrics(tune.Callback):
     def record_fit(self, laws) -> None:
         """Publish the exponent a of a new live fit (value and bootstrap interval)."""
         a = laws.isoflop.a
-        gauges = self._make_gauges()
+        gauges = _gauges()
         for bound in ("value", "low", "high"):
             x = getattr(a, bound)
             if math.isfinite(x):  # no interval before the bootstrap has enough budgets
@@ -107,7 +106,7 @@ class SweepMetrics(tune.Callback):
         self._publish()
 
     def _publish(self) -> None:
-        gauges = self._make_gauges()
+        gauges = _gauges()
         with self._lock:
             counts = {s: 0 for s in POINT_STATES}
             for s in self._state.values():
@@ -118,22 +117,28 @@ class SweepMetrics(tune.Callback):
             gauges["points"].set(n, tags={"sweep": self.sweep, "state": state})
         gauges["rate"].set(rate, tags={"sweep": self.sweep})
 
-    def _make_gauges(self) -> dict:
-        # Created on first use, in the driver after Ray has started (metric objects need a
-        # connected Ray and do not pickle).
-        if self._gauges is None:
+
+_GAUGES: dict = {}  # one set per process: every sweep a driver runs shares them (tag "sweep")
+_GAUGES_LOCK = threading.Lock()
+
+
+def _gauges() -> dict:
+    # Created on first use, in the driver after Ray has started (metric objects need a
+    # connected Ray and do not pickle), and once: a name is registered once per process.
+    with _GAUGES_LOCK:
+        if not _GAUGES:
             from ray.util.metrics import Gauge
 
-            self._gauges = {
-                "points": Gauge(METRIC_PREFIX + "points", "Sweep points by state.", tag_keys=("sweep", "state")),
-                "rate": Gauge(METRIC_PREFIX + "tokens_per_second",
-                              "Training tokens per second of the sweep's running points, summed.",
-                              tag_keys=("sweep",)),
-                "a": Gauge(METRIC_PREFIX + "exponent_a",
-                           "Live fit: N_opt ~ C^a from the IsoFLOP minima; bound = value, low, high.",
-                           tag_keys=("sweep", "bound")),
-            }
-        return self._gauges
+            _GAUGES.update(
+                points=Gauge(METRIC_PREFIX + "points", "Sweep points by state.", tag_keys=("sweep", "state")),
+                rate=Gauge(METRIC_PREFIX + "tokens_per_second",
+                           "Training tokens per second of the sweep's running points, summed.",
+                           tag_keys=("sweep",)),
+                a=Gauge(METRIC_PREFIX + "exponent_a",
+                        "Live fit: N_opt ~ C^a from the IsoFLOP minima; bound = value, low, high.",
+                        tag_keys=("sweep", "bound")),
+            )
+        return _GAUGES
 
 
 def _point_id(trial) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import flops_fit as ff
@@ -173,7 +175,11 @@ def report(results, args, loss_unit: str = "nats/token"):
         print(f"\nThe sweep is too small to fit the scaling laws: {e}\nResults: {results.results_csv}")
         return None
     target = 100 * max(args.budgets)
-    out = Path(results.path) / "report" if "://" not in results.path else Path("report") / args.name
+    # The report goes to the sweep folder, never to the working directory (under `ray job
+    # submit` that is a temporary copy deleted with the job). A sweep in cloud storage gets
+    # it drawn in a local temporary folder and copied up.
+    remote = "://" in results.path
+    out = Path(tempfile.mkdtemp(prefix="flops_fit-report-")) if remote else Path(results.path) / "report"
     out.mkdir(parents=True, exist_ok=True)
     plots = laws.plot(out)
     (out / "summary.txt").write_text(laws.summary() + "\n")
@@ -188,8 +194,18 @@ def report(results, args, loss_unit: str = "nats/token"):
         print(f"  {row.approach:<11} N = {row.params:,.0f} [{row.params_low:,.0f}, {row.params_high:,.0f}]"
               f"  D = {row.tokens:,.0f} [{row.tokens_low:,.0f}, {row.tokens_high:,.0f}]"
               f"  loss = {row.loss:.3f} [{row.loss_low:.3f}, {row.loss_high:.3f}] {loss_unit}")
+    written = [out / "summary.txt", out / "table.md", out / "prediction.csv", *map(Path, plots)]
+    if remote:
+        import pyarrow.fs
+
+        dest = results.path.rstrip("/") + "/report"
+        fs, dest_path = pyarrow.fs.FileSystem.from_uri(dest)
+        fs.create_dir(dest_path, recursive=True)
+        pyarrow.fs.copy_files(str(out), dest_path, destination_filesystem=fs)
+        shutil.rmtree(out)
+        written = [f"{dest}/{p.name}" for p in written]
     print("\nWritten:")
-    for path in [results.results_csv, out / "summary.txt", out / "table.md", out / "prediction.csv", *plots]:
+    for path in [results.results_csv, *written]:
         print(f"  {path}")
     return laws
 

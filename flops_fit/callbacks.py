@@ -1,5 +1,6 @@
 """Tune callbacks of a sweep, run in the sweep driver: progress lines, the results files,
-the live fit.
+the live fit, the sweep's metrics for Ray's dashboard, and the check of callbacks a user
+passes to `run_sweep(callbacks=...)`.
 
 Every table here is rebuilt from the sweep folder (`results.load_results`), the one place
 results are read from; a finished point's metrics are written once, to
@@ -8,6 +9,7 @@ results are read from; a finished point's metrics are written once, to
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -76,8 +78,10 @@ class LiveFit(tune.Callback):
     while a fit runs triggers one more fit afterwards.
     """
 
-    def __init__(self, sweep_dir: str, plan: SweepPlan, verbose: bool = True, bootstrap: int = 200):
+    def __init__(self, sweep_dir: str, plan: SweepPlan, verbose: bool = True, bootstrap: int = 200,
+                 on_fit=None):
         self.sweep_dir, self.plan, self.verbose, self.bootstrap = sweep_dir, plan, verbose, bootstrap
+        self.on_fit = on_fit  # called with each new fit (SweepMetrics.record_fit)
         self._thread = None
         self._again = False
         self._lock = threading.Lock()
@@ -120,6 +124,8 @@ class LiveFit(tune.Callback):
             laws = fit(table, bootstrap=self.bootstrap)
         except FitError:  # not enough finished points yet: nothing to draw
             return
+        if self.on_fit is not None:
+            self.on_fit(laws)
         live = R.join(self.sweep_dir, "live")
         if "://" in live:
             return  # plots are drawn on local disk; fit a remote sweep with `flops-fit fit URI`
@@ -128,3 +134,143 @@ class LiveFit(tune.Callback):
         R.write_text_atomic(R.join(live, "summary.txt"), laws.summary() + "\n")
         if self.verbose:
             print(f"  live fit ({(table.status == 'ok').sum()} points) -> {live}", flush=True)
+
+
+# --- metrics for Ray's dashboard and Prometheus ------------------------------------------
+# Tune callbacks that run on the sweep's driver: the sweep's metrics for Ray's dashboard
+# and Prometheus, and the check of callbacks a user passes to `run_sweep(callbacks=...)`.
+#
+# Metrics go through `ray.util.metrics`, Ray's public metrics API: Ray exports them on each
+# node's metrics endpoint (`ray.nodes()[i]["MetricsExportPort"]`, path /metrics) in Prometheus
+# format, with the prefix `ray_`, a few seconds after they are set (Ray flushes periodically).
+# Ray's Grafana panels (the dashboard's Metrics view) and any Prometheus that scrapes the
+# cluster see them by these names:
+#
+#     ray_flops_fit_points{sweep, state}        points by state: finished (ok), diverged,
+#                                               failed, running, pending
+#     ray_flops_fit_tokens_per_second{sweep}    training throughput of the running points,
+#                                               summed (tokens per second)
+#     ray_flops_fit_exponent_a{sweep, bound}    the live fit's N_opt ~ C^a (IsoFLOP minima,
+#                                               Hoffmann et al. 2022 Approach 2); bound is
+#                                               value, low, high (bootstrap interval)
+
+
+METRIC_PREFIX = "flops_fit_"
+POINT_STATES = ("finished", "diverged", "failed", "running", "pending")
+# A point's final status (train.py) -> its state in the metrics.
+FINAL_STATE = {"ok": "finished", "diverged": "diverged"}
+
+
+def check_callbacks(callbacks) -> list:
+    """The user's extra Tune callbacks as a list; a clear error, before Ray starts, for
+    anything else (a Tune callback that fails only when Tune calls it wastes the sweep)."""
+    if isinstance(callbacks, tune.Callback) or not isinstance(callbacks, (list, tuple)):
+        raise TypeError(
+            f"run_sweep(callbacks={callbacks!r}) must be a list of ray.tune.Callback objects, "
+            "e.g. callbacks=[MLflowLoggerCallback(tracking_uri=...)]."
+        )
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, tune.Callback):
+            hint = " (an instance, not the class: add ())" if isinstance(cb, type) else ""
+            raise TypeError(
+                f"run_sweep(callbacks=[...]): item {i} is {cb!r}, not a ray.tune.Callback{hint}. "
+                "Pass Tune callbacks such as ray.air.integrations.mlflow.MLflowLoggerCallback, "
+                "ray.air.integrations.wandb.WandbLoggerCallback or ray.tune.logger.CSVLoggerCallback."
+            )
+    return list(callbacks)
+
+
+class SweepMetrics(tune.Callback):
+    """Exports the sweep's progress as `ray.util.metrics` gauges (see the module docstring).
+
+    `record_fit(laws)` is called by the live fit with each new fit; without a live fit the
+    exponent gauges stay unset.
+    """
+
+    def __init__(self, sweep: str, plan):
+        self.sweep = sweep
+        self.total = len(plan)
+        self._state: dict = {}  # point id -> one of POINT_STATES
+        self._rate: dict = {}  # point id -> latest tokens per second while it runs
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment; the lock stays behind.
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def setup(self, **info):
+        self._publish()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._set(trial, "running")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        rate = result.get("tokens_per_s")
+        if isinstance(rate, (int, float)) and math.isfinite(rate) and not result.get("final"):
+            with self._lock:
+                self._rate[point_id(trial)] = float(rate)
+        self._publish()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        status = (trial.last_result or {}).get("status")
+        self._set(trial, FINAL_STATE.get(status, "failed"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._set(trial, "failed")
+
+    def record_fit(self, laws) -> None:
+        """Publish the exponent a of a new live fit (value and bootstrap interval)."""
+        if laws.isoflop is None:  # the parametric law alone so far: no IsoFLOP exponent yet
+            return
+        a = laws.isoflop.a
+        gauges = _gauges()
+        for bound in ("value", "low", "high"):
+            x = getattr(a, bound)
+            if math.isfinite(x):  # no interval before the bootstrap has enough budgets
+                gauges["a"].set(float(x), tags={"sweep": self.sweep, "bound": bound})
+
+    def _set(self, trial, state: str) -> None:
+        with self._lock:
+            self._state[point_id(trial)] = state
+            if state != "running":
+                self._rate.pop(point_id(trial), None)
+        self._publish()
+
+    def _publish(self) -> None:
+        gauges = _gauges()
+        with self._lock:
+            counts = {s: 0 for s in POINT_STATES}
+            for s in self._state.values():
+                counts[s] += 1
+            counts["pending"] = max(0, self.total - len(self._state))
+            rate = sum(self._rate.values())
+        for state, n in counts.items():
+            gauges["points"].set(n, tags={"sweep": self.sweep, "state": state})
+        gauges["rate"].set(rate, tags={"sweep": self.sweep})
+
+
+_GAUGES: dict = {}  # one set per process: every sweep a driver runs shares them (tag "sweep")
+_GAUGES_LOCK = threading.Lock()
+
+
+def _gauges() -> dict:
+    # Created on first use, in the driver after Ray has started (metric objects need a
+    # connected Ray and do not pickle), and once: a name is registered once per process.
+    with _GAUGES_LOCK:
+        if not _GAUGES:
+            from ray.util.metrics import Gauge
+
+            _GAUGES.update(
+                points=Gauge(METRIC_PREFIX + "points", "Sweep points by state.", tag_keys=("sweep", "state")),
+                rate=Gauge(METRIC_PREFIX + "tokens_per_second",
+                           "Training tokens per second of the sweep's running points, summed.",
+                           tag_keys=("sweep",)),
+                a=Gauge(METRIC_PREFIX + "exponent_a",
+                        "Live fit: N_opt ~ C^a from the IsoFLOP minima; bound = value, low, high.",
+                        tag_keys=("sweep", "bound")),
+            )
+        return _GAUGES
+

@@ -32,7 +32,7 @@ import ray.train
 from ray import tune
 
 from . import results as R
-from .callbacks import LiveFit, ProgressPrinter, ResultsWriter, point_id
+from .callbacks import LiveFit, ProgressPrinter, ResultsWriter, SweepMetrics, check_callbacks, point_id
 from .plan import SweepPlan, SweepPoint
 from .task import Task, check_task
 from .train import train_point
@@ -89,7 +89,8 @@ def run_sweep(
         max_concurrent: points trained at once; default: as many as the cluster fits.
         max_failures: worker-group restarts per point (resuming from its last checkpoint);
             -1 retries without limit (for spot / preemptible nodes), as Ray's FailureConfig.
-        callbacks: extra `ray.tune.Callback`s.
+        callbacks: extra `ray.tune.Callback`s, e.g. experiment trackers (MLflow, W&B
+            logger callbacks); they run on this driver and see every point as a trial.
         dry_run: True, or a law dict (E, A, B, alpha, beta, noise): same Ray path, but the
             loss is drawn from the law instead of training.
         address: Ray cluster address; default RAY_ADDRESS, else a local Ray is started
@@ -97,6 +98,7 @@ def run_sweep(
         live_fit: refit and redraw the table and plots in the sweep folder as points finish.
     """
     _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent)
+    callbacks = check_callbacks(callbacks)
     resources = dict(resources_per_worker or {"CPU": 1})
     if use_gpu:
         resources.setdefault("GPU", 1)
@@ -147,6 +149,7 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
         tune.with_parameters(run_point, task_pickle=task_pickle, settings=settings),
         ray_setup.driver_resources(),
     )
+    metrics = SweepMetrics(name, plan)  # the dashboard's and Prometheus' view of the sweep
     tuner = tune.Tuner(
         trainable,
         param_space={"point": tune.grid_search([dataclasses.asdict(p) for p in todo])},
@@ -164,7 +167,8 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
             callbacks=[
                 ResultsWriter(sweep_dir, plan),
                 *([ProgressPrinter(plan, already_done=len(plan) - len(todo))] if verbose else []),
-                *([LiveFit(sweep_dir, plan, verbose=verbose)] if live_fit else []),
+                *([LiveFit(sweep_dir, plan, verbose=verbose, on_fit=metrics.record_fit)] if live_fit else []),
+                metrics,
                 *callbacks,
             ],
             verbose=0,

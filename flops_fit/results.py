@@ -454,6 +454,8 @@ def _read_text(fs, path) -> str | None:
 def write_text_atomic(path: str, text: str) -> None:
     if "://" in path:
         fs, p = _filesystem(path)
+        # Object stores have no folders, but file:// and mounted filesystems need them.
+        fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(p) as f:  # object stores replace whole objects atomically
             f.write(text.encode())
         return

@@ -1,0 +1,169 @@
+"""The main job submitted as users do on a cluster: `ray start --head` with token
+authentication, `ray job submit` of examples/sweep.py, `ray job logs`.
+
+The head is this test's own (loopback, free ports, its own temp folder and token file) and
+is stopped through its own processes: `ray stop` would end every Ray on the machine, the
+test session's included.
+"""
+
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import flops_fit as ff
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+JOB_DEADLINE_S = 600  # the smoke dry run takes about 2 minutes on 2 cores
+# The smoke budgets with sizes whose IsoFLOP minima are bracketed under the dry run's law
+# (Chinchilla's) with its noise, so the job gets as far as writing its report.
+SIZES = ["2", "3", "5"]
+NAME = "job-smoke"
+POINTS = 9  # 3 smoke budgets x 3 sizes
+# Ports `ray start --head` would otherwise take at fixed defaults (6379, 8265, 52365, 10001):
+# the session's Ray, or another one on this machine, may hold them.
+PORT_FLAGS = ("--port", "--dashboard-port", "--metrics-export-port", "--dashboard-agent-listen-port",
+              "--dashboard-agent-grpc-port", "--ray-client-server-port", "--runtime-env-agent-port",
+              "--node-manager-port", "--object-manager-port")
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def head_processes(temp_dir):
+    """The processes of the head started with --temp-dir=temp_dir, with their children
+    (workers, the job's driver): found by the temp folder on their command lines."""
+    import psutil
+
+    found = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(temp_dir in arg for arg in (p.info["cmdline"] or [])):
+                found[p.pid] = p
+                for child in p.children(recursive=True):
+                    found[child.pid] = child
+        except psutil.Error:
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def stop_head(temp_dir):
+    import psutil
+
+    procs = head_processes(temp_dir)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
+@pytest.fixture
+def head(tmp_path):
+    """A Ray head on loopback with token authentication; yields (dashboard URL, env for
+    Ray's CLI clients, its temp folder)."""
+    temp_dir = tempfile.mkdtemp(prefix="ffjob-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT") and not k.startswith("PYTEST")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0",
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
+    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
+    cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+           f"--temp-dir={temp_dir}", "--num-cpus=2", "--num-gpus=0",
+           '--resources={"trial_slot": 100}', "--disable-usage-stats",
+           *(f"{flag}={port}" for flag, port in ports.items())]
+    try:
+        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield f"http://127.0.0.1:{ports['--dashboard-port']}", env, temp_dir
+    finally:
+        stop_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def ray_job(env, *args, timeout=60):
+    out = subprocess.run([RAY, "job", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"ray job {' '.join(args)}:\n{out.stdout}\n{out.stderr}"
+    return out.stdout + out.stderr  # the CLI prints its status lines to stderr
+
+
+def test_ray_job_submit_of_the_example_shows_progress_and_writes_to_the_sweep_folder(head, tmp_path):
+    url, env, temp_dir = head
+    # The job's working directory: a copy of the example alone (flops_fit is installed).
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    shutil.copy(ROOT / "examples" / "sweep.py", job_dir / "sweep.py")
+    storage = f"file://{tmp_path / 'runs'}"  # a URI, as cloud storage is given
+    job_id = f"flops-fit-{secrets.token_hex(4)}"
+
+    # Without the token in the client's environment the head refuses the request.
+    no_token = {**env, "RAY_AUTH_MODE": "disabled"}
+    refused = subprocess.run([RAY, "job", "list", "--address", url], env=no_token,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "auth" in (refused.stdout + refused.stderr).lower(), refused.stderr[-2000:]
+
+    ray_job(env, "submit", "--address", url, "--submission-id", job_id, "--working-dir", str(job_dir),
+            "--no-wait", "--", "python", "sweep.py", "--smoke", "--dry-run", "--sizes", *SIZES,
+            "--address", "auto", "--storage-path", storage, "--name", NAME, timeout=120)
+    deadline = time.monotonic() + JOB_DEADLINE_S
+    while True:
+        # "Status for job '<id>': RUNNING" while it runs; "Job '<id>' succeeded" at the end.
+        status = ray_job(env, "status", "--address", url, job_id)
+        if re.search(r"\b(succeeded|failed|stopped)\b", status, flags=re.I):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    logs = ray_job(env, "logs", "--address", url, job_id)
+    assert re.search(r"\bsucceeded\b", status, flags=re.I), status + logs[-5000:]
+
+    # One progress line per point, e.g. "[3/9] C4e+10-s2  ok  loss 27.1  (31 s)".
+    progress = re.findall(rf"^\[(\d+)/{POINTS}\] (\S+)\s+(\S+)", logs, flags=re.M)
+    results = ff.load_results(tmp_path / "runs" / NAME)
+    assert sorted(pid for _, pid, _ in progress) == sorted(results.table.point_id), logs[-5000:]
+    assert sorted(int(k) for k, _, _ in progress) == list(range(1, POINTS + 1))
+    assert {s for _, _, s in progress} == {"ok"}
+    # The sweep's closing summary: the status line and the fitted laws with where they went.
+    assert f"{POINTS} points: {POINTS} ok" in logs
+    assert "Compute-optimal allocation" in logs and "Written:" in logs
+
+    # Results, report and plots are in the sweep folder...
+    assert len(results.table) == POINTS and (results.table.status == "ok").all()
+    report = tmp_path / "runs" / NAME / "report"
+    for name in ("summary.txt", "table.md", "prediction.csv", "isoflop_curves.png"):
+        assert (report / name).stat().st_size > 0, name
+        assert f"{storage}/{NAME}/report/{name}" in logs
+    # ...and nothing in the job's working directory (a copy under the head's temp folder).
+    copies = [p.parent for p in Path(temp_dir).rglob("sweep.py")]
+    assert copies, "the job's working directory was not found under the head's temp folder"
+    for copy in copies:
+        assert sorted(p.name for p in copy.iterdir()) == ["sweep.py"], sorted(copy.iterdir())

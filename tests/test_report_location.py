@@ -1,0 +1,41 @@
+"""Where a finished sweep's report lands: the sweep folder, also when that folder is a URI
+(cloud storage), never the working directory (under `ray job submit`, a temporary copy)."""
+
+import importlib.util
+import types
+from pathlib import Path
+
+import flops_fit.results as R
+from conftest import synthetic_sweep
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_of_a_sweep_in_storage_given_as_uri_goes_to_the_sweep_folder(tmp_path, monkeypatch, capsys):
+    sweep = load_example("sweep")
+    cwd = tmp_path / "job-working-dir"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    table = synthetic_sweep()
+    folder = tmp_path / "bucket" / "runs" / "my-sweep"
+    results = R.SweepResults(table=table, path=f"file://{folder}")
+    args = types.SimpleNamespace(bootstrap=20, budgets=sorted(table.budget.unique()), name="my-sweep")
+    assert sweep.report(results, args) is not None
+    out = capsys.readouterr().out
+    for name in ("summary.txt", "table.md", "prediction.csv", "isoflop_curves.png", "optima_vs_compute.png"):
+        assert (folder / "report" / name).stat().st_size > 0, name
+        assert f"file://{folder}/report/{name}" in out  # the printed path is where it is
+    assert list(cwd.iterdir()) == []
+
+
+def test_text_written_to_a_uri_creates_its_folders(tmp_path):
+    path = f"file://{tmp_path}/runs/sweep/finished/C1e+10-s1.json"
+    R.write_text_atomic(path, '{"loss": 2.5}')
+    assert (tmp_path / "runs/sweep/finished/C1e+10-s1.json").read_text() == '{"loss": 2.5}'

@@ -1,0 +1,140 @@
+"""What a sweep shows outside its own folder: the sweep-level metrics on Ray's Prometheus
+endpoint (dashboard), and the Tune callbacks a user passes for experiment trackers."""
+
+import json
+import math
+import re
+import time
+import urllib.request
+
+import pytest
+
+import flops_fit as ff
+from ray.tune.logger import LoggerCallback
+from toy import tiny_task
+
+# A dry run of 3 budgets x 3 sizes of the toy GPT: every budget's minimum is bracketed under
+# the dry run's law (Chinchilla's), so the live fit yields an exponent a.
+BUDGETS = [1e10, 3e10, 1e11]
+SIZES = [1, 2, 3]
+SWEEP = "observed"
+METRICS_DEADLINE_S = 90  # Ray exports metrics periodically (seconds apart), so poll
+
+
+class TrackerLog(LoggerCallback):
+    """A stand-in for a tracker's logger callback (MLflow, W&B: the same LoggerCallback
+    interface) that needs no server: one JSON line per event in a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def _write(self, **entry):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry, default=str) + "\n")
+
+    def log_trial_start(self, trial):
+        self._write(event="start", point=trial.config["point"]["point_id"])
+
+    def log_trial_result(self, iteration, trial, result):
+        self._write(event="result", point=trial.config["point"]["point_id"],
+                    status=result.get("status"), loss=result.get("loss"))
+
+    def log_trial_end(self, trial, failed=False):
+        self._write(event="end", point=trial.config["point"]["point_id"], failed=failed)
+
+
+def test_callbacks_that_are_not_tune_callbacks_are_refused_before_ray_starts(tmp_path, monkeypatch):
+    import flops_fit.execute as ex
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started before the callbacks were checked")
+
+    monkeypatch.setattr(ex, "ensure_ray", no_ray)
+    task = tiny_task(tmp_path)
+    plan = ff.plan_sweep(task, [1e10], sizes=[1, 2, 3])
+    cases = [
+        ([print], "item 0 is <built-in function print>, not a ray.tune.Callback"),
+        ([TrackerLog], "an instance, not the class"),
+        (TrackerLog(tmp_path / "x"), "must be a list of ray.tune.Callback"),
+    ]
+    for callbacks, message in cases:
+        with pytest.raises(TypeError, match=re.escape(message)):
+            ff.run_sweep(plan, task, name="bad-callbacks", storage_path=tmp_path / "runs",
+                         dry_run=True, callbacks=callbacks)
+    assert not (tmp_path / "runs" / "bad-callbacks").exists()
+
+
+@pytest.fixture(scope="module")
+def observed_sweep(ray_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("observed")
+    task = tiny_task(tmp)
+    plan = ff.plan_sweep(task, BUDGETS, sizes=SIZES)
+    tracker_file = tmp / "tracker.jsonl"
+    results = ff.run_sweep(plan, task, name=SWEEP, storage_path=tmp / "runs", dry_run=True,
+                           callbacks=[TrackerLog(tracker_file)], verbose=False)
+    return plan, results, tracker_file
+
+
+@pytest.mark.slow
+def test_a_tracker_callback_sees_every_point_and_its_loss(observed_sweep):
+    plan, results, tracker_file = observed_sweep
+    entries = [json.loads(line) for line in tracker_file.read_text().splitlines()]
+    ids = sorted(p.point_id for p in plan)
+    for event in ("start", "end"):
+        assert sorted(e["point"] for e in entries if e["event"] == event) == ids, event
+    assert not any(e["failed"] for e in entries if e["event"] == "end")
+    # The tracker's last logged loss of each point is the loss in the sweep's results table,
+    # which is rebuilt from Tune's files on disk, not from the callback.
+    last = {e["point"]: e["loss"] for e in entries if e["event"] == "result"}
+    table = results.table.set_index("point_id")
+    assert set(last) == set(ids)
+    for pid, loss in last.items():
+        assert table.loc[pid, "status"] == "ok"
+        assert loss == pytest.approx(table.loc[pid, "loss"], rel=1e-12), pid
+
+
+def scrape(url):
+    """Prometheus text -> {(name, frozenset of labels): value}."""
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$", line)
+        if m and not line.startswith("#"):
+            labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+            samples[(m.group(1), labels)] = float(m.group(3))
+    return samples
+
+
+def sweep_metric(samples, name, **labels):
+    """Values of `name` whose labels include `labels` and sweep=SWEEP."""
+    want = set(labels.items()) | {("sweep", SWEEP)}
+    return [v for (n, lab), v in samples.items() if n == name and want <= lab]
+
+
+@pytest.mark.slow
+def test_sweep_metrics_reach_rays_prometheus_endpoint(ray_session, observed_sweep):
+    plan, results, _ = observed_sweep
+    laws = ff.fit(results, bootstrap=0)  # the point estimate of a does not depend on resampling
+    node = next(n for n in ray_session.nodes() if n["Alive"])
+    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    expected = {("finished",): len(plan), ("failed",): 0, ("running",): 0, ("pending",): 0}
+
+    deadline = time.monotonic() + METRICS_DEADLINE_S
+    while True:
+        samples = scrape(url)
+        points = {(s,): sweep_metric(samples, "ray_flops_fit_points", state=s) for (s,) in expected}
+        a = sweep_metric(samples, "ray_flops_fit_exponent_a", bound="value")
+        rate = sweep_metric(samples, "ray_flops_fit_tokens_per_second")
+        if all(v == [n] for v, n in zip(points.values(), expected.values())) and a and rate:
+            break
+        assert time.monotonic() < deadline, (
+            f"sweep metrics not (yet) on {url}: points {points}, a {a}, rate {rate}")
+        time.sleep(2)
+    # The live fit's exponent, as fitted from the results table.
+    assert a[0] == pytest.approx(laws.isoflop.a.value, rel=1e-9)
+    assert 0 < a[0] < 1
+    assert rate == [0.0]  # nothing runs any more
+    for bound in ("low", "high"):  # an interval where the bootstrap gave one
+        for v in sweep_metric(samples, "ray_flops_fit_exponent_a", bound=bound):
+            assert math.isfinite(v)

@@ -188,6 +188,31 @@ def _loglog_fit(log_c, log_y, mask):
     return intercept, slope
 
 
+# When more than this share of the budgets rest on exactly 3 sizes, the IsoFLOP intervals
+# miss most of the noise (those budgets' optima do not move under resampling).
+MAX_THIN_SHARE = 0.5
+# Redraws of degenerate bootstrap resamples before giving up on them (each redraw keeps
+# ~70% of them or fewer; 50 leave essentially none).
+MAX_REDRAWS = 50
+
+
+def _redraw_degenerate(counts, mask, x, rng):
+    """Redraw the rows of counts (R, n) whose valley points (mask) carry fewer than 3
+    distinct sizes x; rows still degenerate after MAX_REDRAWS stay (and are dropped)."""
+    unique_x, which = np.unique(x, return_inverse=True)
+    if unique_x.size < MIN_POINTS_PER_BUDGET:
+        return counts
+    one_hot = (which[:, None] == np.arange(unique_x.size)[None, :]).astype(float)
+    n = counts.shape[1]
+    for _ in range(MAX_REDRAWS):
+        distinct = (((counts[:, mask] > 0).astype(float) @ one_hot) > 0).sum(1)
+        bad = np.flatnonzero(distinct < MIN_POINTS_PER_BUDGET)
+        if bad.size == 0:
+            break
+        counts[bad] = rng.multinomial(n, np.full(n, 1.0 / n), size=bad.size)
+    return counts
+
+
 def _weighted_loglog(log_c, log_y, w):
     """Weighted OLS of log y on log C for each row of weights w (R, m)."""
     s0 = w.sum(1)
@@ -256,6 +281,13 @@ class IsoflopLaws:
     flops_per_param_token: float
     samples: np.ndarray | None = None
     bootstrap_failed: int = 0
+    # budgets whose parabola rests on exactly 3 sizes: resampling cannot show their noise
+    thin_budgets: list = field(default_factory=list)
+
+    @property
+    def thin_share(self) -> float:
+        """Share of the budgets in the power laws whose parabola rests on exactly 3 sizes."""
+        return len(self.thin_budgets) / max(1, int(self.optima["bracketed"].sum()))
 
     def predict(self, flops, level=INTERVAL_LEVEL):
         """(N_opt, D_opt, L_opt) for compute C in FLOPs, each (value, low, high) arrays."""
@@ -455,6 +487,7 @@ def _isoflop_laws(points, optima, optimum, k, bootstrap, rng, level):
         # a random sample, and resampling budgets would leave some draws with fewer than
         # three budgets (no line); the within-budget noise is what moves each optimum.
         n_used = len(used)
+        thin_budgets = []
         reps = np.full((bootstrap, n_used, 3), np.nan)
         valid = np.zeros((bootstrap, n_used), bool)
         for j, budget in enumerate(used["budget"]):
@@ -466,6 +499,13 @@ def _isoflop_laws(points, optima, optimum, k, bootstrap, rng, level):
                 mask = _valley_mask(log_n, loss)
                 centre = log_n[mask].mean()
                 x = log_n[mask] - centre
+                if np.unique(x).size <= MIN_POINTS_PER_BUDGET:
+                    thin_budgets.append(float(budget))
+                # A resample that draws fewer than 3 distinct valley sizes has no parabola:
+                # it is a degenerate draw of the design, not a failed fit, so it is drawn
+                # again (resampling conditioned on a determinate fit; Davison & Hinkley
+                # 1997 Sec. 6.2.4). Only a vertex outside the sizes sampled drops a replicate.
+                counts = _redraw_degenerate(counts, mask, x, rng)
                 w = counts[:, mask].astype(float)
                 c0, c1, c2 = _weighted_parabolas(x, loss[mask], w)
                 # The bracket is the design's: the sizes the budget sampled. A resample that
@@ -507,10 +547,11 @@ def _isoflop_laws(points, optima, optimum, k, bootstrap, rng, level):
         es = None if samples is None else samples[:, idx_e]
         return _estimate(math.exp(pair[0]), ks, level), _estimate(pair[1], es, level)
 
+    thin = thin_budgets if (bootstrap and optimum == "parabola") else []
     k_n, a = est(0, 1, fitted[0])
     k_d, b = est(2, 3, fitted[1])
     k_l, lexp = est(4, 5, fitted[2])
-    return IsoflopLaws(optimum, a, b, k_n, k_d, k_l, lexp, optima, k, samples, failed)
+    return IsoflopLaws(optimum, a, b, k_n, k_d, k_l, lexp, optima, k, samples, failed, thin)
 
 
 def _parametric_law(points, k, bootstrap, rng, level, tie_exponents=False):
@@ -769,6 +810,10 @@ def _domain_warnings(points, iso, par, bootstrap):
         if par.E.value >= points["loss"].min() * (1 - 1e-6):
             out.append("parametric E sits at the lowest observed loss (its upper bound): the data do not "
                        "identify an irreducible loss")
+    if bootstrap and iso is not None and iso.thin_share > MAX_THIN_SHARE:
+        out.append(f"isoflop intervals are UNRELIABLE: budget(s) {', '.join(f'{b:.3g}' for b in iso.thin_budgets)} "
+                   f"FLOPs rest on exactly {MIN_POINTS_PER_BUDGET} sizes near the valley, so resampling "
+                   "cannot show their noise. Sample more sizes per budget")
     if bootstrap:
         for label, dropped in (("isoflop", iso.bootstrap_failed if iso is not None else 0),
                                ("parametric", par.bootstrap_dropped if par is not None else 0)):

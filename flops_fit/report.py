@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from flops_fit.fitting import EXTRAPOLATION_FACTOR, MAX_DROPPED_SHARE
+from flops_fit.fitting import EXTRAPOLATION_FACTOR, MAX_DROPPED_SHARE, MAX_THIN_SHARE
 
 # Default prediction budgets: the sweep's budgets plus this many powers of ten above the
 # largest one (Chinchilla Table 3 extrapolates several decades past the sweep).
@@ -84,7 +84,8 @@ def _unreliable(laws):
     out = set()
     if not laws.bootstrap:
         return out
-    if laws.isoflop is not None and laws.isoflop.bootstrap_failed > MAX_DROPPED_SHARE * laws.bootstrap:
+    iso = laws.isoflop
+    if iso is not None and (iso.bootstrap_failed > MAX_DROPPED_SHARE * laws.bootstrap or iso.thin_share > MAX_THIN_SHARE):
         out.add("isoflop")
     if laws.parametric is not None and laws.parametric.bootstrap_dropped > MAX_DROPPED_SHARE * laws.bootstrap:
         out.add("parametric")

@@ -243,3 +243,16 @@ def test_fit_error_is_value_error():
 def test_bad_where_expression_names_argument(sweep):
     with pytest.raises(FitError, match=r"where: 'no_such_column < 3'"):
         fit(sweep, where="no_such_column < 3", bootstrap=0)
+
+
+def test_valley_vertex_is_the_public_valley_rule():
+    from flops_fit.fitting import valley_vertex
+
+    log_n = np.log([1e6, 2e6, 4e6, 8e6, 16e6])
+    loss = 3.0 + 0.2 * (log_n - math.log(3e6)) ** 2
+    v = valley_vertex(log_n, loss)
+    assert v["bracketed"] and v["reason"] == ""
+    assert math.exp(v["log_n_opt"]) == pytest.approx(3e6, rel=1e-9)
+    assert v["loss_opt"] == pytest.approx(3.0, rel=1e-12)
+    edge = valley_vertex(log_n[:3], 3.0 + 0.2 * (log_n[:3] - math.log(9e6)) ** 2)
+    assert not edge["bracketed"] and "outside sampled sizes" in edge["reason"]

@@ -169,16 +169,37 @@ def test_wide_flop_groups_warn(sweep):
     assert "18%" in w
 
 
-def test_mostly_dropped_bootstrap_marks_intervals_unreliable(sweep):
-    # 3 budgets x 3 sizes: most resamples lose a size, so few replicates have 3 optima.
+def test_mostly_dropped_bootstrap_marks_intervals_unreliable():
+    # 5 sizes per budget with each valley's vertex near its largest size: many resamples
+    # put the vertex outside the sizes sampled, and those replicates are dropped.
+    sweep = synthetic_sweep(seed=0, noise=0.01)
     keep = sweep[sweep["budget"].isin([1e19, 1e20, 1e21])]
-    keep = keep.groupby("budget", group_keys=False).apply(lambda g: g.iloc[3:6])
+    keep = keep.groupby("budget", group_keys=False).apply(lambda g: g.iloc[2:7])
     laws = fit(keep, bootstrap=200, seed=0, approach="isoflop")
     assert laws.isoflop.bootstrap_failed > 40
     (w,) = [w for w in laws.warnings if w.startswith("isoflop intervals are UNRELIABLE")]
     assert f"{laws.isoflop.bootstrap_failed} of 200 bootstrap replicates were dropped" in w
     assert "| isoflop (unreliable intervals) |" in laws.table([1e21])
     assert "IsoFLOP approach (optimum = parabola; C = budget FLOPs) -- UNRELIABLE intervals" in laws.summary()
+
+
+def test_three_sizes_per_budget_mark_intervals_unreliable(sweep):
+    # With exactly 3 sizes every determinate resample is the data itself: no noise shows.
+    keep = sweep[sweep["budget"].isin([1e19, 1e20, 1e21])]
+    keep = keep.groupby("budget", group_keys=False).apply(lambda g: g.iloc[3:6])
+    laws = fit(keep, bootstrap=200, seed=0, approach="isoflop")
+    (w,) = [w for w in laws.warnings if w.startswith("isoflop intervals are UNRELIABLE")]
+    assert "budget(s) 1e+19, 1e+20, 1e+21 FLOPs rest on exactly 3 sizes near the valley" in w
+
+
+def test_degenerate_resamples_are_redrawn_not_dropped(sweep):
+    # 5 sizes at 3 budgets: one resample in ten of a budget draws fewer than 3 distinct
+    # sizes; redrawn, they no longer drop a quarter of the replicates.
+    keep = sweep[sweep["budget"].isin([1e19, 1e20, 1e21])]
+    keep = keep.groupby("budget", group_keys=False).apply(lambda g: g.iloc[2:7])
+    laws = fit(keep, bootstrap=500, seed=0, approach="isoflop")
+    assert laws.isoflop.bootstrap_failed < 0.1 * 500
+    assert not laws.warnings
 
 
 def test_approaches_disagreeing_beyond_intervals_warn(data_dir):

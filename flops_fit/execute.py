@@ -55,6 +55,19 @@ class PointSettings:
     threads: int  # torch threads per worker on CPU (the CPUs it reserved); 0 on GPU
 
 
+def dry_run_law(dry_run) -> dict | None:
+    """run_sweep's `dry_run` as the law to draw losses from: None to train, else a dict
+    over the default law ({} and True both mean the default law as it is)."""
+    if dry_run is None or dry_run is False:
+        return None
+    if dry_run is True:
+        return {}
+    if isinstance(dry_run, dict):
+        return dict(dry_run)
+    raise TypeError(f"run_sweep(dry_run={dry_run!r}) must be True, False or a dict of law parameters "
+                    "(E, A, B, alpha, beta, noise), e.g. dry_run={'alpha': 0.3}.")
+
+
 def run_sweep(
     plan: SweepPlan,
     task: Task,
@@ -105,7 +118,8 @@ def run_sweep(
     _check_resources(resources)
     task_pickle = _pickled_task(task)
     _check_learning_rates(task, plan)
-    if not dry_run:
+    dry_run = dry_run_law(dry_run)
+    if dry_run is None:
         check_task(task, plan)
     storage = _storage_uri(storage_path)
     sweep_dir = R.join(storage, name)
@@ -133,7 +147,7 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
         resources_per_worker=resources,
         max_failures=max_failures,
         train_storage=R.join(sweep_dir, "train"),
-        dry_run=(dry_run if isinstance(dry_run, dict) else {}) if dry_run else None,
+        dry_run=dry_run,
         threads=int(resources.get("CPU", 1)) if not use_gpu else 0,
     )
     if verbose:

@@ -59,6 +59,37 @@ def test_a_loss_that_is_not_finite_is_refused(tmp_path, plan):
         check_task(bad, plan)
 
 
+@pytest.mark.parametrize("dry_run, law", [(True, {}), ({}, {}), ({"alpha": 0.3}, {"alpha": 0.3}),
+                                          (False, None), (None, None)])
+def test_dry_run_law(dry_run, law):
+    from flops_fit.execute import dry_run_law
+
+    assert dry_run_law(dry_run) == law
+
+
+def test_dry_run_law_refuses_what_is_neither_a_flag_nor_a_law():
+    from flops_fit.execute import dry_run_law
+
+    with pytest.raises(TypeError, match=r"dry_run='yes'\) must be True, False or a dict"):
+        dry_run_law("yes")
+
+
+def test_an_empty_dry_run_law_is_a_dry_run(tmp_path, plan, monkeypatch):
+    # {} means "the default law": no training, so no probe step of the (here broken) task
+    from flops_fit import ray_setup
+
+    class RayStarting(Exception):
+        pass
+
+    def ray_starting(*a, **k):
+        raise RayStarting
+
+    monkeypatch.setattr(ray_setup, "ensure_ray", ray_starting)
+    bad = dataclasses.replace(tiny_task(tmp_path), loss_fn=nan_loss)
+    with pytest.raises(RayStarting):
+        ff.run_sweep(plan, bad, name="dry-default", storage_path=tmp_path / "runs", dry_run={})
+
+
 def test_samples_longer_than_the_model_context_are_refused(tmp_path):
     task = tiny_task(tmp_path, model_fn=short_context_gpt)  # 32-token samples, 16-token context
     plan = ff.plan_sweep(task, [5e9], sizes=[1, 2])

@@ -44,12 +44,12 @@ class TrackerLog(LoggerCallback):
 
 
 def test_callbacks_that_are_not_tune_callbacks_are_refused_before_ray_starts(tmp_path, monkeypatch):
-    import flops_fit.execute as ex
+    from flops_fit import ray_setup
 
     def no_ray(*a, **k):
         raise AssertionError("Ray was started before the callbacks were checked")
 
-    monkeypatch.setattr(ex, "ensure_ray", no_ray)
+    monkeypatch.setattr(ray_setup, "ensure_ray", no_ray)
     task = tiny_task(tmp_path)
     plan = ff.plan_sweep(task, [1e10], sizes=[1, 2, 3])
     cases = [

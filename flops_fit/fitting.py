@@ -24,7 +24,7 @@ References
 - Efron & Tibshirani 1993, "An Introduction to the Bootstrap", ch. 13 (percentile
   intervals) and Sec. 8.2 (stratified resampling).
 
-Importing this module imports neither ray nor torch (DESIGN.md, import rules).
+Importing this module imports neither ray nor torch (docs/architecture.md, "Modules and import rules").
 """
 
 from __future__ import annotations

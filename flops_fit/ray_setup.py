@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 
 # Tune reserves resources for each trial's driver process. On a CPU machine a driver
-# holding 1 CPU starves its own worker group (RAY-NOTES: "the deadlock to avoid"), so
+# holding 1 CPU starves its own worker group (docs/architecture.md: "the driver deadlock"), so
 # drivers take one unit of a logical resource instead; a local Ray gets plenty of them.
 TRIAL_RESOURCE = "trial_slot"
 LOCAL_TRIAL_SLOTS = 1000
@@ -30,7 +30,7 @@ RAY_ENV = {
     "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",
 }
 # Only for a Ray that flops_fit starts on this machine: measured on 2 cores with Ray 2.60
-# (RAY-NOTES, benchmarks/RESULTS.md), the Train controller's health-check poll (default
+# (benchmarks/RESULTS.md), the Train controller's health-check poll (default
 # 2 s) gates every report and the teardown, and the preemption watcher and Train's metrics
 # cost CPU that training needs. On a cluster the user's and Ray's defaults win.
 LOCAL_RAY_ENV = {

@@ -1,4 +1,4 @@
-"""A sweep's storage folder -> one tidy results table (DESIGN.md "Contracts").
+"""A sweep's storage folder -> one tidy results table (docs/architecture.md, "The results contract").
 
 Rebuilt from the files Tune writes for each trial (`params.json`, `result.json`,
 `error.txt`), so a sweep can be re-analysed anywhere, without Ray running and without

@@ -2,7 +2,7 @@
 
 A `Task` is small and picklable: it holds *factories* (a model function, a data factory)
 and numbers, never a built model or a loaded corpus. Ray ships it to every worker, and
-each worker builds the heavy objects itself (DESIGN.md, "worker loop").
+each worker builds the heavy objects itself (docs/architecture.md, "Ray in three layers").
 
 Units: a *sample* is one row of a batch (a text window, an image); *tokens per sample* is
 how many tokens of the scaling law one sample counts for (the window length for text,

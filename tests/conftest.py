@@ -67,7 +67,7 @@ def pytest_collection_modifyitems(items):
 def ray_session():
     """One local Ray for the whole session (2 CPUs, dashboard on loopback).
 
-    Token authentication is turned off for tests only (RAY-NOTES: Ray 2.60 turns it on
+    Token authentication is turned off for tests only (docs/architecture.md: Ray 2.60 turns it on
     for a local ray.init); workers get this folder on their path so that the helpers in
     tests/toy.py can be used as model and loss functions.
     """

@@ -143,7 +143,7 @@ def test_token_is_created_on_head_and_synced_to_workers(prepared):
 
 
 def test_head_offers_trial_slots(raw):
-    # Tune trial drivers reserve `trial_slot`, never a CPU (RAY-NOTES deadlock).
+    # Tune trial drivers reserve `trial_slot`, never a CPU (docs/architecture.md, "the driver deadlock").
     if raw["provider"]["type"] == "local":
         start = _ray_start(raw["head_start_ray_commands"])
         assert re.search(r"--resources='\{\"trial_slot\": \d+\}'", start), start

@@ -1,4 +1,4 @@
-"""flops_fit uses Ray's public API only (DESIGN.md "Where it runs"): users bring clusters
+"""flops_fit uses Ray's public API only (docs/architecture.md, "Ray facts the code relies on"): users bring clusters
 whose Ray release is fixed by their image, and private modules and attributes change
 between releases without notice.
 

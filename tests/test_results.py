@@ -488,7 +488,7 @@ def test_a_finished_point_is_recorded_once_and_its_record_wins(sweep):
 
 
 def test_results_and_plan_import_neither_ray_nor_torch():
-    # DESIGN.md: a finished sweep can be re-analysed on a laptop without Ray
+    # docs/architecture.md: a finished sweep can be re-analysed on a laptop without Ray
     code = (
         "import sys, flops_fit.results, flops_fit.plan\n"
         "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"

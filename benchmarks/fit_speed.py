@@ -82,8 +82,8 @@ def main():
         f"Command: `python benchmarks/fit_speed.py{'' if args.starts == 4500 else f' --starts {args.starts}'}`  ",
         f"Machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python "
         f"{platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}; "
-        f"load average {load_at_start:.1f} at the start (shared machine)  ",
-        f"Data: Epoch digitised Chinchilla points, 240 after dropping the 5 highest losses.\n",
+        f"load average {load_at_start:.1f} at the start  ",
+        "Data: Epoch digitised Chinchilla points, 240 after dropping the 5 highest losses.\n",
         "| what | seconds |",
         "|---|---|",
         f"| flops_fit full-grid fit (4,500 starts evaluated, best 5 polished by L-BFGS-B; best of {REPEATS}) | {t_grid:.2f} |",

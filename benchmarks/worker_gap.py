@@ -14,7 +14,6 @@ Same point as benchmarks/throughput.py.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile

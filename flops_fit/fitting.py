@@ -40,7 +40,7 @@ import numpy as np
 # imports this package (whose `fit` is bound eagerly), and the two cost about 0.6 s of CPU
 # per process, paid by every trial of a sweep (benchmarks/RESULTS.md, import costs).
 
-from flops_fit.law import FLOPS_PER_PARAM_TOKEN, compute_optimal_allocation, huber_lse_objective, parametric_loss
+from flops_fit.law import compute_optimal_allocation, huber_lse_objective, parametric_loss
 from flops_fit.optimize import (BOOTSTRAP_CHUNK_ELEMENTS, BOOTSTRAP_ITERATIONS, EXPONENT_MIN, batched_lbfgs,
                                 domain_bounds, fit_parametric_params, tie)
 from flops_fit.table import BUDGET_RTOL, FitError, prepare
@@ -412,12 +412,6 @@ class ScalingLaws:
                 "extrapolated": c > EXTRAPOLATION_FACTOR * self.max_fitted_flops,
             }))
         return pd.concat(frames, ignore_index=True)
-
-    def default_budgets(self):
-        """The sweep's budgets plus the next DEFAULT_EXTRA_DECADES powers of ten above."""
-        from flops_fit import report
-
-        return report.default_budgets(self)
 
     def table(self, budgets=None) -> str:
         """Chinchilla-Table-3-style markdown table (FLOPs, parameters, tokens, tokens per

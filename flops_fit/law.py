@@ -33,11 +33,6 @@ def training_flops(params, tokens, flops_per_param_token=FLOPS_PER_PARAM_TOKEN):
     return flops_per_param_token * np.asarray(params, float) * np.asarray(tokens, float)
 
 
-def power_law(flops, coefficient, exponent):
-    """y = k * C^exponent, C in FLOPs."""
-    return coefficient * np.asarray(flops, float) ** exponent
-
-
 def parametric_loss(params, tokens, E, A, B, alpha, beta):
     """L(N, D) = E + A/N^alpha + B/D^beta in nats per token (Hoffmann et al. 2022 eq. 2)."""
     n = np.asarray(params, float)

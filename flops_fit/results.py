@@ -8,14 +8,13 @@ Never imports ray or torch.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import re
 import socket
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -48,7 +47,6 @@ class SweepResults:
     table: pd.DataFrame
     path: str  # the sweep folder (storage_path/name)
     plan: SweepPlan | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def results_csv(self) -> str:

@@ -2,7 +2,6 @@
 errors, any design, a backtest. Each case of issue 14's list, with its message pinned."""
 
 import json
-import math
 
 import numpy as np
 import pandas as pd

@@ -211,7 +211,9 @@ def _ray_cli(*args, timeout):
     """`ray <args>` from this venv; output kept for the assertion message."""
     return subprocess.run(
         [str(VENV_BIN / "ray"), *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, cwd=ROOT,
+        # Not this session's RAY_ADDRESS: the launcher talks to the node over SSH only.
+        env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_USAGE_STATS_ENABLED": "0"},
+        cwd=ROOT,
     )
 
 
@@ -241,7 +243,8 @@ def _daemon_pids_in(pids) -> set[int]:
     return out
 
 
-def test_ray_up_onprem_yaml_runs_smoke_dry_run_and_comes_down(tmp_path):
+def test_ray_up_onprem_yaml_runs_smoke_dry_run_and_comes_down(tmp_path, ray_session):
+    """ray_session: this session's own Ray, which the node's `ray stop` must not reach."""
     _skip_unless_possible()
     # Unix socket paths in Ray's temp dir must stay short (108 bytes): not under tmp_path.
     temp_dir = tempfile.mkdtemp(prefix="ffonprem-")
@@ -297,6 +300,8 @@ def test_ray_up_onprem_yaml_runs_smoke_dry_run_and_comes_down(tmp_path):
         while _daemon_pids_in(_namespace_pids(node)) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not _daemon_pids_in(_namespace_pids(node)), "ray down left Ray running on the head"
+        # ... and this session's Ray outlived the node's `ray stop`s.
+        assert [n for n in ray_session.nodes() if n["Alive"]], "the node's ray stop reached this session's Ray"
     finally:
         ns_pids = _namespace_pids(node) if node.proc.poll() is None else set()
         node.stop()

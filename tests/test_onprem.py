@@ -28,7 +28,6 @@ What the test's copy of the file changes, and why (everything else is the file):
 
 import os
 import pwd
-import re
 import shlex
 import shutil
 import signal

@@ -225,12 +225,19 @@ def test_results_are_read_without_unpickling_anything(tmp_path):
     assert list(table.status) == ["ok"] and table.loss.iloc[0] == 2.5
 
 
-def test_ray_started_by_flops_fit_keeps_token_auth_and_a_loopback_dashboard():
-    from flops_fit.ray_setup import DASHBOARD_HOST, LOCAL_RAY_ENV, RAY_ENV
-
-    assert DASHBOARD_HOST == "127.0.0.1"
-    assert "RAY_AUTH_MODE" not in {**RAY_ENV, **LOCAL_RAY_ENV}  # never turned off outside tests
-    assert RAY_ENV["RAY_USAGE_STATS_ENABLED"] == "0"
+def test_what_flops_fit_hands_ray_keeps_token_auth_and_usage_stats_off():
+    # A fresh process as a user's: no auth or usage setting of its own.
+    code = textwrap.dedent("""
+        import json, os
+        from flops_fit import ray_setup
+        handed = ray_setup.set_ray_env(local=True)
+        print(json.dumps({"handed": handed, "auth": os.environ.get("RAY_AUTH_MODE")}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                    check=True, env=env).stdout)
+    assert out["auth"] is None and "RAY_AUTH_MODE" not in out["handed"]  # token auth stays Ray's default
+    assert out["handed"]["RAY_USAGE_STATS_ENABLED"] == "0"  # nothing phones home
 
 
 JOIN = textwrap.dedent(

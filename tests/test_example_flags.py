@@ -1,21 +1,12 @@
 """The examples' run flags reach run_sweep (no Ray: run_sweep is replaced by a recorder)."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
 import flops_fit as ff
+from toy import EXAMPLES, load_example
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("value", ["-1", "5"])

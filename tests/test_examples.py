@@ -1,21 +1,13 @@
 """The main job as users run it: examples/sweep.py --smoke end to end on the session's Ray."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from toy import load_example
+
 pytestmark = pytest.mark.slow
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_sweep_example_smoke_runs_fits_and_reports(ray_session, tmp_path, capsys):

@@ -1,21 +1,11 @@
 """Where a finished sweep's report lands: the sweep folder, also when that folder is a URI
 (cloud storage), never the working directory (under `ray job submit`, a temporary copy)."""
 
-import importlib.util
 import types
-from pathlib import Path
 
 import flops_fit.results as R
 from conftest import synthetic_sweep
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from toy import load_example
 
 
 def test_report_of_a_sweep_in_storage_given_as_uri_goes_to_the_sweep_folder(tmp_path, monkeypatch, capsys):

@@ -48,3 +48,16 @@ class RemoveTrainingNode:
             node = next(n for n in type(self).nodes if n.node_id == result["node_id"])
             self.removed = node.node_id
             threading.Thread(target=type(self).cluster.remove_node, args=(node, False)).start()
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name):
+    """examples/<name>.py as a module, as `python examples/<name>.py` would run it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -53,7 +53,8 @@ def test_callbacks_that_are_not_tune_callbacks_are_refused_before_ray_starts(tmp
     task = tiny_task(tmp_path)
     plan = ff.plan_sweep(task, [1e10], sizes=[1, 2, 3])
     cases = [
-        ([print], "item 0 is <built-in function print>, not a ray.tune.Callback"),
+        # len, not print: a started Ray (other tests' session) replaces builtins.print.
+        ([len], "item 0 is <built-in function len>, not a ray.tune.Callback"),
         ([TrackerLog], "an instance, not the class"),
         (TrackerLog(tmp_path / "x"), "must be a list of ray.tune.Callback"),
     ]

@@ -57,10 +57,19 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 def pytest_collection_modifyitems(items):
     """Every test on the session's Ray is a Ray test (tests/run.sh runs those on both ends
-    of the supported Ray range); tests that start a Ray of their own carry the mark."""
+    of the supported Ray range); tests that start a Ray of their own carry the mark.
+
+    Fast tests run first, so that a broken change fails in seconds: pure tests, then the
+    tests that start Ray, then the slow ones (worker groups, training), each in file order.
+    """
     for item in items:
         if "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+
+    def tier(item):
+        return 2 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("ray") else 0
+
+    items.sort(key=tier)  # stable: file order within a tier
 
 
 @pytest.fixture(scope="session")

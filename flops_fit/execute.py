@@ -208,12 +208,17 @@ def run_point(config: dict, task_pickle: bytes, settings: PointSettings) -> None
 
     `task_pickle` is the Task as `ray.cloudpickle` bytes, unpickled on the workers only.
     """
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     point = SweepPoint.from_dict(config["point"])
     trainer = TorchTrainer(
         train_point,
+        # A group of one never uses its process group (the worker trains as the single
+        # process it is, train._make_accelerator), so it needs no NCCL: with gloo a GPU
+        # worker on a node whose CUDA is broken reaches the worker's own check, which names
+        # the node and CUDA_VISIBLE_DEVICES, instead of failing in NCCL set-up.
+        torch_config=TorchConfig(backend="gloo") if settings.num_workers == 1 else None,
         train_loop_config={
             "point": config["point"],
             "task_pickle": task_pickle,

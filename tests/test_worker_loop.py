@@ -353,10 +353,6 @@ LOGICAL_GPU = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "with a TorchTrainer for every point, Ray's torch backend fails first on such a node "
-    "('Distributed package doesn't have NCCL built in'): the point still fails before any "
-    "training, but without flops_fit's message naming the node and CUDA_VISIBLE_DEVICES"))
 def test_a_gpu_point_on_a_node_without_cuda_fails_instead_of_training_on_cpu(tmp_path):
     script = tmp_path / "logical_gpu.py"
     script.write_text(LOGICAL_GPU)

@@ -56,8 +56,8 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(items):
-    """Every test on the session's Ray is a Ray test (tests/run.sh runs those on both ends
-    of the supported Ray range); tests that start a Ray of their own carry the mark.
+    """Every test on the session's Ray is marked `ray`; tests that start a Ray of their own
+    carry the mark themselves.
 
     Fast tests run first, so that a broken change fails in seconds: pure tests, then the
     tests that start Ray, then the slow ones (worker groups, training), each in file order.

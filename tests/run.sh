@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): the whole suite on the Ray this environment installed
-# (pyproject's newest match), then the tests marked `ray` on the oldest supported Ray, in a
-# second virtual environment beside the first (.venv-ray-oldest), so both ends of the
-# supported range are tested. Extra arguments go to both pytest runs.
+# (pyproject's newest match), then the tests marked `oldest_ray` (how flops_fit drives Ray:
+# the Tune trial -> TorchTrainer pattern, checkpoints, resume, Train's cleanup of a dead
+# trial driver) on the oldest supported Ray, in a second virtual environment beside the
+# first (.venv-ray-oldest), so both ends of the supported range are tested. Extra arguments
+# go to both pytest runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLDEST_RAY="2.53.0"  # the lower bound of ray in pyproject.toml (>=2.53)
@@ -13,5 +15,5 @@ if [ ! -x .venv-ray-oldest/bin/python ]; then
 fi
 .venv-ray-oldest/bin/pip install -q torch==2.13.0
 .venv-ray-oldest/bin/pip install -q -e ".[dev]" "ray[default,train,tune]==${OLDEST_RAY}"
-echo "== tests on ray $(.venv-ray-oldest/bin/python -c 'import ray; print(ray.__version__)') (marked ray)"
-.venv-ray-oldest/bin/python -m pytest -m ray "$@"
+echo "== tests on ray $(.venv-ray-oldest/bin/python -c 'import ray; print(ray.__version__)') (marked oldest_ray)"
+.venv-ray-oldest/bin/python -m pytest -m oldest_ray "$@"

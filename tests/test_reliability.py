@@ -197,12 +197,14 @@ def test_a_name_reused_with_another_plan_is_refused_before_ray_starts(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.oldest_ray
 def test_gpu_on_a_cluster_without_gpus_is_refused_at_once(ray_session, tmp_path, task, plan):
     with pytest.raises(RuntimeError, match=r"use_gpu=True but no node .* has a GPU"):
         ff.run_sweep(plan, task, name="gpu", storage_path=tmp_path / "runs", use_gpu=True)
 
 
 @pytest.mark.slow
+@pytest.mark.oldest_ray
 def test_resources_no_node_can_hold_are_refused_at_once(ray_session, tmp_path, task, plan):
     with pytest.raises(RuntimeError, match=r"No node can hold one worker"):
         ff.run_sweep(plan, task, name="big", storage_path=tmp_path / "runs", resources_per_worker={"CPU": 64})
@@ -257,6 +259,7 @@ JOIN = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.oldest_ray
 def test_laptop_settings_are_not_forced_on_a_cluster_that_is_joined(ray_session, tmp_path):
     from flops_fit.ray_setup import LOCAL_RAY_ENV, RAY_ENV
 

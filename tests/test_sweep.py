@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
 
 import flops_fit as ff
-from toy import DIVERGING_SIZE, gpt_nan, tiny_task
+from toy import DIVERGING_SIZE, gpt_nan, tiny_task, wait_for, worker_groups_holding_cpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 TESTS_DIR = Path(__file__).resolve().parent
@@ -28,19 +27,20 @@ def actor_classes() -> dict:
     return {a.actor_id: a.class_name.split(".")[-1] for a in list_actors(limit=10_000)}
 
 
+@pytest.mark.oldest_ray
 def test_two_worker_sweep_trains_exactly_the_plan(ray_session, tmp_path):
     task = tiny_task(tmp_path)
-    plan = ff.plan_sweep(task, [5e9, 1e10], sizes=[1, 2, 3])
-    assert len(plan) == 6
+    plan = ff.plan_sweep(task, [5e9, 1e10], sizes=[1, 2])
+    assert len(plan) == 4
     before = actor_classes()
     res = ff.run_sweep(plan, task, name="two-workers", storage_path=tmp_path / "runs", num_workers=2,
                        live_fit=False)
     t = res.table
-    assert list(t.status) == ["ok"] * 6, t[["point_id", "status", "error"]]
+    assert list(t.status) == ["ok"] * 4, t[["point_id", "status", "error"]]
     started = [c for a, c in actor_classes().items() if a not in before]
-    assert started.count("ImplicitFunc") == 6 and started.count("RayTrainWorker") == 12, started
+    assert started.count("ImplicitFunc") == 4 and started.count("RayTrainWorker") == 8, started
     # Ray Train's stock trainer: one controller per point's Train run.
-    assert started.count("TrainController") == 6, started
+    assert started.count("TrainController") == 4, started
     assert t.loss.map(math.isfinite).all()
     # Accelerate inside each Ray worker sees the whole group.
     assert (t.num_processes == 2).all()
@@ -79,6 +79,7 @@ def test_diverged_point_is_data_and_the_sweep_goes_on(ray_session, tmp_path):
     assert "diverged" in laws.summary()
 
 
+@pytest.mark.oldest_ray
 def test_killed_worker_resumes_from_checkpoint_with_the_same_loss(ray_session, tmp_path):
     from ray import tune
 
@@ -123,6 +124,7 @@ DRIVER = textwrap.dedent(
 )
 
 
+@pytest.mark.oldest_ray
 def test_killed_driver_resumes_without_retraining_finished_points(ray_session, tmp_path):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
@@ -182,7 +184,7 @@ CLUSTER = textwrap.dedent(
                  runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"],
                                            "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}})
         task = tiny_task(tmp)
-        plan = ff.plan_sweep(task, [5e9], sizes=[1, 2, 3, 4])
+        plan = ff.plan_sweep(task, [5e9], sizes=[1, 2, 3])
         res = ff.run_sweep(plan, task, name="multinode", storage_path=tmp / "runs", live_fit=False)
         print("RESULT", json.dumps({"status": list(res.table.status), "nodes": list(res.table.node_id)}))
     finally:
@@ -205,38 +207,7 @@ def test_trials_spread_over_the_nodes_of_a_cluster(tmp_path):
     assert len(set(result["nodes"])) == 2
 
 
-def worker_groups_holding_cpus() -> set:
-    """Ids of the placement groups that exist and reserve CPUs (Ray Train worker groups)."""
-    return {pg_id for pg_id, pg in ray.util.placement_group_table().items()
-            if pg["state"] == "CREATED" and any("CPU" in b for b in pg["bundles"].values())}
-
-
-def wait_for(condition, timeout_s=60.0, poll_s=0.5) -> bool:
-    """True as soon as `condition()` holds; False if it still does not after timeout_s."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(poll_s)
-    return condition()
-
-
-def test_dry_run_takes_the_ray_path_and_follows_the_law(ray_session, tmp_path):
-    task = tiny_task(tmp_path)
-    plan = ff.plan_sweep(task, [1e16, 1e17, 1e18], points_per_budget=3, candidate_sizes=range(1, 65))
-    law = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28, "noise": 0.0}
-    before = worker_groups_holding_cpus()
-    res = ff.run_sweep(plan, task, name="dry", storage_path=tmp_path / "runs", dry_run=law,
-                       resources_per_worker={"CPU": 0.25}, live_fit=False)
-    t = res.table
-    assert (t.status == "ok").all()
-    # Every point's worker group gave its CPUs back (a leaked one would hold them to the end
-    # of the sweep, and enough of them stall it).
-    assert wait_for(lambda: worker_groups_holding_cpus() <= before), worker_groups_holding_cpus()
-    expected = law["E"] + law["A"] / t.params ** law["alpha"] + law["B"] / t.tokens ** law["beta"]
-    assert (t.loss - expected).abs().max() < 1e-9
-
-
+@pytest.mark.oldest_ray
 def test_a_killed_trial_driver_is_an_error_and_gives_its_cpus_back(ray_session, tmp_path):
     from ray import tune
 

@@ -1,5 +1,6 @@
-"""What a sweep shows outside its own folder: the sweep-level metrics on Ray's Prometheus
-endpoint (dashboard), and the Tune callbacks a user passes for experiment trackers."""
+"""One dry-run sweep through Ray, observed from outside: its losses follow the law it was
+given, its worker groups give their CPUs back, the sweep-level metrics reach Ray's Prometheus
+endpoint (dashboard), and the Tune callbacks a user passes for experiment trackers see it."""
 
 import json
 import math
@@ -11,12 +12,13 @@ import pytest
 
 import flops_fit as ff
 from ray.tune.logger import LoggerCallback
-from toy import tiny_task
+from toy import tiny_task, wait_for, worker_groups_holding_cpus
 
 # A dry run of 3 budgets x 3 sizes of the toy GPT: every budget's minimum is bracketed under
-# the dry run's law (Chinchilla's), so the live fit yields an exponent a.
+# the dry run's law (Chinchilla's, noise off), so the live fit yields an exponent a.
 BUDGETS = [1e10, 3e10, 1e11]
 SIZES = [1, 2, 3]
+LAW = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28, "noise": 0.0}
 SWEEP = "observed"
 METRICS_DEADLINE_S = 90  # Ray exports metrics periodically (seconds apart), so poll
 
@@ -71,14 +73,30 @@ def observed_sweep(ray_session, tmp_path_factory):
     task = tiny_task(tmp)
     plan = ff.plan_sweep(task, BUDGETS, sizes=SIZES)
     tracker_file = tmp / "tracker.jsonl"
-    results = ff.run_sweep(plan, task, name=SWEEP, storage_path=tmp / "runs", dry_run=True,
-                           callbacks=[TrackerLog(tracker_file)], verbose=False)
-    return plan, results, tracker_file
+    groups_before = worker_groups_holding_cpus()
+    # A quarter CPU per worker: several points in flight at once on 2 cores.
+    results = ff.run_sweep(plan, task, name=SWEEP, storage_path=tmp / "runs", dry_run=LAW,
+                           resources_per_worker={"CPU": 0.25}, callbacks=[TrackerLog(tracker_file)],
+                           verbose=False)
+    return plan, results, tracker_file, groups_before
+
+
+@pytest.mark.slow
+def test_dry_run_takes_the_ray_path_and_follows_the_law(observed_sweep):
+    _, results, _, groups_before = observed_sweep
+    t = results.table
+    assert (t.status == "ok").all(), t[["point_id", "status", "error"]]
+    # Every point's worker group gave its CPUs back (a leaked one would hold them to the end
+    # of the sweep, and enough of them stall it).
+    assert wait_for(lambda: worker_groups_holding_cpus() <= groups_before), \
+        worker_groups_holding_cpus()
+    expected = LAW["E"] + LAW["A"] / t.params ** LAW["alpha"] + LAW["B"] / t.tokens ** LAW["beta"]
+    assert (t.loss - expected).abs().max() < 1e-9
 
 
 @pytest.mark.slow
 def test_a_tracker_callback_sees_every_point_and_its_loss(observed_sweep):
-    plan, results, tracker_file = observed_sweep
+    plan, results, tracker_file, _ = observed_sweep
     entries = [json.loads(line) for line in tracker_file.read_text().splitlines()]
     ids = sorted(p.point_id for p in plan)
     for event in ("start", "end"):
@@ -115,7 +133,7 @@ def sweep_metric(samples, name, **labels):
 
 @pytest.mark.slow
 def test_sweep_metrics_reach_rays_prometheus_endpoint(ray_session, observed_sweep):
-    plan, results, _ = observed_sweep
+    plan, results, _, _ = observed_sweep
     laws = ff.fit(results, bootstrap=0)  # the point estimate of a does not depend on resampling
     node = next(n for n in ray_session.nodes() if n["Alive"])
     url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"

@@ -61,3 +61,24 @@ def load_example(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# --- Ray test helpers ------------------------------------------------------------------------
+def worker_groups_holding_cpus() -> set:
+    """Ids of the placement groups that exist and reserve CPUs (Ray Train worker groups)."""
+    import ray
+
+    return {pg_id for pg_id, pg in ray.util.placement_group_table().items()
+            if pg["state"] == "CREATED" and any("CPU" in b for b in pg["bundles"].values())}
+
+
+def wait_for(condition, timeout_s=60.0, poll_s=0.5) -> bool:
+    """True as soon as `condition()` holds; False if it still does not after timeout_s."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(poll_s)
+    return condition()

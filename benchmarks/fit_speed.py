@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -71,9 +72,12 @@ def main():
     grid = start_grid()[: args.starts]
     t0 = time.perf_counter()
     best = np.inf
-    for start in grid:
-        res = minimize(naive_objective, start, args=(log_n, log_d, log_l), method="L-BFGS-B")
-        best = min(best, res.fun)
+    # One BLAS thread, as flops_fit's own polish runs: with OpenBLAS's pool, L-BFGS-B on 5
+    # parameters spin-waits on a busy machine, which would inflate the loop's time.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for start in grid:
+            res = minimize(naive_objective, start, args=(log_n, log_d, log_l), method="L-BFGS-B")
+            best = min(best, res.fun)
     t_naive = (time.perf_counter() - t0) * (4500 / len(grid))
 
     p = laws.parametric

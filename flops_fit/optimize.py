@@ -211,6 +211,7 @@ def fit_parametric_params(log_n, log_d, log_loss, *, delta=HUBER_DELTA, tie_expo
     starts. tie_exponents: fit with beta = alpha.
     """
     from scipy.optimize import minimize
+    from threadpoolctl import threadpool_limits
 
     ones = np.ones_like(log_n)
     lower, upper = domain_bounds(log_loss)
@@ -236,11 +237,15 @@ def fit_parametric_params(log_n, log_d, log_loss, *, delta=HUBER_DELTA, tie_expo
     bounds = list(zip(lower[:dims], upper[:dims]))
     bounds = [(None if np.isinf(lo) else lo, None if np.isinf(hi) else hi) for lo, hi in bounds]
     found = []
-    for i in candidates:
-        res = minimize(scalar, xs[i][:dims], jac=True, method="L-BFGS-B", bounds=bounds,
-                       options=dict(ftol=POLISH_FTOL, gtol=POLISH_GTOL, maxiter=POLISH_MAX_ITER))
-        theta = tie(np.append(res.x, res.x[3])) if tie_exponents else res.x
-        found.append((float(res.fun), theta))
+    # L-BFGS-B's linear algebra is on 5x5 matrices: a BLAS thread pool only spin-waits there,
+    # and on a busy machine that doubled the whole 4,852-row fit (6.8 s -> 3.8 s with one
+    # BLAS thread, benchmarks/RESULTS.md "Parametric fit speed, 2026-11-30").
+    with threadpool_limits(limits=1, user_api="blas"):
+        for i in candidates:
+            res = minimize(scalar, xs[i][:dims], jac=True, method="L-BFGS-B", bounds=bounds,
+                           options=dict(ftol=POLISH_FTOL, gtol=POLISH_GTOL, maxiter=POLISH_MAX_ITER))
+            theta = tie(np.append(res.x, res.x[3])) if tie_exponents else res.x
+            found.append((float(res.fun), theta))
     found.sort(key=lambda t: t[0])
     thetas = np.array([t for _, t in found])
     order = _distinct_best(thetas, np.array([f for f, _ in found]), BOOTSTRAP_EXTRA_STARTS + 1)

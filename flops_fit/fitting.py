@@ -40,6 +40,7 @@ import numpy as np
 # imports this package (whose `fit` is bound eagerly), and the two cost about 0.6 s of CPU
 # per process, paid by every trial of a sweep (benchmarks/RESULTS.md, import costs).
 
+from flops_fit import checks as C
 from flops_fit.law import compute_optimal_allocation, huber_lse_objective, parametric_loss
 from flops_fit.optimize import (BOOTSTRAP_CHUNK_ELEMENTS, BOOTSTRAP_ITERATIONS, EXPONENT_MIN, batched_lbfgs,
                                 domain_bounds, fit_parametric_params, tie)
@@ -440,11 +441,15 @@ class ScalingLaws:
 
         return report.summary_text(self)
 
-    def plot(self, out_dir) -> list:
-        """Write the IsoFLOP, optima-vs-compute and residual PNGs to out_dir; return paths."""
+    def plot(self, out_dir=None):
+        """The plots this fit supports: IsoFLOP curves, optima vs compute, parametric
+        residuals, backtest. Without out_dir, {name: matplotlib Figure} (for a notebook;
+        nothing is written); with out_dir, PNG files written there, and their paths."""
         from flops_fit import report
 
-        return report.plot_all(self, out_dir)
+        if out_dir is None:
+            return report.figures(self)
+        return report.write_figures(self, out_dir)
 
     def __str__(self):
         return self.summary()
@@ -649,22 +654,19 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
     tie_exponents: fit L(N, D) with alpha = beta (as e.g. Muennighoff et al. 2023 do).
     """
     import pandas as pd
-    if approach not in APPROACHES:
-        raise FitError(f"approach: unknown value {approach!r}; use one of {list(APPROACHES)}")
-    if optimum not in OPTIMA:
-        raise FitError(f"optimum: unknown value {optimum!r}; use one of {list(OPTIMA)}")
+    C.one_of(approach, "fit", "approach", APPROACHES, error=FitError)
+    C.one_of(optimum, "fit", "optimum", OPTIMA, error=FitError)
     if approach == "parametric" and optimum == "given":
         raise FitError("optimum='given' fits power laws to per-budget optima; use approach='isoflop' or 'auto'")
-    if not isinstance(bootstrap, (int, np.integer)) or isinstance(bootstrap, bool) or not 0 <= bootstrap <= MAX_BOOTSTRAP:
-        raise FitError(f"bootstrap: must be an integer from 0 to {MAX_BOOTSTRAP}, got {bootstrap!r} "
-                       "(1000 replicates give stable 95% intervals)")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise FitError(f"seed: must be a non-negative integer, got {seed!r}")
-    if not 0 < level < 1:
-        raise FitError(f"level: must be between 0 and 1, got {level!r}")
-    if not budget_rtol > 0:
-        raise FitError(f"budget_rtol: must be positive, got {budget_rtol!r}")
-    bootstrap = int(bootstrap)
+    bootstrap = C.integer(bootstrap, "fit", "bootstrap", "1000 replicates give stable 95% intervals; 0 disables",
+                          minimum=0, maximum=MAX_BOOTSTRAP, error=FitError)
+    seed = C.integer(seed, "fit", "seed", "the seed of the bootstrap's random generator", minimum=0, error=FitError)
+    level = C.fraction(level, "fit", "level", "the two-sided interval level, e.g. 0.95", open_low=True,
+                       open_high=True, error=FitError)
+    budget_rtol = C.positive_number(budget_rtol, "fit", "budget_rtol", "the relative FLOPs tolerance of a group",
+                                    error=FitError)
+    drop_highest_loss = C.integer(drop_highest_loss, "fit", "drop_highest_loss", "rows to drop", minimum=0,
+                                  error=FitError)
     prep = prepare(data, columns=columns, where=where, drop_highest_loss=drop_highest_loss,
                    budget_rtol=budget_rtol, holdout=holdout)
     points = prep.points

@@ -25,8 +25,8 @@ FIGURE_DPI = 120
 FIGURE_SIZE = (7.0, 5.0)  # inches
 BAND_ALPHA = 0.2  # opacity of bootstrap interval bands
 CURVE_POINTS = 200  # samples along each drawn curve
-PLOT_FILES = ("isoflop_curves.png", "optima_vs_compute.png", "parametric_residuals.png",
-              "backtest.png")
+PLOT_NAMES = ("isoflop_curves", "optima_vs_compute", "parametric_residuals", "backtest")
+PLOT_FILES = tuple(f"{name}.png" for name in PLOT_NAMES)  # what write_figures writes
 
 
 def default_budgets(laws):
@@ -193,10 +193,18 @@ def backtest_text(laws):
     return "\n".join(lines)
 
 
-def _new_figure():
-    fig = Figure(figsize=FIGURE_SIZE, dpi=FIGURE_DPI)
+def _new_figure(ncols: int = 1, width: float = 1.0, height: float = 1.0):
+    """(figure, axes): `ncols` axes side by side on a FIGURE_SIZE scaled by width x height,
+    drawn on its own Agg canvas (no pyplot: no global state, no GUI)."""
+    fig = Figure(figsize=(FIGURE_SIZE[0] * width, FIGURE_SIZE[1] * height), dpi=FIGURE_DPI)
     FigureCanvasAgg(fig)
-    return fig
+    return fig, fig.subplots(1, ncols)
+
+
+def _budget_colourbar(fig, cmap, norm, ax, label: str) -> None:
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=label)
 
 
 def _budget_colours(budgets):
@@ -207,10 +215,9 @@ def _budget_colours(budgets):
     return colormaps["viridis"], norm
 
 
-def plot_isoflop_curves(laws, path):
+def plot_isoflop_curves(laws) -> Figure:
     """Loss vs N (log x) per budget, fitted parabolas, optima; unbracketed ones hollow."""
-    fig = _new_figure()
-    ax = fig.add_subplot()
+    fig, ax = _new_figure()
     pts = laws.points
     opt = laws.isoflop.optima
     cmap, norm = _budget_colours(opt["budget"].to_numpy())
@@ -236,19 +243,14 @@ def plot_isoflop_curves(laws, path):
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"IsoFLOP profiles (optimum: {laws.isoflop.optimum})")
     ax.legend(loc="upper right", fontsize=8)
-    from matplotlib.cm import ScalarMappable
-
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="compute budget C (FLOPs)")
+    _budget_colourbar(fig, cmap, norm, ax, "compute budget C (FLOPs)")
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return fig
 
 
-def plot_optima_vs_compute(laws, path):
+def plot_optima_vs_compute(laws) -> Figure:
     """N_opt, D_opt, L_opt against C (log axes): per-budget optima, laws, bootstrap bands."""
-    fig = Figure(figsize=(FIGURE_SIZE[0] * 1.8, FIGURE_SIZE[1] * 0.9), dpi=FIGURE_DPI)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
+    fig, axes = _new_figure(3, width=1.8, height=0.9)
     if laws.isoflop is not None:
         opt = laws.isoflop.optima
     else:  # no IsoFLOP optima to show: only the parametric law's curves
@@ -290,15 +292,12 @@ def plot_optima_vs_compute(laws, path):
     axes[0].legend(fontsize=7, loc="upper left", title=band, title_fontsize=7)
     fig.suptitle("Compute-optimal allocation")
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return fig
 
 
-def plot_parametric_residuals(laws, path):
+def plot_parametric_residuals(laws) -> Figure:
     """Residual ln L_fit - ln L_obs vs N, and predicted vs observed loss."""
-    fig = Figure(figsize=(FIGURE_SIZE[0] * 1.6, FIGURE_SIZE[1]), dpi=FIGURE_DPI)
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
+    fig, (left, right) = _new_figure(2, width=1.6)
     pts = laws.points
     par = laws.parametric
     pred = par.loss(pts["params"], pts["tokens"])
@@ -318,19 +317,13 @@ def plot_parametric_residuals(laws, path):
     right.set_ylabel("fitted L(N, D) (nats/token)")
     right.set_title("Predicted vs observed")
     right.legend(fontsize=8)
-    from matplotlib.cm import ScalarMappable
-
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=[left, right],
-                 label="FLOP group C (FLOPs)")
-    fig.savefig(path)
-    return path
+    _budget_colourbar(fig, cmap, norm, [left, right], "FLOP group C (FLOPs)")
+    return fig
 
 
-def plot_backtest(laws, path):
+def plot_backtest(laws) -> Figure:
     """Held-out rows: predicted (with interval) against observed loss, and relative error vs N."""
-    fig = Figure(figsize=(FIGURE_SIZE[0] * 1.6, FIGURE_SIZE[1]), dpi=FIGURE_DPI)
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
+    fig, (left, right) = _new_figure(2, width=1.6)
     bt = laws.backtest
     fitted = laws.points
     left.scatter(fitted["loss"], laws.parametric.loss(fitted["params"], fitted["tokens"]), s=10,
@@ -354,20 +347,28 @@ def plot_backtest(laws, path):
     right.set_ylabel("relative error of predicted loss (%)")
     right.set_title("Backtest error per held-out row")
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return fig
 
 
-def plot_all(laws, out_dir):
-    """Write the plots to out_dir (created if missing); return the list of paths."""
+def figures(laws) -> dict:
+    """The plots the fit supports, {name: matplotlib Figure}; names are PLOT_FILES' stems."""
+    drawn = {}
+    if laws.isoflop is not None:
+        drawn["isoflop_curves"] = plot_isoflop_curves(laws)
+    drawn["optima_vs_compute"] = plot_optima_vs_compute(laws)
+    if laws.parametric is not None:
+        drawn["parametric_residuals"] = plot_parametric_residuals(laws)
+    if laws.backtest is not None:
+        drawn["backtest"] = plot_backtest(laws)
+    return drawn
+
+
+def write_figures(laws, out_dir) -> list:
+    """Write the plots as PNG files to out_dir (created if missing); return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    if laws.isoflop is not None:
-        paths.append(plot_isoflop_curves(laws, out / PLOT_FILES[0]))
-    paths.append(plot_optima_vs_compute(laws, out / PLOT_FILES[1]))
-    if laws.parametric is not None:
-        paths.append(plot_parametric_residuals(laws, out / PLOT_FILES[2]))
-    if laws.backtest is not None:
-        paths.append(plot_backtest(laws, out / PLOT_FILES[3]))
+    for name, fig in figures(laws).items():
+        paths.append(out / f"{name}.png")
+        fig.savefig(paths[-1])
     return paths

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import checks as C
 from .plan import SweepPlan
 
 PLAN_FILE = "plan.json"
@@ -68,10 +69,10 @@ class SweepResults:
 def hardware_use(metrics: dict) -> str:
     """'12.3 GFLOP/s, MFU 41.0 %  ' from a point's reported metrics ('' when it has none)."""
     flops = metrics.get("model_flops_per_s")
-    if not isinstance(flops, (int, float)) or not math.isfinite(flops):
+    if not C.is_positive_finite(flops):
         return ""
     mfu = metrics.get("mfu")
-    mfu_text = f", MFU {100 * mfu:.1f} %" if isinstance(mfu, (int, float)) and math.isfinite(mfu) else ""
+    mfu_text = f", MFU {100 * mfu:.1f} %" if C.is_positive_finite(mfu) else ""
     return f"{flops / 1e9:,.1f} GFLOP/s{mfu_text}  "
 
 

@@ -246,9 +246,9 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--seed", "-1"], "seed: must be a non-negative integer, got -1"),
+    (["--seed", "-1"], "fit(seed=-1) must be an int >= 0"),
     (["--where", "params.iloc[1000] > 0"], "where: 'params.iloc[1000] > 0': a subscript ([...]) is not allowed"),
-    (["--bootstrap", "1000000000"], "bootstrap: must be an integer from 0 to 100000"),
+    (["--bootstrap", "1000000000"], "fit(bootstrap=1000000000) must be an int from 0 to 100000"),
     (["--bootstrap", "many"], "argument --bootstrap: invalid int value: 'many'"),
     (["--approach", "both"], "argument --approach: invalid choice: 'both'"),
     (["--holdout", "params > 1e30"], "holdout: 'params > 1e30' selects no usable row"),
@@ -317,7 +317,7 @@ def test_tie_exponents(sweep):
 
 
 def test_approach_choice_is_validated(sweep):
-    with pytest.raises(FitError, match=r"approach: unknown value 'both'"):
+    with pytest.raises(FitError, match=r"fit\(approach='both'\) must be one of"):
         fit(sweep, approach="both")
     only = fit(sweep, bootstrap=0, approach="parametric")
     assert only.isoflop is None and "isoflop: not run (approach=parametric)" in only.approaches

@@ -54,7 +54,7 @@ def test_one_size_dial_grows_monotonically():
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True])
 def test_from_size_rejects_bad_size(bad):
-    with pytest.raises(ValueError, match="size must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"model_fn\(size=.*\) must be an int >= 1: it is the number of layers"):
         ViT.from_size(bad)
 
 
@@ -185,7 +185,7 @@ def test_image_folder_errors_name_the_fix(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "one" / "only" / "a.png")
     with pytest.raises(ValueError, match="at least 2 classes"):
         ImageFolder(tmp_path / "one")
-    with pytest.raises(ValueError, match="channels must be 1"):
+    with pytest.raises(ValueError, match=r"ImageFolder\(channels=2\) must be one of \[1, 3\]: 1 \(grayscale\) or 3 \(RGB\)"):
         ImageFolder(tmp_path, channels=2)
 
 

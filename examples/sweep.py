@@ -158,9 +158,6 @@ def plan_and_run(task, args):
     )
 
 
-RESULT_COLUMNS = ["point_id", "budget", "size", "params", "tokens", "loss", "status"]  # printed when no fit
-
-
 def report(results, args, loss_unit: str = "nats/token"):
     """Fit the finished sweep and print / write the answer; None if it cannot be fitted.
 
@@ -171,7 +168,7 @@ def report(results, args, loss_unit: str = "nats/token"):
     try:
         laws = ff.fit(results, bootstrap=args.bootstrap)
     except ff.FitError as e:
-        print("\n" + results.table[RESULT_COLUMNS].to_string(index=False))
+        print("\n" + results.to_markdown())
         print(f"\nThe sweep is too small to fit the scaling laws: {e}\nResults: {results.results_csv}")
         return None
     target = 100 * max(args.budgets)
@@ -183,12 +180,12 @@ def report(results, args, loss_unit: str = "nats/token"):
     out.mkdir(parents=True, exist_ok=True)
     plots = laws.plot(out)
     (out / "summary.txt").write_text(laws.summary() + "\n")
-    (out / "table.md").write_text(laws.table() + "\n")
+    (out / "table.md").write_text(laws.to_markdown() + "\n")
     prediction = laws.predict(target)
     prediction.to_csv(out / "prediction.csv", index=False)
 
     print("\n" + laws.summary())
-    print("\nCompute-optimal allocation (Chinchilla Table 3 style):\n" + laws.table())
+    print("\nCompute-optimal allocation (Chinchilla Table 3 style):\n" + laws.to_markdown())
     print(f"\nPrediction for C = {target:.3g} FLOPs (100x the largest budget):")
     for row in prediction.itertuples():
         print(f"  {row.approach:<11} N = {row.params:,.0f} [{row.params_low:,.0f}, {row.params_high:,.0f}]"

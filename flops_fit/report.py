@@ -54,10 +54,18 @@ def _with_interval(v, lo, hi, spec=".3g"):
     return _fmt(v, spec)
 
 
-def markdown_table(laws, budgets=None):
-    """Chinchilla-Table-3-style markdown: one row per approach per budget (FLOPs)."""
+def chinchilla_table(laws, budgets=None) -> pd.DataFrame:
+    """Chinchilla-Table-3-style: `laws.predict` at `budgets` (FLOPs; default_budgets when
+    None), one row per approach per budget, with tokens_per_param = D/N at the optimum."""
     budgets = default_budgets(laws) if budgets is None else np.atleast_1d(np.asarray(budgets, float))
     pred = laws.predict(budgets)
+    pred.insert(pred.columns.get_loc("tokens_high") + 1, "tokens_per_param", pred["tokens"] / pred["params"])
+    return pred
+
+
+def markdown_table(laws, budgets=None) -> str:
+    """chinchilla_table as markdown: intervals in brackets, extrapolated budgets marked."""
+    pred = chinchilla_table(laws, budgets)
     pct = int(round(100 * laws.level))
     lines = [
         f"| approach | FLOPs | parameters ({pct}% CI) | tokens ({pct}% CI) | tokens/parameter "
@@ -70,7 +78,7 @@ def markdown_table(laws, budgets=None):
         name = r.approach + (" (unreliable intervals)" if r.approach in unreliable else "")
         lines.append(
             f"| {name} | {flops} | {_with_interval(r.params, r.params_low, r.params_high)} "
-            f"| {_with_interval(r.tokens, r.tokens_low, r.tokens_high)} | {r.tokens / r.params:.3g} "
+            f"| {_with_interval(r.tokens, r.tokens_low, r.tokens_high)} | {r.tokens_per_param:.3g} "
             f"| {_with_interval(r.loss, r.loss_low, r.loss_high, '.4g')} |"
         )
     if pred["extrapolated"].any():

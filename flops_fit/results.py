@@ -39,6 +39,9 @@ COLUMNS = [
     # empty on CPUs and GPUs without a known peak); precision as trained; fp16 steps skipped.
     "model_flops_per_s", "mfu", "precision", "device", "micro_batch_size", "skipped_steps",
 ]
+# SweepResults.to_markdown: the columns shown by default, and significant digits of numbers.
+SUMMARY_COLUMNS = ("point_id", "budget", "size", "params", "tokens", "loss", "status")
+MARKDOWN_DIGITS = 4
 
 
 @dataclass
@@ -64,6 +67,24 @@ class SweepResults:
 
     def __repr__(self) -> str:
         return f"SweepResults({self.status_line()})"
+
+    def to_markdown(self, columns=SUMMARY_COLUMNS) -> str:
+        """The results table as markdown text, one row per point, `columns` only."""
+        columns = list(columns)
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for row in self.table[columns].itertuples(index=False):
+            lines.append("| " + " | ".join(_markdown_cell(v) for v in row) + " |")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the table."""
+        return self.table.to_html()
+
+
+def _markdown_cell(value) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.{MARKDOWN_DIGITS}g}"
+    return " ".join(str(value).split()).replace("|", "\\|")  # one line; a | would split the cell
 
 
 def hardware_use(metrics: dict) -> str:

@@ -146,3 +146,23 @@ def test_examples_pick_the_source_from_the_data_path(data_folder, monkeypatch):
         args = images.parse_args(["--data", path, "--image-size", "16", "--patch-size", "4"])
         assert isinstance(images.make_data(args), kind)
         assert images.make_task(args).model_fn(1).config.num_classes == 2
+
+
+def test_readme_fitting_snippet_runs(tmp_path, monkeypatch, capsys):
+    """The "In Python" snippet of the fitting section, on a synthetic sweep written as the
+    files it names: every call works and returns what its comment says."""
+    from conftest import synthetic_sweep
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Fitting results you already have")
+    code = re.findall(r"```python\n(.*?)```", text[start:text.index("\n## ", start + 1)], flags=re.S)[0]
+    sweep = synthetic_sweep()
+    sweep.to_csv(tmp_path / "results.csv", index=False)
+    sweep.assign(run=range(len(sweep))).to_csv(tmp_path / "runs.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md fitting snippet", "exec"), namespace)
+    laws = namespace["laws"]
+    assert "| isoflop |" in capsys.readouterr().out  # the markdown table was printed
+    assert list(laws.table.columns[:2]) == ["approach", "flops"] and "tokens_per_param" in laws.table
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f"{n}.png" for n in laws.plot())

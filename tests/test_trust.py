@@ -71,7 +71,7 @@ def _finite_real_table(laws):
     frame = laws.to_frame()
     assert all(isinstance(v, float) for v in frame["value"])
     assert np.isfinite(frame["value"]).all()
-    assert "j" not in laws.table()  # no complex number reaches a table
+    assert "j" not in laws.to_markdown()  # no complex number reaches a table
 
 
 def test_loss_rising_with_compute_warns_and_stays_real(sweep):
@@ -178,7 +178,7 @@ def test_mostly_dropped_bootstrap_marks_intervals_unreliable():
     assert laws.isoflop.bootstrap_failed > 40
     (w,) = [w for w in laws.warnings if w.startswith("isoflop intervals are UNRELIABLE")]
     assert f"{laws.isoflop.bootstrap_failed} of 200 bootstrap replicates were dropped" in w
-    assert "| isoflop (unreliable intervals) |" in laws.table([1e21])
+    assert "| isoflop (unreliable intervals) |" in laws.to_markdown([1e21])
     assert "IsoFLOP approach (optimum = parabola; C = budget FLOPs) -- UNRELIABLE intervals" in laws.summary()
 
 

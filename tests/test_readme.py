@@ -1,7 +1,6 @@
 """The README's bring-your-own-data snippets run as written, on small files of the names
 they use, and the examples' --data picks the matching source."""
 
-import importlib
 import pickle
 import re
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import flops_fit as ff
 from flops_fit.data import HFText, TextCorpus, TokenFile, write_token_file
 from flops_fit.task import check_task
+from toy import load_example
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Bring your own data"
@@ -138,8 +138,7 @@ def test_hf_errors_name_the_fix(data_folder):
 
 def test_examples_pick_the_source_from_the_data_path(data_folder, monkeypatch):
     from flops_fit.vision import HFImages, ImageFolder
-    monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    sweep, images = importlib.import_module("sweep"), importlib.import_module("images")
+    sweep, images = load_example("sweep"), load_example("images")
     kinds = {path: type(sweep.make_data([path], 64)) for path in ("my_corpus", "my_tokens", "my_hf_text")}
     assert kinds == {"my_corpus": TextCorpus, "my_tokens": TokenFile, "my_hf_text": HFText}
     for path, kind in (("my_images", ImageFolder), ("my_hf_images", HFImages)):

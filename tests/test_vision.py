@@ -2,7 +2,6 @@
 the example's smoke sweep on a real local Ray."""
 
 import functools
-import importlib
 import math
 import pickle
 import sys
@@ -17,8 +16,7 @@ from torch.utils.data import default_collate
 from flops_fit.flops import count_params
 from flops_fit.vision import (DigitsImages, ImageFolder, ViT, ViTConfig, classification_loss,
                               split_indices, vit)
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from toy import load_example
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5])
@@ -201,9 +199,8 @@ def test_vision_module_imports_without_sklearn():
 
 
 @pytest.fixture
-def images_example(monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))  # as when run as a script: `from sweep import report`
-    return importlib.import_module("images")
+def images_example():
+    return load_example("images")
 
 
 def test_example_task_counts_patches(images_example, tmp_path):

@@ -40,6 +40,13 @@ from .train import train_point
 DEFAULT_STORAGE = "~/flops_fit_runs"
 RETRY_FOREVER = -1  # max_failures=-1: restart a point's worker group without limit (FailureConfig)
 CHECKPOINTS_KEPT = 2  # per point; the older one survives a crash while the newer is written
+DEFAULT_RESOURCES_PER_WORKER = {"CPU": 1}  # one CPU core per Ray Train worker
+GPUS_PER_WORKER = 1  # with use_gpu: one whole GPU per worker (data parallel, no GPU sharing)
+# Tune's own console output: off, the sweep prints one line per point (callbacks.ProgressPrinter)
+TUNE_VERBOSITY = 0
+# Tune-level retries of a trial: none. Retries happen inside the trial (Train's FailureConfig
+# resumes from the last checkpoint); a failed point is rerun by running the sweep again.
+TRIAL_RETRIES = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +120,9 @@ def run_sweep(
     num_workers, max_failures, max_concurrent = _check_arguments(
         plan, task, name, num_workers, max_failures, max_concurrent)
     callbacks = check_callbacks(callbacks)
-    resources = dict(resources_per_worker or {"CPU": 1})
+    resources = dict(resources_per_worker or DEFAULT_RESOURCES_PER_WORKER)
     if use_gpu:
-        resources.setdefault("GPU", 1)
+        resources.setdefault("GPU", GPUS_PER_WORKER)
     resources = _check_resources(resources)
     task_pickle = _pickled_task(task)
     _check_learning_rates(task, plan)
@@ -149,7 +156,7 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
         max_failures=max_failures,
         train_storage=R.join(sweep_dir, "train"),
         dry_run=dry_run,
-        threads=int(resources.get("CPU", 1)) if not use_gpu else 0,
+        threads=int(resources.get("CPU", DEFAULT_RESOURCES_PER_WORKER["CPU"])) if not use_gpu else 0,
     )
     if verbose:
         print(plan.summary())
@@ -186,10 +193,8 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
                 metrics,
                 *callbacks,
             ],
-            verbose=0,
-            # Retries happen inside the trial (Train's FailureConfig resumes from the
-            # last checkpoint); a failed point is rerun by running the sweep again.
-            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=TUNE_VERBOSITY,
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
         ),
     )
     tuner.fit()

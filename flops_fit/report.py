@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
 from flops_fit.fitting import EXTRAPOLATION_FACTOR, MAX_DROPPED_SHARE, MAX_THIN_SHARE
+from flops_fit.law import HUBER_DELTA
 
 # Default prediction budgets: the sweep's budgets plus this many powers of ten above the
 # largest one (Chinchilla Table 3 extrapolates several decades past the sweep).
@@ -25,6 +26,9 @@ FIGURE_DPI = 120
 FIGURE_SIZE = (7.0, 5.0)  # inches
 BAND_ALPHA = 0.2  # opacity of bootstrap interval bands
 CURVE_POINTS = 200  # samples along each drawn curve
+LEGEND_FONT_SIZE = 8  # points: the legends sit inside the axes and must not hide the data
+NARROW_LEGEND_FONT_SIZE = 7  # points: the three narrow panels of optima vs compute
+EXCLUDED_ROWS_SHOWN = 12  # the summary lists this many excluded row numbers per reason, then "..."
 PLOT_NAMES = ("isoflop_curves", "optima_vs_compute", "parametric_residuals", "backtest")
 PLOT_FILES = tuple(f"{name}.png" for name in PLOT_NAMES)  # what write_figures writes
 
@@ -145,7 +149,7 @@ def summary_text(laws):
         out += [
             "",
             f"Parametric approach L(N, D) = E + A/N^alpha + B/D^beta "
-            f"({par.n_points} points, Huber delta=1e-3 on log loss, objective {par.objective:.6g})"
+            f"({par.n_points} points, Huber delta={HUBER_DELTA:g} on log loss, objective {par.objective:.6g})"
             + (", alpha = beta" if par.tie_exponents else "") + label,
             f"  E = {par.E}   A = {par.A}   B = {par.B}",
             f"  alpha = {par.alpha}   beta = {par.beta}",
@@ -168,8 +172,8 @@ def summary_text(laws):
                 which = ", ".join(f"{b:.3g}" for b in grp["budget"])
                 out.append(f"  budget(s) {which} FLOPs: {reason}")
             else:
-                rows = ", ".join(str(int(r)) for r in grp["row"].head(12))
-                more = " ..." if len(grp) > 12 else ""
+                rows = ", ".join(str(int(r)) for r in grp["row"].head(EXCLUDED_ROWS_SHOWN))
+                more = " ..." if len(grp) > EXCLUDED_ROWS_SHOWN else ""
                 out.append(f"  {len(grp)} row(s) [{rows}{more}]: {reason}")
     if laws.provenance:
         out += ["", "Provenance"]
@@ -250,7 +254,7 @@ def plot_isoflop_curves(laws) -> Figure:
     ax.set_xlabel("model size N (parameters)")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"IsoFLOP profiles (optimum: {laws.isoflop.optimum})")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=LEGEND_FONT_SIZE)
     _budget_colourbar(fig, cmap, norm, ax, "compute budget C (FLOPs)")
     fig.tight_layout()
     return fig
@@ -297,7 +301,8 @@ def plot_optima_vs_compute(laws) -> Figure:
         ax.set_title(label.split(" ")[0] + " vs compute")
     pct = int(round(100 * laws.level))
     band = f"bands: {pct}% bootstrap intervals" if laws.bootstrap else "no bootstrap"
-    axes[0].legend(fontsize=7, loc="upper left", title=band, title_fontsize=7)
+    axes[0].legend(fontsize=NARROW_LEGEND_FONT_SIZE, loc="upper left", title=band,
+                   title_fontsize=NARROW_LEGEND_FONT_SIZE)
     fig.suptitle("Compute-optimal allocation")
     fig.tight_layout()
     return fig
@@ -324,7 +329,7 @@ def plot_parametric_residuals(laws) -> Figure:
     right.set_xlabel("observed loss (nats/token)")
     right.set_ylabel("fitted L(N, D) (nats/token)")
     right.set_title("Predicted vs observed")
-    right.legend(fontsize=8)
+    right.legend(fontsize=LEGEND_FONT_SIZE)
     _budget_colourbar(fig, cmap, norm, [left, right], "FLOP group C (FLOPs)")
     return fig
 
@@ -347,7 +352,7 @@ def plot_backtest(laws) -> Figure:
     left.set_xlabel("observed loss (nats/token)")
     left.set_ylabel("predicted L(N, D) (nats/token)")
     left.set_title("Backtest: held-out rows")
-    left.legend(fontsize=8)
+    left.legend(fontsize=LEGEND_FONT_SIZE)
     right.scatter(bt["params"], 100 * bt["relative_error"], color="tab:red")
     right.axhline(0.0, color="black", lw=0.8)
     right.set_xscale("log")

@@ -61,8 +61,8 @@ def fraction(value, call: str, arg: str, fix: str = "", *, open_low: bool = Fals
              error: type = ValueError) -> float:
     """A number in [0, 1] (open at either end on request), as a float: a probability,
     a share of a run, an interval level."""
-    low_ok = value > 0 if open_low else value >= 0
-    ok = is_real(value) and _finite(value) and low_ok and (value < 1 if open_high else value <= 1)
+    ok = is_real(value) and _finite(value) and (value > 0 if open_low else value >= 0) and (
+        value < 1 if open_high else value <= 1)
     if not ok:
         span = f"{'(' if open_low else '['}0, 1{')' if open_high else ']'}"
         _refuse(call, arg, value, f"a number in {span}", fix, error)

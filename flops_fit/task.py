@@ -85,8 +85,10 @@ class Task:
             self._set(name, C.integer(getattr(self, name), "Task", name, "0 picks a default", minimum=0))
         if not callable(self.lr):
             self._set("lr", C.positive_number(self.lr, "Task", "lr", "the peak AdamW learning rate"))
-        for name in ("warmup_fraction", "min_lr_fraction"):
-            self._set(name, C.fraction(getattr(self, name), "Task", name, "a share of a point's steps / of the peak"))
+        self._set("warmup_fraction", C.fraction(self.warmup_fraction, "Task", "warmup_fraction",
+                                                "the share of a point's steps spent warming up"))
+        self._set("min_lr_fraction", C.fraction(self.min_lr_fraction, "Task", "min_lr_fraction",
+                                                "the share of the peak lr the cosine decay ends at"))
         for name in ("weight_decay", "grad_clip"):  # `value < 0` alone would let a NaN through
             self._set(name, C.non_negative_number(getattr(self, name), "Task", name))
         _check_betas(self.betas)

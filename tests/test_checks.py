@@ -53,6 +53,13 @@ def test_message_names_call_argument_need_and_fix():
         C.fraction(1.0, "fit", "level", open_low=True, open_high=True, error=FitError)
 
 
+@pytest.mark.parametrize("value", ["0.5", None, float("nan"), float("inf"), 2**2000])
+def test_not_a_usable_number_is_a_value_error_naming_it(value):
+    for check in (C.positive_number, C.non_negative_number, C.fraction):
+        with pytest.raises(ValueError, match=r"^f\(x="):
+            check(value, "f", "x")
+
+
 def test_integer_refuses_floats_even_whole_ones():
     assert type(C.integer(np.int32(4), "f", "n")) is int
     with pytest.raises(ValueError, match=r"f\(n=4.0\) must be an int >= 1"):

@@ -23,10 +23,10 @@ import functools
 import flops_fit as ff
 from flops_fit.data import is_hf_dataset
 from flops_fit.vision import DigitsImages, HFImages, ImageFolder, ViT, classification_loss
-
-# examples/ is on sys.path when this file runs as a script: the text example's report()
-# fits, prints and writes the same answer for any modality.
-from sweep import add_plan_arguments, add_run_arguments, finish_args, plan_and_run, report, run_settings
+# the flags, planning, running and report every sweep script shares: the report fits,
+# prints and writes the same answer for any modality
+from flops_fit.sweep_script import (add_plan_arguments, add_run_arguments, finish_args, plan_and_run, report,
+                                    run_settings)
 
 # Defaults sized for a 2-core laptop CPU: ViTs of ~1.7k-40k parameters on the digits.
 # The dial is n_layer = size, n_embd = ASPECT * size; at each budget, sizes are centred on

@@ -130,7 +130,7 @@ class LiveFit(tune.Callback):
         if "://" in live:
             return  # plots are drawn on local disk; fit a remote sweep with `flops-fit fit URI`
         laws.plot(live)
-        R.write_text_atomic(R.join(live, "table.md"), laws.table() + "\n")
+        R.write_text_atomic(R.join(live, "table.md"), laws.to_markdown() + "\n")
         R.write_text_atomic(R.join(live, "summary.txt"), laws.summary() + "\n")
         if self.verbose:
             print(f"  live fit ({(table.status == 'ok').sum()} points) -> {live}", flush=True)

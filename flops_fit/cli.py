@@ -84,7 +84,7 @@ def main(argv=None):
                    seed=args.seed, columns=_mapping(args.map), where=args.where, holdout=args.holdout,
                    drop_highest_loss=args.drop_highest_loss, budget_rtol=args.budget_rtol,
                    tie_exponents=args.tie_exponents)
-        table = laws.table(args.predict)
+        table = laws.to_markdown(args.predict)
     except FitError as err:
         print(f"flops-fit: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT

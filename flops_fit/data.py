@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import checks as C
+
 BYTE_VOCAB = 256  # UTF-8 bytes: every text is representable, no tokenizer to ship
 SEPARATOR = 0  # appended after every file: NUL never occurs in text, so it marks "document ends"
 # directories are walked for these; files named explicitly are taken whatever their extension
@@ -40,8 +42,7 @@ class TokenDataset(torch.utils.data.Dataset):
     def __init__(self, tokens: np.ndarray, seq_len: int, vocab_size: int = BYTE_VOCAB):
         if tokens.ndim != 1:
             raise ValueError(f"tokens must be a 1-D array of token ids, got shape {tokens.shape}")
-        if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        C.integer(seq_len, "TokenDataset", "seq_len", "tokens per sample")
         self.tokens = tokens
         self.seq_len = seq_len
         self.num_tokens = len(tokens)
@@ -58,6 +59,45 @@ class TokenDataset(torch.utils.data.Dataset):
             raise IndexError(f"sample {i} out of range for {n} samples")
         start = i * self.seq_len
         return torch.from_numpy(self.tokens[start:start + self.seq_len + 1].astype(np.int64))
+
+
+def settings_repr(obj, *positional, **settings) -> str:
+    """`Name(positional, key=value, ...)`, every value as its repr: the call that rebuilds a
+    data source. The sweep record compares Tasks by these strings, so they hold settings only."""
+    args = [repr(v) for v in positional] + [f"{k}={v!r}" for k, v in settings.items()]
+    return f"{type(obj).__name__}({', '.join(args)})"
+
+
+def keep_settings(obj, **settings) -> None:
+    """Store a data source's settings as its attributes. A source holds settings only, so it
+    pickles small and each Ray worker builds the data itself when it calls the source."""
+    for name, value in settings.items():
+        setattr(obj, name, value)
+
+
+class _WindowSource:
+    """What the token sources share: samples are windows of seq_len tokens, and the
+    vocabulary is as given, else found once by `_scan_vocab` and remembered."""
+
+    seq_len: int
+    _vocab_size: int | None
+
+    @property
+    def tokens_per_sample(self) -> int:
+        return self.seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        if self._vocab_size is None:
+            self._vocab_size = self._scan_vocab()
+        return self._vocab_size
+
+
+def _check_windows(call: str, seq_len, val_every=None, unit: str = "file") -> None:
+    """The settings the token sources share, checked before any file is read."""
+    C.integer(seq_len, call, "seq_len", "tokens per sample (the window length)")
+    if val_every is not None:
+        C.integer(val_every, call, "val_every", f"every val_every-th {unit} is validation", minimum=2)
 
 
 def _check_splits(train: np.ndarray, val: np.ndarray, seq_len: int, what: str, fixes: tuple):
@@ -121,7 +161,7 @@ def _open_tokens(path: Path, dtype: np.dtype) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-class TextCorpus:
+class TextCorpus(_WindowSource):
     """Byte-level corpus from text files, split into train / validation by file.
 
     paths: files and/or directories (walked recursively for TEXT_SUFFIXES); None means the
@@ -135,21 +175,11 @@ class TextCorpus:
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.paths = None if paths is None else [str(p) for p in paths]
-        if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1 tokens, got {seq_len}")
-        if val_every < 2:
-            raise ValueError(f"val_every must be >= 2 (every val_every-th file is validation), got {val_every}")
+        _check_windows("TextCorpus", seq_len, val_every)
         self.seq_len = seq_len
         self.val_every = val_every
         self.cache_dir = None if cache_dir is None else str(cache_dir)
-
-    @property
-    def tokens_per_sample(self) -> int:
-        return self.seq_len
-
-    @property
-    def vocab_size(self) -> int:
-        return BYTE_VOCAB
+        self._vocab_size = BYTE_VOCAB
 
     def files(self) -> list:
         """The corpus's non-empty files, sorted: the order fixes the split and the hash."""
@@ -233,11 +263,11 @@ class TextCorpus:
                 f"seq_len {self.seq_len}")
 
     def __repr__(self) -> str:
-        return (f"TextCorpus(paths={self.paths!r}, seq_len={self.seq_len}, "
-                f"val_every={self.val_every}, cache_dir={self.cache_dir!r})")
+        return settings_repr(self, paths=self.paths, seq_len=self.seq_len, val_every=self.val_every,
+                             cache_dir=self.cache_dir)
 
 
-class TokenFile:
+class TokenFile(_WindowSource):
     """Pre-tokenized binary token files (nanoGPT layout: train.bin / val.bin, uint16 LE).
 
     train: a file, or a directory holding train.bin (and optionally val.bin). Without a
@@ -255,27 +285,16 @@ class TokenFile:
             raise FileNotFoundError(f"token file {train} does not exist")
         if val is not None and not Path(val).is_file():
             raise FileNotFoundError(f"validation token file {val} does not exist")
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1 tokens, got {seq_len}")
-        self.train = str(train)
-        self.val = None if val is None else str(val)
-        self.seq_len = seq_len
-        self.dtype = np.dtype(dtype).newbyteorder("<").str  # a string: pickles everywhere
-        self.val_fraction = val_fraction
-        self._vocab_size = vocab_size
+        C.fraction(val_fraction, "TokenFile", "val_fraction", "the held-out share of train", open_low=True,
+                   open_high=True)
+        _check_windows("TokenFile", seq_len)
+        keep_settings(self, train=str(train), val=None if val is None else str(val), seq_len=seq_len,
+                      dtype=np.dtype(dtype).newbyteorder("<").str,  # a string: pickles everywhere
+                      val_fraction=val_fraction,
+                      _vocab_size=vocab_size)  # None: the largest token id + 1, scanned when first asked
 
-    @property
-    def tokens_per_sample(self) -> int:
-        return self.seq_len
-
-    @property
-    def vocab_size(self) -> int:
-        """As given, else the largest token id + 1 (scanned once, then remembered)."""
-        if self._vocab_size is None:
-            self._vocab_size = max(int(a.max()) for a in self._arrays()) + 1
-        return self._vocab_size
+    def _scan_vocab(self) -> int:
+        return max(int(a.max()) for a in self._arrays()) + 1
 
     def _arrays(self) -> tuple:
         tokens = _open_tokens(Path(self.train), np.dtype(self.dtype))
@@ -300,9 +319,9 @@ class TokenFile:
                 f"seq_len {self.seq_len}")
 
     def __repr__(self) -> str:
-        return (f"TokenFile(train={self.train!r}, val={self.val!r}, seq_len={self.seq_len}, "
-                f"dtype={np.dtype(self.dtype).name!r}, vocab_size={self._vocab_size!r}, "
-                f"val_fraction={self.val_fraction})")
+        return settings_repr(self, train=self.train, val=self.val, seq_len=self.seq_len,
+                             dtype=np.dtype(self.dtype).name, vocab_size=self._vocab_size,
+                             val_fraction=self.val_fraction)
 
 
 def is_hf_dataset(path) -> bool:
@@ -329,7 +348,7 @@ def load_hf_dataset(path: str, who: str):
     return datasets.load_from_disk(path)
 
 
-class HFText:
+class HFText(_WindowSource):
     """A Hugging Face `datasets` dataset on local disk, read with `datasets.load_from_disk`
     (what `Dataset.save_to_disk` / `DatasetDict.save_to_disk` wrote); nothing is downloaded.
 
@@ -346,35 +365,16 @@ class HFText:
                  val_split: str = "validation", val_every: int = 10, vocab_size: int | None = None,
                  cache_dir=None):
         path = hf_dataset_folder(path, "HFText")
-        if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1 tokens, got {seq_len}")
-        if val_every < 2:
-            raise ValueError(f"val_every must be >= 2 (every val_every-th row is validation), got {val_every}")
-        self.path = path
-        self.column = column
-        self.seq_len = seq_len
-        self.train_split = train_split
-        self.val_split = val_split
-        self.val_every = val_every
-        self.cache_dir = None if cache_dir is None else str(cache_dir)
-        self._vocab_size = vocab_size
-
-    @property
-    def tokens_per_sample(self) -> int:
-        return self.seq_len
-
-    @property
-    def vocab_size(self) -> int:
-        """256 for a text column; else as given, or the largest token id + 1.
-
-        Read from the dataset's Arrow columns (the schema for text, one max over the ids),
-        so asking on the driver neither tokenizes the dataset nor writes the token cache.
-        """
-        if self._vocab_size is None:
-            self._vocab_size = self._scan_vocab()
-        return self._vocab_size
+        _check_windows("HFText", seq_len, val_every, unit="row")
+        keep_settings(self, path=path, column=column, seq_len=seq_len, train_split=train_split,
+                      val_split=val_split, val_every=val_every,
+                      cache_dir=None if cache_dir is None else str(cache_dir),
+                      _vocab_size=vocab_size)  # None: found from the column when first asked
 
     def _scan_vocab(self) -> int:
+        """256 for a text column, else the largest token id + 1. Read from the dataset's Arrow
+        columns (the schema for text, one max over the ids), so asking on the driver neither
+        tokenizes the dataset nor writes the token cache."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -467,6 +467,6 @@ class HFText:
                 f"seq_len {self.seq_len}")
 
     def __repr__(self) -> str:
-        return (f"HFText({self.path!r}, column={self.column!r}, seq_len={self.seq_len}, "
-                f"train_split={self.train_split!r}, val_split={self.val_split!r}, "
-                f"val_every={self.val_every}, vocab_size={self._vocab_size!r}, cache_dir={self.cache_dir!r})")
+        return settings_repr(self, self.path, column=self.column, seq_len=self.seq_len,
+                             train_split=self.train_split, val_split=self.val_split, val_every=self.val_every,
+                             vocab_size=self._vocab_size, cache_dir=self.cache_dir)

@@ -20,7 +20,6 @@ The pattern of Ray's own `doc_code/train_tune_interop.py`, public API only:
 from __future__ import annotations
 
 import dataclasses
-import math
 import pickle
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import ray.cloudpickle
 import ray.train
 from ray import tune
 
+from . import checks as C
 from . import results as R
 from .callbacks import LiveFit, ProgressPrinter, ResultsWriter, SweepMetrics, check_callbacks, point_id
 from .plan import SweepPlan, SweepPoint
@@ -40,6 +40,13 @@ from .train import train_point
 DEFAULT_STORAGE = "~/flops_fit_runs"
 RETRY_FOREVER = -1  # max_failures=-1: restart a point's worker group without limit (FailureConfig)
 CHECKPOINTS_KEPT = 2  # per point; the older one survives a crash while the newer is written
+DEFAULT_RESOURCES_PER_WORKER = {"CPU": 1}  # one CPU core per Ray Train worker
+GPUS_PER_WORKER = 1  # with use_gpu: one whole GPU per worker (data parallel, no GPU sharing)
+# Tune's own console output: off, the sweep prints one line per point (callbacks.ProgressPrinter)
+TUNE_VERBOSITY = 0
+# Tune-level retries of a trial: none. Retries happen inside the trial (Train's FailureConfig
+# resumes from the last checkpoint); a failed point is rerun by running the sweep again.
+TRIAL_RETRIES = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,12 +117,13 @@ def run_sweep(
             (with settings for a small machine; a cluster keeps its own).
         live_fit: refit and redraw the table and plots in the sweep folder as points finish.
     """
-    _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent)
+    num_workers, max_failures, max_concurrent = _check_arguments(
+        plan, task, name, num_workers, max_failures, max_concurrent)
     callbacks = check_callbacks(callbacks)
-    resources = dict(resources_per_worker or {"CPU": 1})
+    resources = dict(resources_per_worker or DEFAULT_RESOURCES_PER_WORKER)
     if use_gpu:
-        resources.setdefault("GPU", 1)
-    _check_resources(resources)
+        resources.setdefault("GPU", GPUS_PER_WORKER)
+    resources = _check_resources(resources)
     task_pickle = _pickled_task(task)
     _check_learning_rates(task, plan)
     dry_run = dry_run_law(dry_run)
@@ -148,7 +156,7 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
         max_failures=max_failures,
         train_storage=R.join(sweep_dir, "train"),
         dry_run=dry_run,
-        threads=int(resources.get("CPU", 1)) if not use_gpu else 0,
+        threads=int(resources.get("CPU", DEFAULT_RESOURCES_PER_WORKER["CPU"])) if not use_gpu else 0,
     )
     if verbose:
         print(plan.summary())
@@ -185,10 +193,8 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
                 metrics,
                 *callbacks,
             ],
-            verbose=0,
-            # Retries happen inside the trial (Train's FailureConfig resumes from the
-            # last checkpoint); a failed point is rerun by running the sweep again.
-            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=TUNE_VERBOSITY,
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
         ),
     )
     tuner.fit()
@@ -254,15 +260,13 @@ def _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent
         )
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise ValueError(f"run_sweep(name={name!r}): give a plain folder name such as 'gpt-cpu-sweep'.")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-        raise ValueError(f"run_sweep(num_workers={num_workers!r}) must be an int >= 1.")
+    num_workers = C.integer(num_workers, "run_sweep", "num_workers", "workers per point")
     task.accumulation_steps(num_workers)  # the global batch splits into equal micro-batches
-    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < RETRY_FOREVER:
-        raise ValueError(
-            f"run_sweep(max_failures={max_failures!r}) must be an int >= 0, or -1 to retry without limit."
-        )
-    if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1):
-        raise ValueError(f"run_sweep(max_concurrent={max_concurrent!r}) must be None or an int >= 1.")
+    max_failures = C.integer(max_failures, "run_sweep", "max_failures", "or -1 to retry without limit",
+                             minimum=RETRY_FOREVER)
+    if max_concurrent is not None:
+        max_concurrent = C.integer(max_concurrent, "run_sweep", "max_concurrent", "or None for as many as fit")
+    return num_workers, max_failures, max_concurrent
 
 
 def _storage_uri(storage_path) -> str:
@@ -274,13 +278,12 @@ def _storage_uri(storage_path) -> str:
 
 
 
-def _check_resources(resources: dict) -> None:
+def _check_resources(resources: dict) -> dict:
+    """The resources as plain Python numbers (Ray's placement groups take no numpy scalars)."""
     for key, value in resources.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(
-                f"run_sweep(resources_per_worker={resources!r}): {key}={value!r} must be a finite "
-                "number > 0 (leave a resource out rather than ask for 0 of it)."
-            )
+        C.positive_number(value, "run_sweep", f"resources_per_worker[{key!r}]",
+                          "leave a resource out rather than ask for 0 of it")
+    return {key: int(value) if C.is_int(value) else float(value) for key, value in resources.items()}
 
 
 def _pickled_task(task: Task) -> bytes:

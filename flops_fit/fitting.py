@@ -40,6 +40,7 @@ import numpy as np
 # imports this package (whose `fit` is bound eagerly), and the two cost about 0.6 s of CPU
 # per process, paid by every trial of a sweep (benchmarks/RESULTS.md, import costs).
 
+from flops_fit import checks as C
 from flops_fit.law import compute_optimal_allocation, huber_lse_objective, parametric_loss
 from flops_fit.optimize import (BOOTSTRAP_CHUNK_ELEMENTS, BOOTSTRAP_ITERATIONS, EXPONENT_MIN, batched_lbfgs,
                                 domain_bounds, fit_parametric_params, tie)
@@ -235,6 +236,23 @@ def _percentile_interval(samples, level):
     return (float(lo), float(hi))
 
 
+# What every predict returns, one row per compute budget C: flops (C, FLOPs), then
+# params (N_opt), tokens (D_opt) and loss (nats per token), each with its bootstrap
+# interval (*_low, *_high; NaN without bootstrap).
+PREDICTED = ("params", "tokens", "loss")
+PREDICTION_COLUMNS = ["flops"] + [f"{q}{end}" for q in PREDICTED for end in ("", "_low", "_high")]
+
+
+def _prediction_frame(flops, point, intervals) -> pd.DataFrame:
+    """PREDICTION_COLUMNS from the point predictions and their (low, high) intervals."""
+    import pandas as pd
+    columns = {"flops": flops}
+    for j, name in enumerate(PREDICTED):
+        low, high = intervals[j] if intervals is not None else (np.full_like(point[j], np.nan),) * 2
+        columns.update({name: point[j], f"{name}_low": low, f"{name}_high": high})
+    return pd.DataFrame(columns, columns=PREDICTION_COLUMNS)
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A fitted number and its bootstrap percentile interval (NaN when bootstrap=0)."""
@@ -262,7 +280,7 @@ def _estimate(value, samples, level):
 
 
 @dataclass
-class IsoflopLaws:
+class IsoflopLaw:
     """N_opt = k_N C^a, D_opt = k_D C^b, L_opt = k_L C^loss_exponent (C in FLOPs).
 
     `optima`: one row per budget (budget in FLOPs, params_opt, tokens_opt, loss_opt in nats
@@ -289,21 +307,19 @@ class IsoflopLaws:
         """Share of the budgets in the power laws whose parabola rests on exactly 3 sizes."""
         return len(self.thin_budgets) / max(1, int(self.optima["bracketed"].sum()))
 
-    def predict(self, flops, level=INTERVAL_LEVEL):
-        """(N_opt, D_opt, L_opt) for compute C in FLOPs, each (value, low, high) arrays."""
+    def predict(self, flops, level=INTERVAL_LEVEL) -> pd.DataFrame:
+        """N_opt, D_opt, L_opt for compute C in FLOPs: one row per C, PREDICTION_COLUMNS."""
         c = np.atleast_1d(np.asarray(flops, float))
         lc = np.log(c)
         point = [np.exp(np.log(k.value) + e.value * lc) for k, e in
                  ((self.k_N, self.a), (self.k_D, self.b), (self.k_L, self.loss_exponent))]
-        out = []
-        for j, val in enumerate(point):
-            if self.samples is None or len(self.samples) < 2:
-                out.append((val, np.full_like(val, np.nan), np.full_like(val, np.nan)))
-                continue
+        if self.samples is None or len(self.samples) < 2:
+            return _prediction_frame(c, point, None)
+        intervals = []
+        for j in range(len(point)):
             draws = np.exp(self.samples[:, 2 * j, None] + self.samples[:, 2 * j + 1, None] * lc)
-            lo, hi = np.array([_percentile_interval(d, level) for d in draws.T]).T
-            out.append((val, lo, hi))
-        return out
+            intervals.append(np.array([_percentile_interval(d, level) for d in draws.T]).T)
+        return _prediction_frame(c, point, intervals)
 
 
 @dataclass
@@ -335,8 +351,8 @@ class ParametricLaw:
         return parametric_loss(params, tokens, self.E.value, self.A.value, self.B.value,
                                self.alpha.value, self.beta.value)
 
-    def predict(self, flops, level=INTERVAL_LEVEL):
-        """(N_opt, D_opt, L(N_opt, D_opt)) for C in FLOPs, each (value, low, high)."""
+    def predict(self, flops, level=INTERVAL_LEVEL) -> pd.DataFrame:
+        """N_opt, D_opt, L(N_opt, D_opt) for C in FLOPs: one row per C, PREDICTION_COLUMNS."""
         c = np.atleast_1d(np.asarray(flops, float))
         k = self.flops_per_param_token
 
@@ -346,14 +362,13 @@ class ParametricLaw:
 
         point = at(self.E.value, self.A.value, self.B.value, self.alpha.value, self.beta.value)
         if self.samples is None or len(self.samples) < 2:
-            return [(v, np.full_like(v, np.nan), np.full_like(v, np.nan)) for v in point]
+            return _prediction_frame(c, point, None)
         draws = [at(*row) for row in self.samples]
-        out = []
-        for j, val in enumerate(point):
+        intervals = []
+        for j in range(len(point)):
             stack = np.array([d[j] for d in draws])
-            lo, hi = np.array([_percentile_interval(col, level) for col in stack.T]).T
-            out.append((val, lo, hi))
-        return out
+            intervals.append(np.array([_percentile_interval(col, level) for col in stack.T]).T)
+        return _prediction_frame(c, point, intervals)
 
 
 APPROACH_ISOFLOP = "isoflop"
@@ -364,13 +379,13 @@ APPROACH_PARAMETRIC = "parametric"
 class ScalingLaws:
     """The fitted scaling laws of one sweep (or published data set).
 
-    isoflop: IsoflopLaws (Approach 2); parametric: ParametricLaw (Approach 3);
+    isoflop: IsoflopLaw (Approach 2); parametric: ParametricLaw (Approach 3);
     points: the rows used (params, tokens, flops, loss, budget, row);
     excluded: DataFrame of every row or budget left out, with its reason;
     notes: how the table was read (mappings, derived columns, FLOP convention).
     """
 
-    isoflop: IsoflopLaws | None
+    isoflop: IsoflopLaw | None
     parametric: ParametricLaw | None
     points: pd.DataFrame
     excluded: pd.DataFrame
@@ -398,27 +413,31 @@ class ScalingLaws:
         if not (np.all(np.isfinite(c)) and np.all(c > 0)):
             raise FitError(f"predict: compute budgets must be positive FLOPs, got {flops!r}")
         frames = []
-        approaches = []
-        if self.isoflop is not None:
-            approaches.append((APPROACH_ISOFLOP, self.isoflop.predict(c, self.level)))
-        if self.parametric is not None:
-            approaches.append((APPROACH_PARAMETRIC, self.parametric.predict(c, self.level)))
-        for name, (n, d, l) in approaches:
-            frames.append(pd.DataFrame({
-                "approach": name, "flops": c,
-                "params": n[0], "params_low": n[1], "params_high": n[2],
-                "tokens": d[0], "tokens_low": d[1], "tokens_high": d[2],
-                "loss": l[0], "loss_low": l[1], "loss_high": l[2],
-                "extrapolated": c > EXTRAPOLATION_FACTOR * self.max_fitted_flops,
-            }))
+        for name, law in ((APPROACH_ISOFLOP, self.isoflop), (APPROACH_PARAMETRIC, self.parametric)):
+            if law is not None:
+                frame = law.predict(c, self.level)
+                frame.insert(0, "approach", name)
+                frame["extrapolated"] = c > EXTRAPOLATION_FACTOR * self.max_fitted_flops
+                frames.append(frame)
         return pd.concat(frames, ignore_index=True)
 
-    def table(self, budgets=None) -> str:
-        """Chinchilla-Table-3-style markdown table (FLOPs, parameters, tokens, tokens per
-        parameter, loss) per approach."""
+    @property
+    def table(self) -> pd.DataFrame:
+        """The Chinchilla-Table-3-style table as a DataFrame: `predict` at the swept budgets
+        and a few decades above them, with tokens_per_param (D/N at the optimum)."""
+        from flops_fit import report
+
+        return report.chinchilla_table(self)
+
+    def to_markdown(self, budgets=None) -> str:
+        """That table as markdown text (at `budgets`, FLOPs, if given), intervals in brackets."""
         from flops_fit import report
 
         return report.markdown_table(self, budgets)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the table."""
+        return self.table.to_html()
 
     def to_frame(self) -> pd.DataFrame:
         """Fitted quantities as a tidy DataFrame: approach, quantity, value, low, high."""
@@ -440,11 +459,15 @@ class ScalingLaws:
 
         return report.summary_text(self)
 
-    def plot(self, out_dir) -> list:
-        """Write the IsoFLOP, optima-vs-compute and residual PNGs to out_dir; return paths."""
+    def plot(self, out_dir=None):
+        """The plots this fit supports: IsoFLOP curves, optima vs compute, parametric
+        residuals, backtest. Without out_dir, {name: matplotlib Figure} (for a notebook;
+        nothing is written); with out_dir, PNG files written there, and their paths."""
         from flops_fit import report
 
-        return report.plot_all(self, out_dir)
+        if out_dir is None:
+            return report.figures(self)
+        return report.write_figures(self, out_dir)
 
     def __str__(self):
         return self.summary()
@@ -545,7 +568,7 @@ def _isoflop_laws(points, optima, optimum, k, bootstrap, rng, level):
     k_n, a = est(0, 1, fitted[0])
     k_d, b = est(2, 3, fitted[1])
     k_l, lexp = est(4, 5, fitted[2])
-    return IsoflopLaws(optimum, a, b, k_n, k_d, k_l, lexp, optima, k, samples, failed, thin)
+    return IsoflopLaw(optimum, a, b, k_n, k_d, k_l, lexp, optima, k, samples, failed, thin)
 
 
 def _parametric_law(points, k, bootstrap, rng, level, tie_exponents=False):
@@ -649,22 +672,19 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
     tie_exponents: fit L(N, D) with alpha = beta (as e.g. Muennighoff et al. 2023 do).
     """
     import pandas as pd
-    if approach not in APPROACHES:
-        raise FitError(f"approach: unknown value {approach!r}; use one of {list(APPROACHES)}")
-    if optimum not in OPTIMA:
-        raise FitError(f"optimum: unknown value {optimum!r}; use one of {list(OPTIMA)}")
+    C.one_of(approach, "fit", "approach", APPROACHES, error=FitError)
+    C.one_of(optimum, "fit", "optimum", OPTIMA, error=FitError)
     if approach == "parametric" and optimum == "given":
         raise FitError("optimum='given' fits power laws to per-budget optima; use approach='isoflop' or 'auto'")
-    if not isinstance(bootstrap, (int, np.integer)) or isinstance(bootstrap, bool) or not 0 <= bootstrap <= MAX_BOOTSTRAP:
-        raise FitError(f"bootstrap: must be an integer from 0 to {MAX_BOOTSTRAP}, got {bootstrap!r} "
-                       "(1000 replicates give stable 95% intervals)")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise FitError(f"seed: must be a non-negative integer, got {seed!r}")
-    if not 0 < level < 1:
-        raise FitError(f"level: must be between 0 and 1, got {level!r}")
-    if not budget_rtol > 0:
-        raise FitError(f"budget_rtol: must be positive, got {budget_rtol!r}")
-    bootstrap = int(bootstrap)
+    bootstrap = C.integer(bootstrap, "fit", "bootstrap", "1000 replicates give stable 95% intervals; 0 disables",
+                          minimum=0, maximum=MAX_BOOTSTRAP, error=FitError)
+    seed = C.integer(seed, "fit", "seed", "the seed of the bootstrap's random generator", minimum=0, error=FitError)
+    level = C.fraction(level, "fit", "level", "the two-sided interval level, e.g. 0.95", open_low=True,
+                       open_high=True, error=FitError)
+    budget_rtol = C.positive_number(budget_rtol, "fit", "budget_rtol", "the relative FLOPs tolerance of a group",
+                                    error=FitError)
+    drop_highest_loss = C.integer(drop_highest_loss, "fit", "drop_highest_loss", "rows to drop", minimum=0,
+                                  error=FitError)
     prep = prepare(data, columns=columns, where=where, drop_highest_loss=drop_highest_loss,
                    budget_rtol=budget_rtol, holdout=holdout)
     points = prep.points

@@ -14,8 +14,6 @@ Conventions (they change fitted exponents, so a plan records which one it used):
 
 from __future__ import annotations
 
-import math
-import numbers
 
 PARAM_CONVENTIONS = ("non_embedding", "all")
 FLOPS_CONVENTIONS = ("6N", "counted")
@@ -68,13 +66,3 @@ def check_param_convention(convention: str) -> None:
 def check_flops_convention(convention: str) -> None:
     if convention not in FLOPS_CONVENTIONS:
         raise ValueError(f"flops_per_token={convention!r}: use one of {FLOPS_CONVENTIONS}.")
-
-
-def is_positive_finite(x) -> bool:
-    """A real number (numpy scalars included, bools not) that is finite and > 0."""
-    if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        return False
-    try:
-        return math.isfinite(x) and x > 0
-    except OverflowError:  # an int too large for a float is not a usable FLOP count
-        return False

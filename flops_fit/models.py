@@ -8,12 +8,13 @@ so a planner can count parameters without allocating memory.
 """
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from flops_fit import checks as C
 
 
 @dataclass
@@ -30,9 +31,7 @@ def size_dial(size: int, aspect: int, head_dim: int) -> tuple[int, int, int]:
 
     n_layer = size, n_embd = aspect * size, n_head = n_embd // head_dim (nanochat's depth dial).
     """
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-        raise ValueError(f"size must be an integer >= 1 (it is the number of layers), got {size!r}")
-    size = int(size)  # numpy integers from a planner's grid are fine
+    size = C.integer(size, "model_fn", "size", "it is the number of layers")  # numpy ints are fine
     if aspect < 1 or head_dim < 1:
         raise ValueError(f"aspect and head_dim must be >= 1, got aspect={aspect}, head_dim={head_dim}")
     n_embd = aspect * size

@@ -104,13 +104,15 @@ def batched_lbfgs(fun_grad, x0, *, max_iter, memory=LBFGS_MEMORY, ftol=LBFGS_FTO
         q = gi.copy()
         k = n_stored[idx]
         alphas = np.zeros((idx.size, memory))
-        for back in range(memory):
+
+        def pair(back):
+            """(s, y, rho) of the update `back` steps ago; rho 0 where there is none yet."""
             slot_pos = k - 1 - back
-            ok = slot_pos >= 0
             slot = np.mod(slot_pos, memory)
-            s = s_hist[idx, slot]
-            y = y_hist[idx, slot]
-            r = np.where(ok, rho[idx, slot], 0.0)
+            return s_hist[idx, slot], y_hist[idx, slot], np.where(slot_pos >= 0, rho[idx, slot], 0.0)
+
+        for back in range(memory):
+            s, y, r = pair(back)
             al = r * np.einsum("ij,ij->i", s, q)
             alphas[:, back] = al
             q -= al[:, None] * y
@@ -122,12 +124,7 @@ def batched_lbfgs(fun_grad, x0, *, max_iter, memory=LBFGS_MEMORY, ftol=LBFGS_FTO
         gamma = np.where((k > 0) & (yy > 0), sy / np.where(yy > 0, yy, 1.0), 1.0)
         q *= gamma[:, None]
         for back in reversed(range(memory)):
-            slot_pos = k - 1 - back
-            ok = slot_pos >= 0
-            slot = np.mod(slot_pos, memory)
-            s = s_hist[idx, slot]
-            y = y_hist[idx, slot]
-            r = np.where(ok, rho[idx, slot], 0.0)
+            s, y, r = pair(back)
             be = r * np.einsum("ij,ij->i", y, q)
             q += s * (alphas[:, back] - be)[:, None]
         p = -q

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from . import checks as C
 from . import flops as F
 
 DEFAULT_POINTS_PER_BUDGET = 7  # Chinchilla used 9-ish per budget; 7 brackets a parabola well
@@ -205,21 +205,16 @@ def plan_sweep(
     if sizes is not None:
         sizes = _check_sizes(sizes, "sizes")
     else:
-        if not isinstance(points_per_budget, int) or points_per_budget < _MIN_SIZES_PER_BUDGET:
-            raise ValueError(
-                f"points_per_budget={points_per_budget!r}: need an int >= {_MIN_SIZES_PER_BUDGET} "
-                "to fit a parabola per budget."
-            )
+        points_per_budget = C.integer(points_per_budget, "plan_sweep", "points_per_budget",
+                                      "sizes per budget, enough to fit a parabola",
+                                      minimum=_MIN_SIZES_PER_BUDGET)
         candidate_sizes = _check_sizes(candidate_sizes, "candidate_sizes")
-    if not F.is_positive_finite(tokens_per_param):
-        raise ValueError(
-            f"tokens_per_param={tokens_per_param!r} must be a finite number > 0: the prior optimum "
-            f"D/N that centres the sizes (Chinchilla: {DEFAULT_TOKENS_PER_PARAM:g})."
-        )
-    if not (F.is_positive_finite(size_spread) and size_spread > 1):
-        raise ValueError(
-            f"size_spread={size_spread!r} must be a finite number > 1 (sizes span N*/spread .. N*·spread)."
-        )
+    tokens_per_param = C.positive_number(
+        tokens_per_param, "plan_sweep", "tokens_per_param",
+        f"the prior optimum D/N that centres the sizes (Chinchilla: {DEFAULT_TOKENS_PER_PARAM:g})")
+    size_spread = C.positive_number(size_spread, "plan_sweep", "size_spread",
+                                    "sizes span N*/spread .. N*·spread", above=1)
+    min_steps = C.integer(min_steps, "plan_sweep", "min_steps", "optimizer steps a point needs", minimum=1)
 
     probe = _Probe(task, param_convention, flops_per_token)
     points, dropped = [], []
@@ -401,30 +396,15 @@ def _check_unique_ids(points) -> None:
 
 
 def _check_budgets(budgets) -> list:
-    budgets = list(budgets)
-    if not budgets:
-        raise ValueError("budgets is empty: give compute budgets in FLOPs, e.g. [1e12, 3e12, 1e13].")
-    for b in budgets:
-        if not F.is_positive_finite(b):
-            raise ValueError(f"budgets: {b!r} is not a finite positive number of FLOPs.")
     # numpy scalars (a budget grid from np.logspace) become plain floats for the plan's JSON
-    budgets = [float(b) for b in budgets]
-    dup = sorted({b for b in budgets if budgets.count(b) > 1})
-    if dup:
-        raise ValueError(f"budgets: {dup} appear more than once; each budget is one IsoFLOP curve.")
-    return sorted(budgets)
+    return C.distinct_sorted(budgets, "plan_sweep", "budgets", integers=False,
+                             what="a finite positive number of FLOPs",
+                             example="compute budgets in FLOPs, e.g. [1e12, 3e12, 1e13]",
+                             repeat_note="; each budget is one IsoFLOP curve")
 
 
 def _check_sizes(sizes, name) -> list:
-    sizes = list(sizes)
-    if not sizes:
-        raise ValueError(f"{name} is empty: give the model_fn dial values to train, e.g. [2, 3, 4].")
-    for s in sizes:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
-            raise ValueError(f"{name}: {s!r} is not a positive int (model_fn takes one integer size dial).")
     # numpy integers (np.arange) become plain ints for the plan's JSON and model_fn
-    sizes = [int(s) for s in sizes]
-    dup = sorted({s for s in sizes if sizes.count(s) > 1})
-    if dup:
-        raise ValueError(f"{name}: {dup} appear more than once.")
-    return sorted(sizes)
+    return C.distinct_sorted(sizes, "plan_sweep", name, integers=True,
+                             what="a positive int (model_fn takes one integer size dial)",
+                             example="the model_fn dial values to train, e.g. [2, 3, 4]")

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
 from flops_fit.fitting import EXTRAPOLATION_FACTOR, MAX_DROPPED_SHARE, MAX_THIN_SHARE
+from flops_fit.law import HUBER_DELTA
 
 # Default prediction budgets: the sweep's budgets plus this many powers of ten above the
 # largest one (Chinchilla Table 3 extrapolates several decades past the sweep).
@@ -25,8 +26,11 @@ FIGURE_DPI = 120
 FIGURE_SIZE = (7.0, 5.0)  # inches
 BAND_ALPHA = 0.2  # opacity of bootstrap interval bands
 CURVE_POINTS = 200  # samples along each drawn curve
-PLOT_FILES = ("isoflop_curves.png", "optima_vs_compute.png", "parametric_residuals.png",
-              "backtest.png")
+LEGEND_FONT_SIZE = 8  # points: the legends sit inside the axes and must not hide the data
+NARROW_LEGEND_FONT_SIZE = 7  # points: the three narrow panels of optima vs compute
+EXCLUDED_ROWS_SHOWN = 12  # the summary lists this many excluded row numbers per reason, then "..."
+PLOT_NAMES = ("isoflop_curves", "optima_vs_compute", "parametric_residuals", "backtest")
+PLOT_FILES = tuple(f"{name}.png" for name in PLOT_NAMES)  # what write_figures writes
 
 
 def default_budgets(laws):
@@ -54,10 +58,18 @@ def _with_interval(v, lo, hi, spec=".3g"):
     return _fmt(v, spec)
 
 
-def markdown_table(laws, budgets=None):
-    """Chinchilla-Table-3-style markdown: one row per approach per budget (FLOPs)."""
+def chinchilla_table(laws, budgets=None) -> pd.DataFrame:
+    """Chinchilla-Table-3-style: `laws.predict` at `budgets` (FLOPs; default_budgets when
+    None), one row per approach per budget, with tokens_per_param = D/N at the optimum."""
     budgets = default_budgets(laws) if budgets is None else np.atleast_1d(np.asarray(budgets, float))
     pred = laws.predict(budgets)
+    pred.insert(pred.columns.get_loc("tokens_high") + 1, "tokens_per_param", pred["tokens"] / pred["params"])
+    return pred
+
+
+def markdown_table(laws, budgets=None) -> str:
+    """chinchilla_table as markdown: intervals in brackets, extrapolated budgets marked."""
+    pred = chinchilla_table(laws, budgets)
     pct = int(round(100 * laws.level))
     lines = [
         f"| approach | FLOPs | parameters ({pct}% CI) | tokens ({pct}% CI) | tokens/parameter "
@@ -70,7 +82,7 @@ def markdown_table(laws, budgets=None):
         name = r.approach + (" (unreliable intervals)" if r.approach in unreliable else "")
         lines.append(
             f"| {name} | {flops} | {_with_interval(r.params, r.params_low, r.params_high)} "
-            f"| {_with_interval(r.tokens, r.tokens_low, r.tokens_high)} | {r.tokens / r.params:.3g} "
+            f"| {_with_interval(r.tokens, r.tokens_low, r.tokens_high)} | {r.tokens_per_param:.3g} "
             f"| {_with_interval(r.loss, r.loss_low, r.loss_high, '.4g')} |"
         )
     if pred["extrapolated"].any():
@@ -137,7 +149,7 @@ def summary_text(laws):
         out += [
             "",
             f"Parametric approach L(N, D) = E + A/N^alpha + B/D^beta "
-            f"({par.n_points} points, Huber delta=1e-3 on log loss, objective {par.objective:.6g})"
+            f"({par.n_points} points, Huber delta={HUBER_DELTA:g} on log loss, objective {par.objective:.6g})"
             + (", alpha = beta" if par.tie_exponents else "") + label,
             f"  E = {par.E}   A = {par.A}   B = {par.B}",
             f"  alpha = {par.alpha}   beta = {par.beta}",
@@ -160,8 +172,8 @@ def summary_text(laws):
                 which = ", ".join(f"{b:.3g}" for b in grp["budget"])
                 out.append(f"  budget(s) {which} FLOPs: {reason}")
             else:
-                rows = ", ".join(str(int(r)) for r in grp["row"].head(12))
-                more = " ..." if len(grp) > 12 else ""
+                rows = ", ".join(str(int(r)) for r in grp["row"].head(EXCLUDED_ROWS_SHOWN))
+                more = " ..." if len(grp) > EXCLUDED_ROWS_SHOWN else ""
                 out.append(f"  {len(grp)} row(s) [{rows}{more}]: {reason}")
     if laws.provenance:
         out += ["", "Provenance"]
@@ -193,10 +205,18 @@ def backtest_text(laws):
     return "\n".join(lines)
 
 
-def _new_figure():
-    fig = Figure(figsize=FIGURE_SIZE, dpi=FIGURE_DPI)
+def _new_figure(ncols: int = 1, width: float = 1.0, height: float = 1.0):
+    """(figure, axes): `ncols` axes side by side on a FIGURE_SIZE scaled by width x height,
+    drawn on its own Agg canvas (no pyplot: no global state, no GUI)."""
+    fig = Figure(figsize=(FIGURE_SIZE[0] * width, FIGURE_SIZE[1] * height), dpi=FIGURE_DPI)
     FigureCanvasAgg(fig)
-    return fig
+    return fig, fig.subplots(1, ncols)
+
+
+def _budget_colourbar(fig, cmap, norm, ax, label: str) -> None:
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=label)
 
 
 def _budget_colours(budgets):
@@ -207,10 +227,9 @@ def _budget_colours(budgets):
     return colormaps["viridis"], norm
 
 
-def plot_isoflop_curves(laws, path):
+def plot_isoflop_curves(laws) -> Figure:
     """Loss vs N (log x) per budget, fitted parabolas, optima; unbracketed ones hollow."""
-    fig = _new_figure()
-    ax = fig.add_subplot()
+    fig, ax = _new_figure()
     pts = laws.points
     opt = laws.isoflop.optima
     cmap, norm = _budget_colours(opt["budget"].to_numpy())
@@ -235,20 +254,15 @@ def plot_isoflop_curves(laws, path):
     ax.set_xlabel("model size N (parameters)")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"IsoFLOP profiles (optimum: {laws.isoflop.optimum})")
-    ax.legend(loc="upper right", fontsize=8)
-    from matplotlib.cm import ScalarMappable
-
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="compute budget C (FLOPs)")
+    ax.legend(loc="upper right", fontsize=LEGEND_FONT_SIZE)
+    _budget_colourbar(fig, cmap, norm, ax, "compute budget C (FLOPs)")
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return fig
 
 
-def plot_optima_vs_compute(laws, path):
+def plot_optima_vs_compute(laws) -> Figure:
     """N_opt, D_opt, L_opt against C (log axes): per-budget optima, laws, bootstrap bands."""
-    fig = Figure(figsize=(FIGURE_SIZE[0] * 1.8, FIGURE_SIZE[1] * 0.9), dpi=FIGURE_DPI)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
+    fig, axes = _new_figure(3, width=1.8, height=0.9)
     if laws.isoflop is not None:
         opt = laws.isoflop.optima
     else:  # no IsoFLOP optima to show: only the parametric law's curves
@@ -287,18 +301,16 @@ def plot_optima_vs_compute(laws, path):
         ax.set_title(label.split(" ")[0] + " vs compute")
     pct = int(round(100 * laws.level))
     band = f"bands: {pct}% bootstrap intervals" if laws.bootstrap else "no bootstrap"
-    axes[0].legend(fontsize=7, loc="upper left", title=band, title_fontsize=7)
+    axes[0].legend(fontsize=NARROW_LEGEND_FONT_SIZE, loc="upper left", title=band,
+                   title_fontsize=NARROW_LEGEND_FONT_SIZE)
     fig.suptitle("Compute-optimal allocation")
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return fig
 
 
-def plot_parametric_residuals(laws, path):
+def plot_parametric_residuals(laws) -> Figure:
     """Residual ln L_fit - ln L_obs vs N, and predicted vs observed loss."""
-    fig = Figure(figsize=(FIGURE_SIZE[0] * 1.6, FIGURE_SIZE[1]), dpi=FIGURE_DPI)
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
+    fig, (left, right) = _new_figure(2, width=1.6)
     pts = laws.points
     par = laws.parametric
     pred = par.loss(pts["params"], pts["tokens"])
@@ -317,20 +329,14 @@ def plot_parametric_residuals(laws, path):
     right.set_xlabel("observed loss (nats/token)")
     right.set_ylabel("fitted L(N, D) (nats/token)")
     right.set_title("Predicted vs observed")
-    right.legend(fontsize=8)
-    from matplotlib.cm import ScalarMappable
-
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=[left, right],
-                 label="FLOP group C (FLOPs)")
-    fig.savefig(path)
-    return path
+    right.legend(fontsize=LEGEND_FONT_SIZE)
+    _budget_colourbar(fig, cmap, norm, [left, right], "FLOP group C (FLOPs)")
+    return fig
 
 
-def plot_backtest(laws, path):
+def plot_backtest(laws) -> Figure:
     """Held-out rows: predicted (with interval) against observed loss, and relative error vs N."""
-    fig = Figure(figsize=(FIGURE_SIZE[0] * 1.6, FIGURE_SIZE[1]), dpi=FIGURE_DPI)
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
+    fig, (left, right) = _new_figure(2, width=1.6)
     bt = laws.backtest
     fitted = laws.points
     left.scatter(fitted["loss"], laws.parametric.loss(fitted["params"], fitted["tokens"]), s=10,
@@ -346,7 +352,7 @@ def plot_backtest(laws, path):
     left.set_xlabel("observed loss (nats/token)")
     left.set_ylabel("predicted L(N, D) (nats/token)")
     left.set_title("Backtest: held-out rows")
-    left.legend(fontsize=8)
+    left.legend(fontsize=LEGEND_FONT_SIZE)
     right.scatter(bt["params"], 100 * bt["relative_error"], color="tab:red")
     right.axhline(0.0, color="black", lw=0.8)
     right.set_xscale("log")
@@ -354,20 +360,28 @@ def plot_backtest(laws, path):
     right.set_ylabel("relative error of predicted loss (%)")
     right.set_title("Backtest error per held-out row")
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return fig
 
 
-def plot_all(laws, out_dir):
-    """Write the plots to out_dir (created if missing); return the list of paths."""
+def figures(laws) -> dict:
+    """The plots the fit supports, {name: matplotlib Figure}; names are PLOT_FILES' stems."""
+    drawn = {}
+    if laws.isoflop is not None:
+        drawn["isoflop_curves"] = plot_isoflop_curves(laws)
+    drawn["optima_vs_compute"] = plot_optima_vs_compute(laws)
+    if laws.parametric is not None:
+        drawn["parametric_residuals"] = plot_parametric_residuals(laws)
+    if laws.backtest is not None:
+        drawn["backtest"] = plot_backtest(laws)
+    return drawn
+
+
+def write_figures(laws, out_dir) -> list:
+    """Write the plots as PNG files to out_dir (created if missing); return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    if laws.isoflop is not None:
-        paths.append(plot_isoflop_curves(laws, out / PLOT_FILES[0]))
-    paths.append(plot_optima_vs_compute(laws, out / PLOT_FILES[1]))
-    if laws.parametric is not None:
-        paths.append(plot_parametric_residuals(laws, out / PLOT_FILES[2]))
-    if laws.backtest is not None:
-        paths.append(plot_backtest(laws, out / PLOT_FILES[3]))
+    for name, fig in figures(laws).items():
+        paths.append(out / f"{name}.png")
+        fig.savefig(paths[-1])
     return paths

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import checks as C
 from .plan import SweepPlan
 
 PLAN_FILE = "plan.json"
@@ -38,6 +39,21 @@ COLUMNS = [
     # empty on CPUs and GPUs without a known peak); precision as trained; fp16 steps skipped.
     "model_flops_per_s", "mfu", "precision", "device", "micro_batch_size", "skipped_steps",
 ]
+# hardware_use: FLOP/s are shown in GFLOP/s.
+GIGA = 1e9
+# describe_task: hex digits of a function's bytecode hash, enough to tell two versions apart.
+CODE_HASH_CHARS = 12
+# _short_error: a failed point's error in the table is the exception lines of Tune's
+# error.txt (the last few, not the traceback), cut to a size a CSV cell and a terminal hold.
+ERROR_TAIL_LINES = 3
+ERROR_MAX_CHARS = 1000
+JSON_INDENT = 1  # plan / task records: one key a line, readable in a diff, small on disk
+# A new results file gets the mode a plain open() gives (0o666 less the umask), not
+# NamedTemporaryFile's 0o600, so teammates on shared storage can read the table.
+PLAIN_FILE_MODE = 0o666
+# SweepResults.to_markdown: the columns shown by default, and significant digits of numbers.
+SUMMARY_COLUMNS = ("point_id", "budget", "size", "params", "tokens", "loss", "status")
+MARKDOWN_DIGITS = 4
 
 
 @dataclass
@@ -64,15 +80,33 @@ class SweepResults:
     def __repr__(self) -> str:
         return f"SweepResults({self.status_line()})"
 
+    def to_markdown(self, columns=SUMMARY_COLUMNS) -> str:
+        """The results table as markdown text, one row per point, `columns` only."""
+        columns = list(columns)
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for row in self.table[columns].itertuples(index=False):
+            lines.append("| " + " | ".join(_markdown_cell(v) for v in row) + " |")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the table."""
+        return self.table.to_html()
+
+
+def _markdown_cell(value) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.{MARKDOWN_DIGITS}g}"
+    return " ".join(str(value).split()).replace("|", "\\|")  # one line; a | would split the cell
+
 
 def hardware_use(metrics: dict) -> str:
     """'12.3 GFLOP/s, MFU 41.0 %  ' from a point's reported metrics ('' when it has none)."""
     flops = metrics.get("model_flops_per_s")
-    if not isinstance(flops, (int, float)) or not math.isfinite(flops):
+    if not C.is_positive_finite(flops):
         return ""
     mfu = metrics.get("mfu")
-    mfu_text = f", MFU {100 * mfu:.1f} %" if isinstance(mfu, (int, float)) and math.isfinite(mfu) else ""
-    return f"{flops / 1e9:,.1f} GFLOP/s{mfu_text}  "
+    mfu_text = f", MFU {100 * mfu:.1f} %" if C.is_positive_finite(mfu) else ""
+    return f"{flops / GIGA:,.1f} GFLOP/s{mfu_text}  "
 
 
 def join(base: str, *parts: str) -> str:
@@ -295,9 +329,9 @@ def _check_or_record(fs, root, sweep_dir, plan, task) -> None:
         except OSError as e:
             raise PermissionError(f"storage_path {sweep_dir} is not writable ({e}); pass a writable storage_path.") from e
         write_text_atomic(join(sweep_dir, PLAN_FILE), plan.to_json())
-        write_text_atomic(join(sweep_dir, TASK_FILE), json.dumps(describe_task(task), indent=1, default=repr))
+        write_text_atomic(join(sweep_dir, TASK_FILE), json.dumps(describe_task(task), indent=JSON_INDENT, default=repr))
     # A sweep folder from before fingerprints were recorded takes this task's on resume.
-    write_text_atomic(join(sweep_dir, TASK_FINGERPRINT_FILE), json.dumps(fingerprint, indent=1, sort_keys=True))
+    write_text_atomic(join(sweep_dir, TASK_FINGERPRINT_FILE), json.dumps(fingerprint, indent=JSON_INDENT, sort_keys=True))
 
 
 def describe_task(task) -> dict:
@@ -342,7 +376,7 @@ def _describe(value):
             text = f"{owner.__module__}.{owner.__qualname__}.{func.__name__}"
         code = getattr(func, "__code__", None)
         if code is not None and "<" in func.__qualname__:  # a lambda or a nested function
-            text += " #" + hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
+            text += " #" + hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:CODE_HASH_CHARS]
         return text
     return _ADDRESS.sub("", repr(value))
 
@@ -416,8 +450,8 @@ def _parse_plan(text: str, path: str) -> SweepPlan:
 def _short_error(text: str) -> str:
     """The exception lines of a Tune error.txt (the last non-traceback lines)."""
     lines = [l for l in text.strip().splitlines() if l.strip()]
-    tail = [l for l in lines if not l.startswith((" ", "Traceback", "\t"))][-3:]
-    return " | ".join(tail)[-1000:]
+    tail = [l for l in lines if not l.startswith((" ", "Traceback", "\t"))][-ERROR_TAIL_LINES:]
+    return " | ".join(tail)[-ERROR_MAX_CHARS:]
 
 
 def _point_dict(p) -> dict:
@@ -472,9 +506,8 @@ def write_text_atomic(path: str, text: str) -> None:
             os.unlink(tmp)  # a failed write leaves no temporary file behind
             raise
     try:
-        # NamedTemporaryFile creates the file 0600 and os.replace keeps that mode; give it
-        # the mode a plain open() would, so teammates on shared storage can read the table.
-        os.chmod(tmp, 0o666 & ~_umask())
+        # NamedTemporaryFile creates the file 0600 and os.replace keeps that mode
+        os.chmod(tmp, PLAIN_FILE_MODE & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -312,8 +312,6 @@ def prepare(data, *, columns=None, where=None, drop_highest_loss=0, budget_rtol=
             )
 
     if drop_highest_loss:
-        if int(drop_highest_loss) != drop_highest_loss or drop_highest_loss < 0:
-            raise FitError(f"drop_highest_loss: must be a non-negative integer, got {drop_highest_loss!r}")
         idx = np.flatnonzero(usable)
         if drop_highest_loss >= idx.size:
             raise FitError(f"drop_highest_loss={drop_highest_loss} would drop all {idx.size} usable rows")

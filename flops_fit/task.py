@@ -12,9 +12,10 @@ patches per image for a vision transformer). D in the law is samples x tokens pe
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
+
+from . import checks as C
 
 # Hyperparameter defaults: nanoGPT/nanochat-style AdamW with warmup + cosine decay. They
 # are fine for the tiny CPU GPTs of the examples; for a real sweep, tune them at the
@@ -76,27 +77,25 @@ class Task:
             )
         if not callable(self.loss_fn):
             raise TypeError("Task(loss_fn=...) must be callable: (model, batch) -> scalar loss tensor.")
-        _positive_int("tokens_per_sample", self.tokens_per_sample)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("eval_samples", self.eval_samples)
+        # numpy scalars are accepted and stored as plain numbers: the sweep record compares
+        # Tasks field by field, and np.int64(32) must mean what 32 means
+        for name in ("tokens_per_sample", "batch_size", "eval_samples"):
+            self._set(name, C.integer(getattr(self, name), "Task", name))
         for name in ("checkpoint_every", "report_every", "micro_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"Task({name}={value!r}) must be an int >= 0 (0 picks a default).")
+            self._set(name, C.integer(getattr(self, name), "Task", name, "0 picks a default", minimum=0))
         if not callable(self.lr):
-            _finite_positive("lr", self.lr)
-        for name in ("warmup_fraction", "min_lr_fraction"):
-            value = getattr(self, name)
-            if not (0.0 <= value <= 1.0):
-                raise ValueError(f"Task({name}={value!r}) must be in [0, 1].")
-        for name in ("weight_decay", "grad_clip"):
-            _finite_non_negative(name, getattr(self, name))
+            self._set("lr", C.positive_number(self.lr, "Task", "lr", "the peak AdamW learning rate"))
+        self._set("warmup_fraction", C.fraction(self.warmup_fraction, "Task", "warmup_fraction",
+                                                "the share of a point's steps spent warming up"))
+        self._set("min_lr_fraction", C.fraction(self.min_lr_fraction, "Task", "min_lr_fraction",
+                                                "the share of the peak lr the cosine decay ends at"))
+        for name in ("weight_decay", "grad_clip"):  # `value < 0` alone would let a NaN through
+            self._set(name, C.non_negative_number(getattr(self, name), "Task", name))
         _check_betas(self.betas)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (0 <= self.seed < _SEED_LIMIT):
-            # numpy's default_rng refuses negative seeds; torch.manual_seed takes 64 bits
-            raise ValueError(f"Task(seed={self.seed!r}) must be an int in [0, 2**64).")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"Task(precision={self.precision!r}) must be one of {PRECISIONS}.")
+        # numpy's default_rng refuses negative seeds; torch.manual_seed takes 64 bits
+        self._set("seed", C.integer(self.seed, "Task", "seed", "a seed in [0, 2**64)", minimum=0,
+                                    maximum=_SEED_LIMIT - 1))
+        C.one_of(self.precision, "Task", "precision", PRECISIONS)
         if not isinstance(self.compile, bool):
             raise ValueError(f"Task(compile={self.compile!r}) must be True or False.")
         if self.micro_batch_size > self.batch_size:
@@ -109,6 +108,9 @@ class Task:
                 f"Task(batch_size={self.batch_size}) is not a multiple of micro_batch_size="
                 f"{self.micro_batch_size}; pick a micro-batch that divides the global batch."
             )
+
+    def _set(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)  # the dataclass is frozen once built
 
     @property
     def batch_tokens(self) -> int:
@@ -139,9 +141,9 @@ class Task:
 
     def learning_rate(self, params: int) -> float:
         """Peak learning rate for a model of `params` parameters."""
-        lr = self.lr(params) if callable(self.lr) else self.lr
-        _finite_positive(f"lr({params})" if callable(self.lr) else "lr", lr)
-        return float(lr)
+        if not callable(self.lr):
+            return self.lr  # checked when the Task was built
+        return C.positive_number(self.lr(params), "Task", f"lr({params})", "lr must suit every planned N")
 
 
 def check_task(task: Task, plan) -> list:
@@ -236,32 +238,12 @@ def lr_multiplier(step: int, total_steps: int, warmup_fraction: float, min_lr_fr
     return min_lr_fraction + (1.0 - min_lr_fraction) * cosine
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Task({name}={value!r}) must be a positive int.")
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _finite_non_negative(name, value):
-    # `value < 0` alone lets NaN through: a NaN weight decay makes every parameter NaN
-    if not _is_real(value) or not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"Task({name}={value!r}) must be a finite number >= 0.")
-
-
 def _check_betas(betas):
     """AdamW's (beta1, beta2): moment decay rates, each in [0, 1) or the averages never forget."""
     ok = (
         isinstance(betas, (tuple, list))
         and len(betas) == 2
-        and all(_is_real(b) and math.isfinite(b) and 0 <= b < 1 for b in betas)
+        and all(C.is_real(b) and math.isfinite(b) and 0 <= b < 1 for b in betas)
     )
     if not ok:
         raise ValueError(f"Task(betas={betas!r}) must be two numbers in [0, 1), e.g. (0.9, 0.95).")
-
-
-def _finite_positive(name, value):
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"Task({name}={value!r}) must be a finite number > 0.")

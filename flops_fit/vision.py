@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flops_fit.data import hf_dataset_folder, load_hf_dataset
+from flops_fit import checks as C
+from flops_fit.data import hf_dataset_folder, keep_settings, load_hf_dataset, settings_repr
 from flops_fit.models import Block, block_params, init_gpt2_, param_counts, size_dial
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})  # what ImageFolder reads (Pillow)
@@ -214,18 +215,16 @@ def _datasets(images: np.ndarray, labels: np.ndarray, val_fraction: float, seed:
     return ImageDataset(x[train], y[train]), ImageDataset(x[val], y[val])
 
 
-def _check_image_settings(image_size, channels: int, val_fraction: float) -> None:
+def _check_image_settings(call: str, image_size, channels: int, val_fraction: float) -> None:
     """The settings every image reader shares, checked before any image is read."""
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int (pixels per side), got {image_size!r}")
-    _check_fraction(val_fraction)
+    C.one_of(channels, call, "channels", (1, 3), "1 (grayscale) or 3 (RGB)")
+    C.integer(image_size, call, "image_size", "pixels per side")
+    _check_fraction(call, val_fraction)
 
 
-def _check_fraction(val_fraction):
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+def _check_fraction(call: str, val_fraction):
+    C.fraction(val_fraction, call, "val_fraction", "the held-out share of each class", open_low=True,
+               open_high=True)
 
 
 class DigitsImages:
@@ -241,7 +240,7 @@ class DigitsImages:
     num_classes = DIGITS_CLASSES
 
     def __init__(self, val_fraction: float = 0.2, seed: int = 0):
-        _check_fraction(val_fraction)
+        _check_fraction("DigitsImages", val_fraction)
         self.val_fraction = val_fraction
         self.seed = seed
 
@@ -260,7 +259,14 @@ class DigitsImages:
                 f"about {1797 - n_val} train / {n_val} validation (stratified, seed {self.seed})")
 
     def __repr__(self) -> str:
-        return f"DigitsImages(val_fraction={self.val_fraction}, seed={self.seed})"
+        return settings_repr(self, val_fraction=self.val_fraction, seed=self.seed)
+
+
+def _image_settings_text(source) -> str:
+    """How an image reader converts and splits, for its describe()."""
+    side = f"{source.image_size}x{source.image_size}"
+    return (f"{'RGB' if source.channels == 3 else 'grayscale'} {side}, "
+            f"validation {source.val_fraction:.0%} (stratified, seed {source.seed})")
 
 
 def _pixels(im, channels: int, image_size: int) -> np.ndarray:
@@ -288,12 +294,9 @@ class ImageFolder:
         if not path.is_dir():
             raise FileNotFoundError(f"ImageFolder: {path} is not a folder; give a folder with one "
                                     "subfolder of images per class")
-        _check_image_settings(image_size, channels, val_fraction)
-        self.path = str(path)
-        self.image_size = image_size
-        self.channels = channels
-        self.val_fraction = val_fraction
-        self.seed = seed
+        _check_image_settings("ImageFolder", image_size, channels, val_fraction)
+        keep_settings(self, path=str(path), image_size=image_size, channels=channels, val_fraction=val_fraction,
+                      seed=seed)
         self.num_classes = len(self.classes())  # fails here, not on a worker, if there are none
 
     def classes(self) -> list:
@@ -327,13 +330,11 @@ class ImageFolder:
     def describe(self) -> str:
         counts = {name: len(self._files(Path(self.path, name))) for name in self.classes()}
         return (f"ImageFolder({self.path}): {sum(counts.values()):,} images, {len(counts)} classes "
-                f"({', '.join(f'{k} {v}' for k, v in counts.items())}), "
-                f"{'RGB' if self.channels == 3 else 'grayscale'} {self.image_size}x{self.image_size}, "
-                f"validation {self.val_fraction:.0%} (stratified, seed {self.seed})")
+                f"({', '.join(f'{k} {v}' for k, v in counts.items())}), {_image_settings_text(self)}")
 
     def __repr__(self) -> str:
-        return (f"ImageFolder({self.path!r}, image_size={self.image_size}, channels={self.channels}, "
-                f"val_fraction={self.val_fraction}, seed={self.seed})")
+        return settings_repr(self, self.path, image_size=self.image_size, channels=self.channels,
+                             val_fraction=self.val_fraction, seed=self.seed)
 
 
 class HFImages:
@@ -350,15 +351,9 @@ class HFImages:
     def __init__(self, path, *, split: str = "train", image_column: str = "image", label_column: str = "label",
                  image_size: int = 32, channels: int = 3, val_fraction: float = 0.2, seed: int = 0):
         path = hf_dataset_folder(path, "HFImages")
-        _check_image_settings(image_size, channels, val_fraction)
-        self.path = path
-        self.split = split
-        self.image_column = image_column
-        self.label_column = label_column
-        self.image_size = image_size
-        self.channels = channels
-        self.val_fraction = val_fraction
-        self.seed = seed
+        _check_image_settings("HFImages", image_size, channels, val_fraction)
+        keep_settings(self, path=path, split=split, image_column=image_column, label_column=label_column,
+                      image_size=image_size, channels=channels, val_fraction=val_fraction, seed=seed)
         ds = self._dataset()  # fails here, not on a worker, if split or columns are wrong
         names = getattr(ds.features[label_column], "names", None)
         self.num_classes = len(names) if names else int(max(ds[label_column])) + 1
@@ -383,13 +378,12 @@ class HFImages:
 
     def describe(self) -> str:
         return (f"HFImages({self.path}, split {self.split!r}): {len(self._dataset()):,} images, "
-                f"{self.num_classes} classes, {'RGB' if self.channels == 3 else 'grayscale'} "
-                f"{self.image_size}x{self.image_size}, validation {self.val_fraction:.0%} (stratified, seed {self.seed})")
+                f"{self.num_classes} classes, {_image_settings_text(self)}")
 
     def __repr__(self) -> str:
-        return (f"HFImages({self.path!r}, split={self.split!r}, image_column={self.image_column!r}, "
-                f"label_column={self.label_column!r}, image_size={self.image_size}, channels={self.channels}, "
-                f"val_fraction={self.val_fraction}, seed={self.seed})")
+        return settings_repr(self, self.path, split=self.split, image_column=self.image_column,
+                             label_column=self.label_column, image_size=self.image_size, channels=self.channels,
+                             val_fraction=self.val_fraction, seed=self.seed)
 
 
 __all__ = ["ViT", "ViTConfig", "vit", "classification_loss", "ImageDataset", "DigitsImages",

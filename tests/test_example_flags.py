@@ -1,5 +1,8 @@
-"""The examples' run flags reach run_sweep (no Ray: run_sweep is replaced by a recorder)."""
+"""The examples' run flags reach run_sweep (no Ray: run_sweep is replaced by a recorder),
+and each example runs on its own when copied (the shared flags live in the package)."""
 
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -8,10 +11,8 @@ import flops_fit as ff
 from toy import EXAMPLES, load_example
 
 
-
 @pytest.mark.parametrize("value", ["-1", "5"])
 def test_max_failures_reaches_run_sweep(monkeypatch, value):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
     sweep = load_example("sweep")
     seen = {}
     monkeypatch.setattr(ff, "run_sweep", lambda plan, task, **kw: seen.update(kw))
@@ -23,8 +24,19 @@ def test_max_failures_reaches_run_sweep(monkeypatch, value):
 
 
 def test_max_failures_defaults_to_a_few_retries():
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        assert load_example("sweep").parse_args([]).max_failures == 2
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    assert load_example("sweep").parse_args([]).max_failures == 2
+
+
+@pytest.mark.parametrize("example", ["sweep", "images"])
+def test_each_example_runs_on_its_own_when_copied(tmp_path, example):
+    # a copy alone in a folder (no other example beside it) parses its flags and builds its Task
+    copy = tmp_path / f"my_{example}.py"
+    shutil.copy(EXAMPLES / f"{example}.py", copy)
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import my_{example} as m; "
+            "args = m.parse_args(['--smoke', '--max-failures', '3']); task = m.make_task(args); "
+            "print(args.name, args.max_failures, args.budgets, task.batch_size)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    name, failures = out.stdout.split()[:2]
+    assert (name, failures) == ({"sweep": "smoke", "images": "vit-smoke"}[example], "3")

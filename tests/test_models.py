@@ -41,7 +41,7 @@ def test_from_size_shape_and_monotone_growth():
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
 def test_from_size_rejects_bad_size(bad):
-    with pytest.raises(ValueError, match="size must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"model_fn\(size=.*\) must be an int >= 1: it is the number of layers"):
         GPT.from_size(bad)
 
 

@@ -1,7 +1,6 @@
 """The README's bring-your-own-data snippets run as written, on small files of the names
 they use, and the examples' --data picks the matching source."""
 
-import importlib
 import pickle
 import re
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import flops_fit as ff
 from flops_fit.data import HFText, TextCorpus, TokenFile, write_token_file
 from flops_fit.task import check_task
+from toy import load_example
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Bring your own data"
@@ -138,11 +138,30 @@ def test_hf_errors_name_the_fix(data_folder):
 
 def test_examples_pick_the_source_from_the_data_path(data_folder, monkeypatch):
     from flops_fit.vision import HFImages, ImageFolder
-    monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    sweep, images = importlib.import_module("sweep"), importlib.import_module("images")
+    sweep, images = load_example("sweep"), load_example("images")
     kinds = {path: type(sweep.make_data([path], 64)) for path in ("my_corpus", "my_tokens", "my_hf_text")}
     assert kinds == {"my_corpus": TextCorpus, "my_tokens": TokenFile, "my_hf_text": HFText}
     for path, kind in (("my_images", ImageFolder), ("my_hf_images", HFImages)):
         args = images.parse_args(["--data", path, "--image-size", "16", "--patch-size", "4"])
         assert isinstance(images.make_data(args), kind)
         assert images.make_task(args).model_fn(1).config.num_classes == 2
+
+
+def test_readme_fitting_snippet_runs(tmp_path, monkeypatch, capsys):
+    """The "In Python" snippet of the fitting section, on a synthetic sweep written as the
+    files it names: every call works and returns what its comment says."""
+    from conftest import synthetic_sweep
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Fitting results you already have")
+    code = re.findall(r"```python\n(.*?)```", text[start:text.index("\n## ", start + 1)], flags=re.S)[0]
+    sweep = synthetic_sweep()
+    sweep.to_csv(tmp_path / "results.csv", index=False)
+    sweep.assign(run=range(len(sweep))).to_csv(tmp_path / "runs.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md fitting snippet", "exec"), namespace)
+    laws = namespace["laws"]
+    assert "| isoflop |" in capsys.readouterr().out  # the markdown table was printed
+    assert list(laws.table.columns[:2]) == ["approach", "flops"] and "tokens_per_param" in laws.table
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f"{n}.png" for n in laws.plot())

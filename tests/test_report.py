@@ -18,7 +18,7 @@ def laws():
 
 
 def test_table_has_sweep_budgets_and_decades_above(laws):
-    text = laws.table()
+    text = laws.to_markdown()
     lines = text.splitlines()
     assert lines[0].startswith("| approach | FLOPs | parameters")
     n_budgets = len(laws.isoflop.optima) + report.DEFAULT_EXTRA_DECADES
@@ -33,7 +33,7 @@ def test_table_has_sweep_budgets_and_decades_above(laws):
 def test_table_tokens_per_parameter_is_consistent(laws):
     pred = laws.predict([1e21])
     for row in pred.itertuples():
-        line = next(l for l in laws.table([1e21]).splitlines() if l.startswith(f"| {row.approach} |"))
+        line = next(l for l in laws.to_markdown([1e21]).splitlines() if l.startswith(f"| {row.approach} |"))
         assert f"| {row.tokens / row.params:.3g} |" in line
 
 
@@ -66,3 +66,71 @@ def test_plots_with_lowest_optimum_and_no_bootstrap(tmp_path):
     paths = laws.plot(tmp_path)
     assert len(paths) == 2 and all(p.exists() for p in paths)
     assert np.isnan(laws.predict(1e21)["params_low"]).all()
+
+
+# --- one shape for results: DataFrames, markdown as a separate text -------------------------
+
+
+def test_every_predict_is_a_frame_of_the_same_columns(laws):
+    from flops_fit.fitting import PREDICTION_COLUMNS
+
+    c = np.array([1e21, 1e22])
+    iso, par = laws.isoflop.predict(c), laws.parametric.predict(c)
+    assert list(iso.columns) == list(par.columns) == PREDICTION_COLUMNS
+    # the IsoFLOP power laws, N_opt = k_N C^a, and the parametric loss at its own optimum
+    np.testing.assert_allclose(iso["params"], laws.isoflop.k_N.value * c ** laws.isoflop.a.value, rtol=1e-9)
+    np.testing.assert_allclose(par["loss"], laws.parametric.loss(par["params"], par["tokens"]), rtol=1e-9)
+    for frame in (iso, par):
+        for q in ("params", "tokens", "loss"):
+            assert (frame[f"{q}_low"] <= frame[q]).all() and (frame[q] <= frame[f"{q}_high"]).all()
+    both = laws.predict(c)
+    assert list(both.columns) == ["approach", *PREDICTION_COLUMNS, "extrapolated"]
+    assert list(both["approach"]) == ["isoflop", "isoflop", "parametric", "parametric"]
+
+
+def test_table_is_a_frame_and_to_markdown_its_text(laws):
+    table = laws.table
+    n_budgets = len(laws.isoflop.optima) + report.DEFAULT_EXTRA_DECADES
+    assert len(table) == 2 * n_budgets
+    np.testing.assert_allclose(table["tokens_per_param"], table["tokens"] / table["params"])
+    rows = [line for line in laws.to_markdown().splitlines()[2:] if line.startswith("| ")]
+    assert len(rows) == len(table)
+    html = laws._repr_html_()
+    assert html.count("<tr") == len(table) + 1 and "tokens_per_param" in html
+
+
+def test_plot_without_a_folder_returns_figures_and_writes_nothing(laws, tmp_path, monkeypatch):
+    import io
+
+    from matplotlib.figure import Figure
+
+    monkeypatch.chdir(tmp_path)
+    before = dict(matplotlib.rcParams)
+    figures = laws.plot()
+    assert list(figures) == list(report.PLOT_NAMES[:3])  # no backtest without holdout
+    assert all(isinstance(f, Figure) for f in figures.values())
+    assert figures["isoflop_curves"].axes[0].get_title().startswith("IsoFLOP profiles")
+    assert len(figures["optima_vs_compute"].axes) == 3
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    png = io.BytesIO()
+    figures["parametric_residuals"].savefig(png, format="png")  # each figure has its own canvas
+    assert png.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert dict(matplotlib.rcParams) == before
+
+
+def test_sweep_results_table_is_a_frame_with_markdown_and_html():
+    import pandas as pd
+
+    from flops_fit.results import SweepResults
+
+    table = pd.DataFrame({"point_id": ["C1e+12-s2", "C1e+12-s3"], "budget": [1e12, 1e12], "size": [2, 3],
+                          "params": [12345.0, 23456.0], "tokens": [1.3e7, 7.1e6], "loss": [2.5, float("nan")],
+                          "status": ["ok", "failed"], "error": ["", "RuntimeError: a | b\nline 2"]})
+    results = SweepResults(table, path="/runs/x")
+    lines = results.to_markdown().splitlines()
+    assert lines[0] == "| point_id | budget | size | params | tokens | loss | status |"
+    assert lines[2] == "| C1e+12-s2 | 1e+12 | 2 | 1.234e+04 | 1.3e+07 | 2.5 | ok |"
+    assert lines[3] == "| C1e+12-s3 | 1e+12 | 3 | 2.346e+04 | 7.1e+06 |  | failed |"
+    assert results.to_markdown(["point_id", "error"]).splitlines()[3] == r"| C1e+12-s3 | RuntimeError: a \| b line 2 |"
+    html = results._repr_html_()
+    assert html.count("<tr") == 3 and "C1e+12-s3" in html

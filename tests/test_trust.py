@@ -71,7 +71,7 @@ def _finite_real_table(laws):
     frame = laws.to_frame()
     assert all(isinstance(v, float) for v in frame["value"])
     assert np.isfinite(frame["value"]).all()
-    assert "j" not in laws.table()  # no complex number reaches a table
+    assert "j" not in laws.to_markdown()  # no complex number reaches a table
 
 
 def test_loss_rising_with_compute_warns_and_stays_real(sweep):
@@ -178,7 +178,7 @@ def test_mostly_dropped_bootstrap_marks_intervals_unreliable():
     assert laws.isoflop.bootstrap_failed > 40
     (w,) = [w for w in laws.warnings if w.startswith("isoflop intervals are UNRELIABLE")]
     assert f"{laws.isoflop.bootstrap_failed} of 200 bootstrap replicates were dropped" in w
-    assert "| isoflop (unreliable intervals) |" in laws.table([1e21])
+    assert "| isoflop (unreliable intervals) |" in laws.to_markdown([1e21])
     assert "IsoFLOP approach (optimum = parabola; C = budget FLOPs) -- UNRELIABLE intervals" in laws.summary()
 
 
@@ -246,9 +246,9 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--seed", "-1"], "seed: must be a non-negative integer, got -1"),
+    (["--seed", "-1"], "fit(seed=-1) must be an int >= 0"),
     (["--where", "params.iloc[1000] > 0"], "where: 'params.iloc[1000] > 0': a subscript ([...]) is not allowed"),
-    (["--bootstrap", "1000000000"], "bootstrap: must be an integer from 0 to 100000"),
+    (["--bootstrap", "1000000000"], "fit(bootstrap=1000000000) must be an int from 0 to 100000"),
     (["--bootstrap", "many"], "argument --bootstrap: invalid int value: 'many'"),
     (["--approach", "both"], "argument --approach: invalid choice: 'both'"),
     (["--holdout", "params > 1e30"], "holdout: 'params > 1e30' selects no usable row"),
@@ -317,7 +317,7 @@ def test_tie_exponents(sweep):
 
 
 def test_approach_choice_is_validated(sweep):
-    with pytest.raises(FitError, match=r"approach: unknown value 'both'"):
+    with pytest.raises(FitError, match=r"fit\(approach='both'\) must be one of"):
         fit(sweep, approach="both")
     only = fit(sweep, bootstrap=0, approach="parametric")
     assert only.isoflop is None and "isoflop: not run (approach=parametric)" in only.approaches

@@ -2,7 +2,6 @@
 the example's smoke sweep on a real local Ray."""
 
 import functools
-import importlib
 import math
 import pickle
 import sys
@@ -17,8 +16,7 @@ from torch.utils.data import default_collate
 from flops_fit.flops import count_params
 from flops_fit.vision import (DigitsImages, ImageFolder, ViT, ViTConfig, classification_loss,
                               split_indices, vit)
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from toy import load_example
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5])
@@ -54,7 +52,7 @@ def test_one_size_dial_grows_monotonically():
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True])
 def test_from_size_rejects_bad_size(bad):
-    with pytest.raises(ValueError, match="size must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"model_fn\(size=.*\) must be an int >= 1: it is the number of layers"):
         ViT.from_size(bad)
 
 
@@ -185,7 +183,7 @@ def test_image_folder_errors_name_the_fix(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "one" / "only" / "a.png")
     with pytest.raises(ValueError, match="at least 2 classes"):
         ImageFolder(tmp_path / "one")
-    with pytest.raises(ValueError, match="channels must be 1"):
+    with pytest.raises(ValueError, match=r"ImageFolder\(channels=2\) must be one of \[1, 3\]: 1 \(grayscale\) or 3 \(RGB\)"):
         ImageFolder(tmp_path, channels=2)
 
 
@@ -201,9 +199,8 @@ def test_vision_module_imports_without_sklearn():
 
 
 @pytest.fixture
-def images_example(monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))  # as when run as a script: `from sweep import report`
-    return importlib.import_module("images")
+def images_example():
+    return load_example("images")
 
 
 def test_example_task_counts_patches(images_example, tmp_path):

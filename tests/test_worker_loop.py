@@ -19,7 +19,7 @@ import flops_fit as ff
 from flops_fit import train as T
 from flops_fit.hardware import PEAK_FLOPS, TFLOPS, choose_precision, peak_flops
 from flops_fit.plan import SweepPoint
-from toy import tiny_task
+from toy import load_example, tiny_task
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -387,11 +387,7 @@ def test_gpu_check_refuses_without_a_gpu():
 
 
 def test_examples_take_the_gpu_flags(tmp_path):
-    sys.path.insert(0, str(TESTS_DIR.parent / "examples"))
-    try:
-        import sweep
-    finally:
-        sys.path.pop(0)
+    sweep = load_example("sweep")
     args = sweep.parse_args(["--micro-batch-size", "4", "--precision", "no", "--compile",
                              "--data", str(TESTS_DIR)])
     task = sweep.make_task(args)

@@ -1,0 +1,134 @@
+"""What every sweep script shares (examples/sweep.py, examples/images.py, and copies of
+them): the flags of what a sweep trains and how it runs, planning and running from those
+flags, and the closing report. Kept in the package so that each example file runs on its
+own when copied and changed.
+
+Imports neither ray nor torch at import time (run_sweep loads Ray when it is called).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import flops_fit as ff
+from flops_fit.task import PRECISIONS
+
+SMOKE_BOOTSTRAP = 200  # --smoke: fewer bootstrap resamples, a quicker fit
+PREDICTION_FACTOR = 100  # the report predicts for this many times the largest budget
+
+
+def add_plan_arguments(p, budgets, points_per_budget, tokens_per_param, per: str):
+    """The flags of what a sweep trains (budgets and sizes), shared by every example;
+    `per` names what D counts (tokens, patches)."""
+    p.add_argument("--budgets", type=float, nargs="+", default=budgets, help="compute budgets, FLOPs")
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="model sizes (the dial) to train at every budget")
+    p.add_argument("--points-per-budget", type=int, default=points_per_budget,
+                   help="without --sizes: this many sizes per budget, centred on a prior optimum")
+    p.add_argument("--tokens-per-param", type=float, default=tokens_per_param,
+                   help=f"prior {per} per parameter at the optimum, to centre the sizes")
+
+
+def add_run_arguments(p):
+    """The flags of how and where a sweep runs, shared by every example."""
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per point")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (precision: see --precision)")
+    p.add_argument("--micro-batch-size", type=int, default=0,
+                   help="samples per forward/backward on one worker; the rest of its share of the "
+                        "batch is accumulated (default 0: the whole share at once)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 on GPUs that have it, else fp16 with loss scaling; fp32 on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model on each worker")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--storage-path", default=os.environ.get("FLOPS_FIT_STORAGE", "~/flops_fit_runs"),
+                   help="folder or URI for results (default: $FLOPS_FIT_STORAGE or ~/flops_fit_runs)")
+    p.add_argument("--name", default=None, help="sweep name; the same name again resumes")
+    p.add_argument("--max-concurrent", type=int, default=None, help="points trained at once")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="worker-group restarts per point, each from its last checkpoint; "
+                        "-1 = retry forever (spot / preemptible nodes)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
+    p.add_argument("--dry-run", action="store_true",
+                   help="rehearse the sweep on Ray with losses drawn from Chinchilla's law")
+
+
+def finish_args(p, argv, smoke: dict, names: tuple):
+    """Add --smoke and parse. --smoke swaps in `smoke`'s budgets and sizes (and
+    SMOKE_BOOTSTRAP resamples); without --name, the name is names[0] (smoke), names[1] (dry run)
+    or names[2]."""
+    p.add_argument("--smoke", action="store_true", help="a tiny sweep: a quick check that all works")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.budgets, args.sizes = smoke["budgets"], args.sizes or smoke["sizes"]
+        args.bootstrap = min(args.bootstrap, SMOKE_BOOTSTRAP)
+    if args.name is None:
+        args.name = names[0] if args.smoke else (names[1] if args.dry_run else names[2])
+    return args
+
+
+def run_settings(args) -> dict:
+    """The Task fields set by the run flags: how each worker trains, not what it trains."""
+    return dict(micro_batch_size=args.micro_batch_size, precision=args.precision, compile=args.compile)
+
+
+def plan_and_run(task, args):
+    """Plan the sweep the flags describe and run it on Ray; the SweepResults."""
+    plan = ff.plan_sweep(task, args.budgets, sizes=args.sizes, points_per_budget=args.points_per_budget,
+                         tokens_per_param=args.tokens_per_param)
+    return ff.run_sweep(
+        plan, task, name=args.name, storage_path=args.storage_path, num_workers=args.num_workers,
+        use_gpu=args.gpu, address=args.address, max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures, dry_run=args.dry_run,
+    )
+
+
+def report(results, args, loss_unit: str = "nats/token"):
+    """Fit the finished sweep and print / write the answer; None if it cannot be fitted.
+
+    A sweep too small for the laws (fewer than 3 budgets with a bracketed optimum, as a
+    --smoke run may be) is still a finished sweep: its table is printed with the reason,
+    and `flops-fit fit` can refit results.csv later.
+    """
+    try:
+        laws = ff.fit(results, bootstrap=args.bootstrap)
+    except ff.FitError as e:
+        print("\n" + results.to_markdown())
+        print(f"\nThe sweep is too small to fit the scaling laws: {e}\nResults: {results.results_csv}")
+        return None
+    target = PREDICTION_FACTOR * max(args.budgets)
+    # The report goes to the sweep folder, never to the working directory (under `ray job
+    # submit` that is a temporary copy deleted with the job). A sweep in cloud storage gets
+    # it drawn in a local temporary folder and copied up.
+    remote = "://" in results.path
+    out = Path(tempfile.mkdtemp(prefix="flops_fit-report-")) if remote else Path(results.path) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    plots = laws.plot(out)
+    (out / "summary.txt").write_text(laws.summary() + "\n")
+    (out / "table.md").write_text(laws.to_markdown() + "\n")
+    prediction = laws.predict(target)
+    prediction.to_csv(out / "prediction.csv", index=False)
+
+    print("\n" + laws.summary())
+    print("\nCompute-optimal allocation (Chinchilla Table 3 style):\n" + laws.to_markdown())
+    print(f"\nPrediction for C = {target:.3g} FLOPs ({PREDICTION_FACTOR}x the largest budget):")
+    for row in prediction.itertuples():
+        print(f"  {row.approach:<11} N = {row.params:,.0f} [{row.params_low:,.0f}, {row.params_high:,.0f}]"
+              f"  D = {row.tokens:,.0f} [{row.tokens_low:,.0f}, {row.tokens_high:,.0f}]"
+              f"  loss = {row.loss:.3f} [{row.loss_low:.3f}, {row.loss_high:.3f}] {loss_unit}")
+    written = [out / "summary.txt", out / "table.md", out / "prediction.csv", *map(Path, plots)]
+    if remote:
+        import pyarrow.fs
+
+        dest = results.path.rstrip("/") + "/report"
+        fs, dest_path = pyarrow.fs.FileSystem.from_uri(dest)
+        fs.create_dir(dest_path, recursive=True)
+        pyarrow.fs.copy_files(str(out), dest_path, destination_filesystem=fs)
+        shutil.rmtree(out)
+        written = [f"{dest}/{p.name}" for p in written]
+    print("\nWritten:")
+    for path in [results.results_csv, *written]:
+        print(f"  {path}")
+    return laws

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checks as C
+from . import checks
 
 BYTE_VOCAB = 256  # UTF-8 bytes: every text is representable, no tokenizer to ship
 SEPARATOR = 0  # appended after every file: NUL never occurs in text, so it marks "document ends"
@@ -42,7 +42,7 @@ class TokenDataset(torch.utils.data.Dataset):
     def __init__(self, tokens: np.ndarray, seq_len: int, vocab_size: int = BYTE_VOCAB):
         if tokens.ndim != 1:
             raise ValueError(f"tokens must be a 1-D array of token ids, got shape {tokens.shape}")
-        C.integer(seq_len, "TokenDataset", "seq_len", "tokens per sample")
+        checks.integer(seq_len, "TokenDataset", "seq_len", "tokens per sample")
         self.tokens = tokens
         self.seq_len = seq_len
         self.num_tokens = len(tokens)
@@ -95,9 +95,9 @@ class _WindowSource:
 
 def _check_windows(call: str, seq_len, val_every=None, unit: str = "file") -> None:
     """The settings the token sources share, checked before any file is read."""
-    C.integer(seq_len, call, "seq_len", "tokens per sample (the window length)")
+    checks.integer(seq_len, call, "seq_len", "tokens per sample (the window length)")
     if val_every is not None:
-        C.integer(val_every, call, "val_every", f"every val_every-th {unit} is validation", minimum=2)
+        checks.integer(val_every, call, "val_every", f"every val_every-th {unit} is validation", minimum=2)
 
 
 def _check_splits(train: np.ndarray, val: np.ndarray, seq_len: int, what: str, fixes: tuple):
@@ -285,7 +285,7 @@ class TokenFile(_WindowSource):
             raise FileNotFoundError(f"token file {train} does not exist")
         if val is not None and not Path(val).is_file():
             raise FileNotFoundError(f"validation token file {val} does not exist")
-        C.fraction(val_fraction, "TokenFile", "val_fraction", "the held-out share of train", open_low=True,
+        checks.fraction(val_fraction, "TokenFile", "val_fraction", "the held-out share of train", open_low=True,
                    open_high=True)
         _check_windows("TokenFile", seq_len)
         keep_settings(self, train=str(train), val=None if val is None else str(val), seq_len=seq_len,

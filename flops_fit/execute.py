@@ -30,7 +30,7 @@ import ray.cloudpickle
 import ray.train
 from ray import tune
 
-from . import checks as C
+from . import checks
 from . import results as R
 from .callbacks import LiveFit, ProgressPrinter, ResultsWriter, SweepMetrics, check_callbacks, point_id
 from .plan import SweepPlan, SweepPoint
@@ -260,12 +260,12 @@ def _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent
         )
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise ValueError(f"run_sweep(name={name!r}): give a plain folder name such as 'gpt-cpu-sweep'.")
-    num_workers = C.integer(num_workers, "run_sweep", "num_workers", "workers per point")
+    num_workers = checks.integer(num_workers, "run_sweep", "num_workers", "workers per point")
     task.accumulation_steps(num_workers)  # the global batch splits into equal micro-batches
-    max_failures = C.integer(max_failures, "run_sweep", "max_failures", "or -1 to retry without limit",
+    max_failures = checks.integer(max_failures, "run_sweep", "max_failures", "or -1 to retry without limit",
                              minimum=RETRY_FOREVER)
     if max_concurrent is not None:
-        max_concurrent = C.integer(max_concurrent, "run_sweep", "max_concurrent", "or None for as many as fit")
+        max_concurrent = checks.integer(max_concurrent, "run_sweep", "max_concurrent", "or None for as many as fit")
     return num_workers, max_failures, max_concurrent
 
 
@@ -281,9 +281,9 @@ def _storage_uri(storage_path) -> str:
 def _check_resources(resources: dict) -> dict:
     """The resources as plain Python numbers (Ray's placement groups take no numpy scalars)."""
     for key, value in resources.items():
-        C.positive_number(value, "run_sweep", f"resources_per_worker[{key!r}]",
+        checks.positive_number(value, "run_sweep", f"resources_per_worker[{key!r}]",
                           "leave a resource out rather than ask for 0 of it")
-    return {key: int(value) if C.is_int(value) else float(value) for key, value in resources.items()}
+    return {key: int(value) if checks.is_int(value) else float(value) for key, value in resources.items()}
 
 
 def _pickled_task(task: Task) -> bytes:

@@ -40,7 +40,7 @@ import numpy as np
 # imports this package (whose `fit` is bound eagerly), and the two cost about 0.6 s of CPU
 # per process, paid by every trial of a sweep (benchmarks/RESULTS.md, import costs).
 
-from flops_fit import checks as C
+from flops_fit import checks
 from flops_fit.law import compute_optimal_allocation, huber_lse_objective, parametric_loss
 from flops_fit.optimize import (BOOTSTRAP_CHUNK_ELEMENTS, BOOTSTRAP_ITERATIONS, EXPONENT_MIN, batched_lbfgs,
                                 domain_bounds, fit_parametric_params, tie)
@@ -672,18 +672,18 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
     tie_exponents: fit L(N, D) with alpha = beta (as e.g. Muennighoff et al. 2023 do).
     """
     import pandas as pd
-    C.one_of(approach, "fit", "approach", APPROACHES, error=FitError)
-    C.one_of(optimum, "fit", "optimum", OPTIMA, error=FitError)
+    checks.one_of(approach, "fit", "approach", APPROACHES, error=FitError)
+    checks.one_of(optimum, "fit", "optimum", OPTIMA, error=FitError)
     if approach == "parametric" and optimum == "given":
         raise FitError("optimum='given' fits power laws to per-budget optima; use approach='isoflop' or 'auto'")
-    bootstrap = C.integer(bootstrap, "fit", "bootstrap", "1000 replicates give stable 95% intervals; 0 disables",
+    bootstrap = checks.integer(bootstrap, "fit", "bootstrap", "1000 replicates give stable 95% intervals; 0 disables",
                           minimum=0, maximum=MAX_BOOTSTRAP, error=FitError)
-    seed = C.integer(seed, "fit", "seed", "the seed of the bootstrap's random generator", minimum=0, error=FitError)
-    level = C.fraction(level, "fit", "level", "the two-sided interval level, e.g. 0.95", open_low=True,
+    seed = checks.integer(seed, "fit", "seed", "the seed of the bootstrap's random generator", minimum=0, error=FitError)
+    level = checks.fraction(level, "fit", "level", "the two-sided interval level, e.g. 0.95", open_low=True,
                        open_high=True, error=FitError)
-    budget_rtol = C.positive_number(budget_rtol, "fit", "budget_rtol", "the relative FLOPs tolerance of a group",
+    budget_rtol = checks.positive_number(budget_rtol, "fit", "budget_rtol", "the relative FLOPs tolerance of a group",
                                     error=FitError)
-    drop_highest_loss = C.integer(drop_highest_loss, "fit", "drop_highest_loss", "rows to drop", minimum=0,
+    drop_highest_loss = checks.integer(drop_highest_loss, "fit", "drop_highest_loss", "rows to drop", minimum=0,
                                   error=FitError)
     prep = prepare(data, columns=columns, where=where, drop_highest_loss=drop_highest_loss,
                    budget_rtol=budget_rtol, holdout=holdout)

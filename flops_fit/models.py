@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flops_fit import checks as C
+from flops_fit import checks
 
 
 @dataclass
@@ -31,7 +31,7 @@ def size_dial(size: int, aspect: int, head_dim: int) -> tuple[int, int, int]:
 
     n_layer = size, n_embd = aspect * size, n_head = n_embd // head_dim (nanochat's depth dial).
     """
-    size = C.integer(size, "model_fn", "size", "it is the number of layers")  # numpy ints are fine
+    size = checks.integer(size, "model_fn", "size", "it is the number of layers")  # numpy ints are fine
     if aspect < 1 or head_dim < 1:
         raise ValueError(f"aspect and head_dim must be >= 1, got aspect={aspect}, head_dim={head_dim}")
     n_embd = aspect * size

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import checks as C
+from . import checks
 from . import flops as F
 
 DEFAULT_POINTS_PER_BUDGET = 7  # Chinchilla used 9-ish per budget; 7 brackets a parabola well
@@ -205,16 +205,16 @@ def plan_sweep(
     if sizes is not None:
         sizes = _check_sizes(sizes, "sizes")
     else:
-        points_per_budget = C.integer(points_per_budget, "plan_sweep", "points_per_budget",
+        points_per_budget = checks.integer(points_per_budget, "plan_sweep", "points_per_budget",
                                       "sizes per budget, enough to fit a parabola",
                                       minimum=_MIN_SIZES_PER_BUDGET)
         candidate_sizes = _check_sizes(candidate_sizes, "candidate_sizes")
-    tokens_per_param = C.positive_number(
+    tokens_per_param = checks.positive_number(
         tokens_per_param, "plan_sweep", "tokens_per_param",
         f"the prior optimum D/N that centres the sizes (Chinchilla: {DEFAULT_TOKENS_PER_PARAM:g})")
-    size_spread = C.positive_number(size_spread, "plan_sweep", "size_spread",
+    size_spread = checks.positive_number(size_spread, "plan_sweep", "size_spread",
                                     "sizes span N*/spread .. N*·spread", above=1)
-    min_steps = C.integer(min_steps, "plan_sweep", "min_steps", "optimizer steps a point needs", minimum=1)
+    min_steps = checks.integer(min_steps, "plan_sweep", "min_steps", "optimizer steps a point needs", minimum=1)
 
     probe = _Probe(task, param_convention, flops_per_token)
     points, dropped = [], []
@@ -397,7 +397,7 @@ def _check_unique_ids(points) -> None:
 
 def _check_budgets(budgets) -> list:
     # numpy scalars (a budget grid from np.logspace) become plain floats for the plan's JSON
-    return C.distinct_sorted(budgets, "plan_sweep", "budgets", integers=False,
+    return checks.distinct_sorted(budgets, "plan_sweep", "budgets", integers=False,
                              what="a finite positive number of FLOPs",
                              example="compute budgets in FLOPs, e.g. [1e12, 3e12, 1e13]",
                              repeat_note="; each budget is one IsoFLOP curve")
@@ -405,6 +405,6 @@ def _check_budgets(budgets) -> list:
 
 def _check_sizes(sizes, name) -> list:
     # numpy integers (np.arange) become plain ints for the plan's JSON and model_fn
-    return C.distinct_sorted(sizes, "plan_sweep", name, integers=True,
+    return checks.distinct_sorted(sizes, "plan_sweep", name, integers=True,
                              what="a positive int (model_fn takes one integer size dial)",
                              example="the model_fn dial values to train, e.g. [2, 3, 4]")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import checks as C
+from . import checks
 from .plan import SweepPlan
 
 PLAN_FILE = "plan.json"
@@ -102,10 +102,10 @@ def _markdown_cell(value) -> str:
 def hardware_use(metrics: dict) -> str:
     """'12.3 GFLOP/s, MFU 41.0 %  ' from a point's reported metrics ('' when it has none)."""
     flops = metrics.get("model_flops_per_s")
-    if not C.is_positive_finite(flops):
+    if not checks.is_positive_finite(flops):
         return ""
     mfu = metrics.get("mfu")
-    mfu_text = f", MFU {100 * mfu:.1f} %" if C.is_positive_finite(mfu) else ""
+    mfu_text = f", MFU {100 * mfu:.1f} %" if checks.is_positive_finite(mfu) else ""
     return f"{flops / GIGA:,.1f} GFLOP/s{mfu_text}  "
 
 

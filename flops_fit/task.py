@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
-from . import checks as C
+from . import checks
 
 # Hyperparameter defaults: nanoGPT/nanochat-style AdamW with warmup + cosine decay. They
 # are fine for the tiny CPU GPTs of the examples; for a real sweep, tune them at the
@@ -80,22 +80,22 @@ class Task:
         # numpy scalars are accepted and stored as plain numbers: the sweep record compares
         # Tasks field by field, and np.int64(32) must mean what 32 means
         for name in ("tokens_per_sample", "batch_size", "eval_samples"):
-            self._set(name, C.integer(getattr(self, name), "Task", name))
+            self._set(name, checks.integer(getattr(self, name), "Task", name))
         for name in ("checkpoint_every", "report_every", "micro_batch_size"):
-            self._set(name, C.integer(getattr(self, name), "Task", name, "0 picks a default", minimum=0))
+            self._set(name, checks.integer(getattr(self, name), "Task", name, "0 picks a default", minimum=0))
         if not callable(self.lr):
-            self._set("lr", C.positive_number(self.lr, "Task", "lr", "the peak AdamW learning rate"))
-        self._set("warmup_fraction", C.fraction(self.warmup_fraction, "Task", "warmup_fraction",
+            self._set("lr", checks.positive_number(self.lr, "Task", "lr", "the peak AdamW learning rate"))
+        self._set("warmup_fraction", checks.fraction(self.warmup_fraction, "Task", "warmup_fraction",
                                                 "the share of a point's steps spent warming up"))
-        self._set("min_lr_fraction", C.fraction(self.min_lr_fraction, "Task", "min_lr_fraction",
+        self._set("min_lr_fraction", checks.fraction(self.min_lr_fraction, "Task", "min_lr_fraction",
                                                 "the share of the peak lr the cosine decay ends at"))
         for name in ("weight_decay", "grad_clip"):  # `value < 0` alone would let a NaN through
-            self._set(name, C.non_negative_number(getattr(self, name), "Task", name))
+            self._set(name, checks.non_negative_number(getattr(self, name), "Task", name))
         _check_betas(self.betas)
         # numpy's default_rng refuses negative seeds; torch.manual_seed takes 64 bits
-        self._set("seed", C.integer(self.seed, "Task", "seed", "a seed in [0, 2**64)", minimum=0,
+        self._set("seed", checks.integer(self.seed, "Task", "seed", "a seed in [0, 2**64)", minimum=0,
                                     maximum=_SEED_LIMIT - 1))
-        C.one_of(self.precision, "Task", "precision", PRECISIONS)
+        checks.one_of(self.precision, "Task", "precision", PRECISIONS)
         if not isinstance(self.compile, bool):
             raise ValueError(f"Task(compile={self.compile!r}) must be True or False.")
         if self.micro_batch_size > self.batch_size:
@@ -143,7 +143,7 @@ class Task:
         """Peak learning rate for a model of `params` parameters."""
         if not callable(self.lr):
             return self.lr  # checked when the Task was built
-        return C.positive_number(self.lr(params), "Task", f"lr({params})", "lr must suit every planned N")
+        return checks.positive_number(self.lr(params), "Task", f"lr({params})", "lr must suit every planned N")
 
 
 def check_task(task: Task, plan) -> list:
@@ -243,7 +243,7 @@ def _check_betas(betas):
     ok = (
         isinstance(betas, (tuple, list))
         and len(betas) == 2
-        and all(C.is_real(b) and math.isfinite(b) and 0 <= b < 1 for b in betas)
+        and all(checks.is_real(b) and math.isfinite(b) and 0 <= b < 1 for b in betas)
     )
     if not ok:
         raise ValueError(f"Task(betas={betas!r}) must be two numbers in [0, 1), e.g. (0.9, 0.95).")

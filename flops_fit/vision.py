@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flops_fit import checks as C
+from flops_fit import checks
 from flops_fit.data import hf_dataset_folder, keep_settings, load_hf_dataset, settings_repr
 from flops_fit.models import Block, block_params, init_gpt2_, param_counts, size_dial
 
@@ -217,13 +217,13 @@ def _datasets(images: np.ndarray, labels: np.ndarray, val_fraction: float, seed:
 
 def _check_image_settings(call: str, image_size, channels: int, val_fraction: float) -> None:
     """The settings every image reader shares, checked before any image is read."""
-    C.one_of(channels, call, "channels", (1, 3), "1 (grayscale) or 3 (RGB)")
-    C.integer(image_size, call, "image_size", "pixels per side")
+    checks.one_of(channels, call, "channels", (1, 3), "1 (grayscale) or 3 (RGB)")
+    checks.integer(image_size, call, "image_size", "pixels per side")
     _check_fraction(call, val_fraction)
 
 
 def _check_fraction(call: str, val_fraction):
-    C.fraction(val_fraction, call, "val_fraction", "the held-out share of each class", open_low=True,
+    checks.fraction(val_fraction, call, "val_fraction", "the held-out share of each class", open_low=True,
                open_high=True)
 
 

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import flops_fit
 from flops_fit import FitError, ScalingLaws, fit
 from flops_fit.law import huber_lse_objective
 from flops_fit.optimize import start_grid

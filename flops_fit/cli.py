@@ -16,6 +16,7 @@ Bad input exits with status 2 and a one-line message.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from flops_fit.fitting import APPROACHES, MAX_BOOTSTRAP, OPTIMA, fit
@@ -40,6 +41,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _as_flags(message: str) -> str:
+    """`fit(seed=-1) must be ...` -> `--seed -1 must be ...`: on the command line the
+    argument is a flag."""
+    return re.sub(r"^fit\((\w+)=([^)]*)\)", lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
 
 
 def build_parser():
@@ -86,7 +93,7 @@ def main(argv=None):
                    tie_exponents=args.tie_exponents)
         table = laws.to_markdown(args.predict)
     except FitError as err:
-        print(f"flops-fit: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"flops-fit: error: {_as_flags(' '.join(str(err).split()))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(laws.summary())
     print()

@@ -246,11 +246,12 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--seed", "-1"], "fit(seed=-1) must be an int >= 0"),
+    (["--seed", "-1"], "--seed -1 must be an int >= 0"),
     (["--where", "params.iloc[1000] > 0"], "where: 'params.iloc[1000] > 0': a subscript ([...]) is not allowed"),
-    (["--bootstrap", "1000000000"], "fit(bootstrap=1000000000) must be an int from 0 to 100000"),
+    (["--bootstrap", "1000000000"], "--bootstrap 1000000000 must be an int from 0 to 100000"),
     (["--bootstrap", "many"], "argument --bootstrap: invalid int value: 'many'"),
     (["--approach", "both"], "argument --approach: invalid choice: 'both'"),
+    (["--budget-rtol", "-1"], "--budget-rtol -1.0 must be a finite number > 0"),
     (["--holdout", "params > 1e30"], "holdout: 'params > 1e30' selects no usable row"),
 ])
 def test_bad_flags_are_one_line_errors(data_dir, capsys, args, message):

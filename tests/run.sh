@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): the whole suite on the Ray this environment installed
 # (pyproject's newest match), then the tests marked `oldest_ray` (how flops_fit drives Ray:
-# the Tune trial -> TorchTrainer pattern, checkpoints, resume, Train's cleanup of a dead
-# trial driver) on the oldest supported Ray, in a second virtual environment beside the
+# the Tune trial -> TorchTrainer pattern, checkpoints, resume, a lost node, a diverged point
+# as data, Train's cleanup of a dead trial driver) on the oldest supported Ray, in a second virtual environment beside the
 # first (.venv-ray-oldest), so both ends of the supported range are tested. Extra arguments
 # go to both pytest runs.
 set -euo pipefail

@@ -60,6 +60,7 @@ def test_two_worker_sweep_trains_exactly_the_plan(ray_session, tmp_path):
     pd.testing.assert_series_equal(reloaded.table.loss, t.loss)
 
 
+@pytest.mark.oldest_ray
 def test_diverged_point_is_data_and_the_sweep_goes_on(ray_session, tmp_path):
     task = tiny_task(tmp_path, model_fn=gpt_nan)
     plan = ff.plan_sweep(task, [5e9], sizes=[1, 2, DIVERGING_SIZE])
@@ -287,6 +288,7 @@ NODE_LOSS = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.oldest_ray
 def test_a_node_removed_mid_trial_resumes_on_another_node(tmp_path):
     script = tmp_path / "node_loss.py"
     script.write_text(NODE_LOSS)

@@ -12,13 +12,14 @@ import pytest
 
 import flops_fit as ff
 from ray.tune.logger import LoggerCallback
+from flops_fit.train import CHINCHILLA_LAW
 from toy import tiny_task, wait_for, worker_groups_holding_cpus
 
 # A dry run of 3 budgets x 3 sizes of the toy GPT: every budget's minimum is bracketed under
 # the dry run's law (Chinchilla's, noise off), so the live fit yields an exponent a.
 BUDGETS = [1e10, 3e10, 1e11]
 SIZES = [1, 2, 3]
-LAW = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28, "noise": 0.0}
+LAW = {**CHINCHILLA_LAW, "noise": 0.0}
 SWEEP = "observed"
 METRICS_DEADLINE_S = 90  # Ray exports metrics periodically (seconds apart), so poll
 

@@ -109,7 +109,7 @@ def test_subprocess_bad_input_exits_2_with_one_line(data_dir):
     (["--map", "params"], "--map"),
     (["--map", "params=no_such_col"], "columns['params']"),
     (["--where", "loss <"], "where"),
-    (["--drop-highest-loss", "-1"], "drop_highest_loss"),
+    (["--drop-highest-loss", "-1"], "--drop-highest-loss -1 must be an int >= 0"),
 ])
 def test_bad_arguments_exit_2_naming_them(data_dir, capsys, args, needle):
     path = data_dir / "chinchilla_fig4_right_isoflop_slices_eythore.csv"

@@ -179,9 +179,7 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
             max_concurrent_trials=concurrency,
             trial_name_creator=point_id,
             trial_dirname_creator=point_id,
-            # Not reused: Tune fails a reused function trainable ("reuse requires
-            # reset_config()").
-            reuse_actors=False,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name,

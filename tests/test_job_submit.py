@@ -1,11 +1,13 @@
-"""The main job submitted as users do on a cluster: `ray start --head` with token
-authentication, `ray job submit` of examples/sweep.py, `ray job logs`.
+"""The main job as users run it on a cluster: `ray start --head` with token
+authentication, `ray job submit` of examples/sweep.py --smoke (real training of the
+example GPT), `ray job logs`; then what the job left: results, the fitted laws, the report.
 
 The head is this test's own (loopback, free ports, its own temp folder and token file) and
 is stopped through its own processes: `ray stop` would end every Ray on the machine, the
 test session's included.
 """
 
+import math
 import os
 import re
 import secrets
@@ -25,10 +27,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
-JOB_DEADLINE_S = 600  # the smoke dry run takes about 2 minutes on 2 cores
-# The smoke budgets with sizes whose IsoFLOP minima are bracketed under the dry run's law
-# (Chinchilla's) with its noise, so the job gets as far as writing its report.
-SIZES = ["2", "3", "5"]
+JOB_DEADLINE_S = 900  # the smoke sweep takes about 4 minutes on 2 cores
 NAME = "job-smoke"
 POINTS = 9  # 3 smoke budgets x 3 sizes
 # Ports `ray start --head` would otherwise take at fixed defaults (6379, 8265, 52365, 10001):
@@ -117,7 +116,7 @@ def ray_job(env, *args, timeout=60):
     return out.stdout + out.stderr  # the CLI prints its status lines to stderr
 
 
-def test_ray_job_submit_of_the_example_shows_progress_and_writes_to_the_sweep_folder(head, tmp_path):
+def test_the_main_job_submitted_with_ray_job_submit_trains_fits_and_reports(head, tmp_path):
     url, env, temp_dir = head
     # The job's working directory: a copy of the example alone (flops_fit is installed).
     job_dir = tmp_path / "job"
@@ -133,8 +132,8 @@ def test_ray_job_submit_of_the_example_shows_progress_and_writes_to_the_sweep_fo
     assert refused.returncode != 0 and "auth" in (refused.stdout + refused.stderr).lower(), refused.stderr[-2000:]
 
     ray_job(env, "submit", "--address", url, "--submission-id", job_id, "--working-dir", str(job_dir),
-            "--no-wait", "--", "python", "sweep.py", "--smoke", "--dry-run", "--sizes", *SIZES,
-            "--address", "auto", "--storage-path", storage, "--name", NAME, timeout=120)
+            "--no-wait", "--", "python", "sweep.py", "--smoke", "--address", "auto",
+            "--storage-path", storage, "--name", NAME, timeout=120)
     deadline = time.monotonic() + JOB_DEADLINE_S
     while True:
         # "Status for job '<id>': RUNNING" while it runs; "Job '<id>' succeeded" at the end.
@@ -146,20 +145,34 @@ def test_ray_job_submit_of_the_example_shows_progress_and_writes_to_the_sweep_fo
     logs = ray_job(env, "logs", "--address", url, job_id)
     assert re.search(r"\bsucceeded\b", status, flags=re.I), status + logs[-5000:]
 
-    # One progress line per point, e.g. "[3/9] C4e+10-s2  ok  loss 27.1  (31 s)".
+    # One progress line per point, e.g. "[3/9] C4e+10-s2  ok  loss 2.71  (31 s)".
     progress = re.findall(rf"^\[(\d+)/{POINTS}\] (\S+)\s+(\S+)", logs, flags=re.M)
     results = ff.load_results(tmp_path / "runs" / NAME)
-    assert sorted(pid for _, pid, _ in progress) == sorted(results.table.point_id), logs[-5000:]
+    table = results.table
+    assert sorted(pid for _, pid, _ in progress) == sorted(table.point_id), logs[-5000:]
     assert sorted(int(k) for k, _, _ in progress) == list(range(1, POINTS + 1))
     assert {s for _, _, s in progress} == {"ok"}
-    # The sweep's closing summary: the status line and the fitted laws with where they went.
+    assert len(table) == POINTS and (table.status == "ok").all(), table[["point_id", "status", "error"]]
+    assert (table.tokens == table.planned_tokens).all()
+    # The sweep's closing summary: the status line, the fitted laws, the prediction, and
+    # where the report went.
     assert f"{POINTS} points: {POINTS} ok" in logs
-    assert "Compute-optimal allocation" in logs and "Written:" in logs
+    assert "Compute-optimal allocation" in logs and "| approach |" in logs
+    assert "Prediction for C = 8e+12 FLOPs" in logs and "Written:" in logs
+
+    # The smoke design is fittable by both approaches: every budget's optimum is bracketed,
+    # so all three enter the power law, with an interval (with 3 sizes per budget most
+    # resamples lose a bracket, so it may be a single value).
+    laws = ff.fit(results, bootstrap=50)
+    assert laws.isoflop is not None and laws.parametric is not None
+    assert laws.isoflop.optima["bracketed"].all(), laws.isoflop.optima
+    a = laws.isoflop.a
+    assert math.isfinite(a.low) and a.low <= a.value <= a.high
 
     # Results, report and plots are in the sweep folder...
-    assert len(results.table) == POINTS and (results.table.status == "ok").all()
     report = tmp_path / "runs" / NAME / "report"
-    for name in ("summary.txt", "table.md", "prediction.csv", "isoflop_curves.png"):
+    for name in ("summary.txt", "table.md", "prediction.csv", "isoflop_curves.png",
+                 "optima_vs_compute.png", "parametric_residuals.png"):
         assert (report / name).stat().st_size > 0, name
         assert f"{storage}/{NAME}/report/{name}" in logs
     # ...and nothing in the job's working directory (a copy under the head's temp folder).

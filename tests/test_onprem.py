@@ -4,7 +4,7 @@ The "remote" host is an sshd that this test starts on 127.0.0.1 (a free port) wi
 its own host key, its own authorized_keys and its own HOME for the logged-in user:
 nothing of the machine's SSH set-up (/etc/ssh, ~/.ssh) or the user's home is read
 or written. Ray's local provider points at it with no workers; `ray up` runs the
-file's setup and head start commands over SSH, `ray exec` runs the smoke dry run
+file's setup and head start commands over SSH, `ray exec` runs a three-point dry run
 on the head, `ray down` stops it.
 
 Isolation: the file's start commands, and `ray down`, run `ray stop`, which kills
@@ -50,9 +50,9 @@ VENV_BIN = Path(sys.executable).parent  # the node runs this interpreter's envir
 
 SSHD_START_TIMEOUT_S = 20
 RAY_UP_TIMEOUT_S = 600  # setup + head start over SSH; about a minute on 2 cores
-RAY_EXEC_TIMEOUT_S = 600  # the smoke dry run on the head
+RAY_EXEC_TIMEOUT_S = 600  # the dry run on the head
 RAY_DOWN_TIMEOUT_S = 180
-SMOKE_NAME = "onprem-smoke"
+SWEEP_NAME = "onprem-dry-run"
 SHARED_STORAGE = "/mnt/shared/flops_fit"  # the file's FLOPS_FIT_STORAGE
 # Ports of a Ray head besides the GCS port, each given a free one (`ray start` flags).
 HEAD_PORT_FLAGS = (
@@ -242,7 +242,7 @@ def _daemon_pids_in(pids) -> set[int]:
     return out
 
 
-def test_ray_up_onprem_yaml_runs_smoke_dry_run_and_comes_down(tmp_path, ray_session):
+def test_ray_up_onprem_yaml_runs_a_dry_run_sweep_and_comes_down(tmp_path, ray_session):
     """ray_session: this session's own Ray, which the node's `ray stop` must not reach."""
     _skip_unless_possible()
     # Unix socket paths in Ray's temp dir must stay short (108 bytes): not under tmp_path.
@@ -276,20 +276,23 @@ def test_ray_up_onprem_yaml_runs_smoke_dry_run_and_comes_down(tmp_path, ray_sess
         assert (node.home / "flops_fit" / "examples" / "sweep.py").is_file()  # file_mounts
         assert (node.home / ".ray" / "auth_token").is_file()  # head_setup_commands
 
-        smoke = (
+        sweep = (
             f"cd ~/flops_fit && python -c 'import ray, sys; print(\"NODE\", sys.executable, ray.__version__)' && "
-            f"python examples/sweep.py --smoke --dry-run --address=127.0.0.1:{gcs_port} "
-            f"--name={SMOKE_NAME} --bootstrap=50"
+            # Three dry-run points of one budget: enough to show the head runs a sweep into
+            # the file's storage (too few to fit, which the example reports and exits 0);
+            # the whole smoke sweep runs as a job in test_job_submit.py.
+            f"python examples/sweep.py --dry-run --budgets 4e10 --sizes 2 3 5 "
+            f"--address=127.0.0.1:{gcs_port} --name={SWEEP_NAME}"
         )
-        run = _ray_cli("exec", str(config_path), smoke, timeout=RAY_EXEC_TIMEOUT_S)
+        run = _ray_cli("exec", str(config_path), sweep, timeout=RAY_EXEC_TIMEOUT_S)
         output = run.stdout + run.stderr
-        assert run.returncode == 0, f"smoke dry run failed on the head:\n{output[-8000:]}"
+        assert run.returncode == 0, f"dry run failed on the head:\n{output[-8000:]}"
         import ray
 
         assert f"NODE {sys.executable} {ray.__version__}" in output
         # The sweep read FLOPS_FIT_STORAGE from the file's setup (the env file in ~/.bashrc).
-        results = pd.read_csv(node.home / "runs" / SMOKE_NAME / "results.csv")
-        assert len(results) > 0 and (results["status"] == "ok").all(), results.to_string()
+        results = pd.read_csv(node.home / "runs" / SWEEP_NAME / "results.csv")
+        assert len(results) == 3 and (results["status"] == "ok").all(), results.to_string()
         assert results["loss"].notna().all()
 
         down = _ray_cli("down", str(config_path), "-y", timeout=RAY_DOWN_TIMEOUT_S)

@@ -220,7 +220,7 @@ def test_example_task_counts_patches(images_example, tmp_path):
 def test_example_trains_the_vit_through_ray(ray_session, images_example, tmp_path, capsys):
     """One budget of the smoke sizes, real training on Ray's workers. One budget cannot be
     fitted: the example prints the table and the reason (the report path is the GPT
-    example's, tests/test_examples.py)."""
+    example's, tests/test_job_submit.py)."""
     pytest.importorskip("sklearn")
     laws = images_example.main(["--budgets", "1e9", "--sizes", "2", "3", "4", "--storage-path", str(tmp_path),
                                 "--name", "vit-one-budget", "--bootstrap", "0"])

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import flops_fit as ff
 from flops_fit.task import PRECISIONS
+from flops_fit.plan import DEFAULT_SIZE_SPREAD
 
 SMOKE_BOOTSTRAP = 200  # --smoke: fewer bootstrap resamples, a quicker fit
 PREDICTION_FACTOR = 100  # the report predicts for this many times the largest budget
 
 
-def add_plan_arguments(p, budgets, points_per_budget, tokens_per_param, per: str):
+def add_plan_arguments(p, budgets, points_per_budget, tokens_per_param, per: str,
+                       size_spread: float = DEFAULT_SIZE_SPREAD):
     """The flags of what a sweep trains (budgets and sizes), shared by every example;
     `per` names what D counts (tokens, patches)."""
     p.add_argument("--budgets", type=float, nargs="+", default=budgets, help="compute budgets, FLOPs")
@@ -30,6 +32,8 @@ def add_plan_arguments(p, budgets, points_per_budget, tokens_per_param, per: str
                    help="without --sizes: this many sizes per budget, centred on a prior optimum")
     p.add_argument("--tokens-per-param", type=float, default=tokens_per_param,
                    help=f"prior {per} per parameter at the optimum, to centre the sizes")
+    p.add_argument("--size-spread", type=float, default=size_spread,
+                   help="without --sizes: the sizes span N*/spread .. N*·spread around the prior optimum N*")
 
 
 def add_run_arguments(p):
@@ -77,7 +81,7 @@ def run_settings(args) -> dict:
 def plan_and_run(task, args):
     """Plan the sweep the flags describe and run it on Ray; the SweepResults."""
     plan = ff.plan_sweep(task, args.budgets, sizes=args.sizes, points_per_budget=args.points_per_budget,
-                         tokens_per_param=args.tokens_per_param)
+                         tokens_per_param=args.tokens_per_param, size_spread=args.size_spread)
     return ff.run_sweep(
         plan, task, name=args.name, storage_path=args.storage_path, num_workers=args.num_workers,
         use_gpu=args.gpu, address=args.address, max_concurrent=args.max_concurrent,

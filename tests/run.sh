@@ -4,16 +4,16 @@
 # the Tune trial -> TorchTrainer pattern, checkpoints, resume, a lost node, a diverged point
 # as data, Train's cleanup of a dead trial driver) on the oldest supported Ray, in a second virtual environment beside the
 # first (.venv-ray-oldest), so both ends of the supported range are tested. Extra arguments
-# go to both pytest runs.
+# go to both pytest runs. Each run ends with its 15 slowest tests (where the time went).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLDEST_RAY="2.53.0"  # the lower bound of ray in pyproject.toml (>=2.53)
 echo "== tests on ray $(python -c 'import ray; print(ray.__version__)') (all)"
-python -m pytest "$@"
+python -m pytest --durations=15 "$@"
 if [ ! -x .venv-ray-oldest/bin/python ]; then
     python3 -m venv .venv-ray-oldest
 fi
 .venv-ray-oldest/bin/pip install -q torch==2.13.0
 .venv-ray-oldest/bin/pip install -q -e ".[dev]" "ray[default,train,tune]==${OLDEST_RAY}"
 echo "== tests on ray $(.venv-ray-oldest/bin/python -c 'import ray; print(ray.__version__)') (marked oldest_ray)"
-.venv-ray-oldest/bin/python -m pytest -m oldest_ray "$@"
+.venv-ray-oldest/bin/python -m pytest --durations=15 -m oldest_ray "$@"

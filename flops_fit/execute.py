@@ -179,7 +179,9 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
             max_concurrent_trials=concurrency,
             trial_name_creator=point_id,
             trial_dirname_creator=point_id,
-            reuse_actors=True,
+            # Not reused: Tune fails a reused function trainable ("reuse requires
+            # reset_config()").
+            reuse_actors=False,
         ),
         run_config=tune.RunConfig(
             name=name,

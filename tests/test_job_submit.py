@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import flops_fit as ff
+from flops_fit.sweep_script import SMOKE_BOOTSTRAP
 
 pytestmark = pytest.mark.slow
 
@@ -162,8 +163,9 @@ def test_the_main_job_submitted_with_ray_job_submit_trains_fits_and_reports(head
 
     # The smoke design is fittable by both approaches: every budget's optimum is bracketed,
     # so all three enter the power law, with an interval (with 3 sizes per budget most
-    # resamples lose a bracket, so it may be a single value).
-    laws = ff.fit(results, bootstrap=50)
+    # resamples lose a bracket, so it may be a single value). The job's own fit: the same
+    # results, resamples and seed as the example's report.
+    laws = ff.fit(results, bootstrap=SMOKE_BOOTSTRAP)
     assert laws.isoflop is not None and laws.parametric is not None
     assert laws.isoflop.optima["bracketed"].all(), laws.isoflop.optima
     a = laws.isoflop.a

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 import flops_fit as ff
-from flops_fit.task import PRECISIONS
 from flops_fit.plan import DEFAULT_SIZE_SPREAD
+from flops_fit.task import PRECISIONS
 
 SMOKE_BOOTSTRAP = 200  # --smoke: fewer bootstrap resamples, a quicker fit
 PREDICTION_FACTOR = 100  # the report predicts for this many times the largest budget

@@ -8,7 +8,13 @@
 (2) In this process, the worker loop's step (a fresh Accelerator, prepared model and
     optimizer, autocast, accelerator.backward and clip_grad_norm_) against the plain step,
     300 steps each, alternating: what Accelerate's wrappers cost.
-Same point as benchmarks/throughput.py.
+(3) In this process, the worker loop's own step (`train._step`) fed by its batch source
+    (`train.Prefetcher`) building batches ahead in a thread (depth PREFETCH_STEPS, the GPU
+    default) against building each in the training thread (depth 0, the CPU default), for
+    sizes 1, 2 and 4 at the budget of (1), alternating; once on an idle machine and once
+    beside a busy process on every other core (as in a sweep, whose points fill the CPUs
+    Ray gives them): what the hand-off between the two threads costs on a CPU.
+Same point as benchmarks/throughput.py in (1) and (2).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from results_file import append_result  # noqa: E402
 from throughput import BUDGET, SIZE  # noqa: E402
 
 STEPS = 300  # per in-process step comparison
+DEPTH_SIZES = [1, 2, 4]  # (3): the smallest models have the shortest steps, where it shows most
+SPIN = "while True: pass"  # (3): a neighbour that keeps one core busy
 
 
 def _in_thread(fn):
@@ -78,19 +86,31 @@ def steps_per_s(point, task, data, accelerate: bool) -> float:
     return STEPS / (time.perf_counter() - t)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--no-write", action="store_true")
-    p.add_argument("--label", default="")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of the four places in (1)")
-    p.add_argument("--pairs", type=int, default=8, help="alternating step comparisons in (2)")
-    args = p.parse_args(argv)
-    import ray
+def worker_loop_steps_per_s(point, task, data, depth: int) -> float:
+    """Optimizer steps per second of the worker loop's step, batches from Prefetcher(depth)."""
     import torch
 
-    torch.set_num_threads(1)
-    task = make_task(tempfile.mkdtemp(prefix="flops_fit-gap-"))
-    point = ff.plan_sweep(task, [BUDGET], sizes=[SIZE]).points[0]
+    from flops_fit import train as T
+
+    accelerator = T._make_accelerator(task)
+    net, model, optimizer, scheduler = T._build(point, task, accelerator)
+    run = T._Run(point=point, task=task, rank=0, world=1, accum=task.accumulation_steps(1),
+                 accelerator=accelerator, model=model, net=net, optimizer=optimizer, scheduler=scheduler,
+                 train_set=data[0], val_set=data[1], peak_flops=None)
+    steps = min(STEPS, point.steps)
+    batches = T.Prefetcher(run, depth)
+    try:
+        window_loss = torch.zeros(())
+        t = time.perf_counter()
+        for _ in range(steps):
+            window_loss += T._step(run, batches.next())
+        return steps / (time.perf_counter() - t)
+    finally:
+        batches.close()
+
+
+def where_the_plain_loop_runs(point, task, rounds: int) -> list:
+    import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}})  # plain_loop for the actor
@@ -103,27 +123,80 @@ def main(argv=None):
         actor = Runner.remote()
         ray.get(actor.run.remote(False))  # not counted: the actor's imports and data cache
         places = {"this process": [], "a thread of it": [], "a Ray actor": [], "a thread of the actor": []}
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             places["this process"].append(plain_tokens_per_s(point, task, False))
             places["a thread of it"].append(plain_tokens_per_s(point, task, True))
             places["a Ray actor"].append(ray.get(actor.run.remote(False)))
             places["a thread of the actor"].append(ray.get(actor.run.remote(True)))
     finally:
         ray.shutdown()
-    data = task.data()
-    steps_per_s(point, task, data, False), steps_per_s(point, task, data, True)  # warm
-    pairs = [(steps_per_s(point, task, data, False), steps_per_s(point, task, data, True))
-             for _ in range(args.pairs)]
     base = statistics.median(places["this process"])
-    lines = [f"point: {point.point_id}, {point.params:,} params, 1 torch thread",
-             "(1) plain loop, tokens/s by where it runs (median; runs):"]
+    lines = ["(1) plain loop, tokens/s by where it runs (median; runs):"]
     for name, runs in places.items():
         lines.append(f"    {name:24s} {statistics.median(runs):8,.0f}  {statistics.median(runs) / base:.3f}x  "
                      f"({', '.join(f'{x:,.0f}' for x in runs)})")
-    ratios = [a / p for p, a in pairs]
-    lines += [f"(2) Accelerate step / plain step, {STEPS} steps each, {args.pairs} alternating pairs: "
-              f"{', '.join(f'{r:.3f}' for r in ratios)}",
-              f"    median {statistics.median(ratios):.3f}"]
+    return lines
+
+
+def accelerate_wrappers(point, task, data, pairs: int) -> list:
+    steps_per_s(point, task, data, False), steps_per_s(point, task, data, True)  # warm
+    runs = [(steps_per_s(point, task, data, False), steps_per_s(point, task, data, True))
+            for _ in range(pairs)]
+    ratios = [a / p for p, a in runs]
+    return [f"(2) Accelerate step / plain step, {STEPS} steps each, {pairs} alternating pairs: "
+            f"{', '.join(f'{r:.3f}' for r in ratios)}",
+            f"    median {statistics.median(ratios):.3f}"]
+
+
+def batch_building(task, data, pairs: int) -> list:
+    import os
+    import subprocess
+
+    from flops_fit.train import PREFETCH_STEPS
+
+    lines = [f"(3) worker-loop steps/s, batches built ahead in a thread (depth {PREFETCH_STEPS}) -> in the "
+             f"training thread (depth 0), {STEPS} steps each, {pairs} alternating pairs; ratio = in / ahead:"]
+    for neighbours in (0, (os.cpu_count() or 2) - 1):
+        spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(neighbours)]
+        try:
+            lines.append(f"    {'idle machine' if not neighbours else f'beside {neighbours} busy process(es)'}:")
+            for size in DEPTH_SIZES:
+                sized = ff.plan_sweep(task, [BUDGET], sizes=[size]).points[0]
+                worker_loop_steps_per_s(sized, task, data, 0)  # warm
+                runs = [(worker_loop_steps_per_s(sized, task, data, PREFETCH_STEPS),
+                         worker_loop_steps_per_s(sized, task, data, 0)) for _ in range(pairs)]
+                ratios = [i / a for a, i in runs]
+                lines.append(f"      size {size}: {statistics.median([a for a, _ in runs]):6.1f} -> "
+                             f"{statistics.median([i for _, i in runs]):6.1f} steps/s, ratios "
+                             f"{', '.join(f'{r:.3f}' for r in ratios)}, median {statistics.median(ratios):.3f}")
+        finally:
+            for spinner in spinners:
+                spinner.kill()
+                spinner.wait()
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--label", default="")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of the four places in (1)")
+    p.add_argument("--pairs", type=int, default=8, help="alternating step comparisons in (2), twice (3)'s")
+    p.add_argument("--parts", default="123", help="which comparisons to run, e.g. 3")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    task = make_task(tempfile.mkdtemp(prefix="flops_fit-gap-"))
+    point = ff.plan_sweep(task, [BUDGET], sizes=[SIZE]).points[0]
+    data = task.data()
+    lines = [f"point: {point.point_id}, {point.params:,} params, 1 torch thread"]
+    if "1" in args.parts:
+        lines += where_the_plain_loop_runs(point, task, args.rounds)
+    if "2" in args.parts:
+        lines += accelerate_wrappers(point, task, data, args.pairs)
+    if "3" in args.parts:
+        lines += batch_building(task, data, args.pairs // 2)
     print("\n".join(lines))
     if not args.no_write:
         append_result("Worker-loop gap, by cause", "python benchmarks/worker_gap.py", lines, args.label)

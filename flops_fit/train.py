@@ -40,9 +40,13 @@ CHECKPOINTS_PER_POINT = 10  # checkpoints per point when Task.checkpoint_every i
 # reruns from the start faster than it would checkpoint.
 MIN_REPORT_INTERVAL_S = 1.0
 MIN_CHECKPOINT_INTERVAL_S = 10.0
-# Optimizer steps of batches built ahead of the one training: one hides the build time; a
-# second absorbs a slow sample (a page-cache miss) without stalling the device.
+# Optimizer steps of batches built ahead of the one training on a GPU: one hides the build
+# time; a second absorbs a slow sample (a page-cache miss) without stalling the device.
 PREFETCH_STEPS = 2
+# On a CPU worker none: each batch is built in the training thread when it is taken. There a
+# builder thread has no idle device time to fill, only the GIL and the worker's CPUs to share,
+# and in a Ray Train worker the hand-offs slowed every step (benchmarks/RESULTS.md).
+CPU_PREFETCH_STEPS = 0
 QUEUE_POLL_S = 0.1  # how often a full prefetch queue checks that the loop still runs
 
 # Default law for dry runs: Chinchilla's fit (Hoffmann et al. 2022, eq. 10), so a rehearsal
@@ -360,19 +364,26 @@ class Prefetcher:
     """Builds the micro-batches of the next optimizer steps in a background thread while the
     current step runs, in step order, from exactly the positions of `shard_positions`: the
     same samples as building them in the loop, so a resumed run stays bit-exact. On a GPU
-    the batches are pinned, so the copy to the device overlaps the compute."""
+    the batches are pinned, so the copy to the device overlaps the compute. Depth 0 (the
+    default on a CPU, CPU_PREFETCH_STEPS) builds each batch in the calling thread when it
+    is taken."""
 
-    def __init__(self, run: _Run, depth: int = PREFETCH_STEPS):
+    def __init__(self, run: _Run, depth: int | None = None):
         import torch
 
+        if depth is None:
+            depth = CPU_PREFETCH_STEPS if run.accelerator.device.type == "cpu" else PREFETCH_STEPS
         self._run, self._pin = run, run.accelerator.device.type == "cuda"
         self._order = np.random.default_rng(run.task.seed).permutation(len(run.train_set))
-        self._queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
         self._collate = torch.utils.data.default_collate
-        self._thread = threading.Thread(target=self._fill, args=(run.step,), daemon=True,
-                                        name="flops_fit-prefetch")
-        self._thread.start()
+        self._next_step = run.step  # depth 0: the step whose batch `next` builds
+        self._thread = None
+        if depth > 0:
+            self._queue = queue.Queue(maxsize=depth)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._fill, args=(run.step,), daemon=True,
+                                            name="flops_fit-prefetch")
+            self._thread.start()
 
     def _batch(self, positions):
         samples = [self._run.train_set[int(self._order[p % len(self._order)])] for p in positions]
@@ -384,10 +395,13 @@ class Prefetcher:
                 lambda t: t.pin_memory() if isinstance(t, torch.Tensor) else t, batch)
         return batch
 
+    def _build_step(self, step) -> list:
+        return [self._batch(p) for p in _positions(self._run, step)]
+
     def _fill(self, step):
         try:
             for s in range(step, self._run.point.steps):
-                if not self._put([self._batch(p) for p in _positions(self._run, s)]):
+                if not self._put(self._build_step(s)):
                     return
         except BaseException as e:  # handed to the training thread, which raises it
             self._put(e)
@@ -403,14 +417,23 @@ class Prefetcher:
         return False
 
     def next(self) -> list:
-        item = self._queue.get()
+        if self._thread is None:
+            try:
+                item = self._build_step(self._next_step)
+            except Exception as e:
+                item = e
+            else:
+                self._next_step += 1
+        else:
+            item = self._queue.get()
         if isinstance(item, BaseException):
             raise RuntimeError(f"building the batch of step {self._run.step} failed: {item!r}") from item
         return item
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
 
 
 def dry_run_loss(point: SweepPoint, law: dict | bool, seed: int) -> float:

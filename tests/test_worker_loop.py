@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -174,11 +175,17 @@ def test_micro_batches_make_the_same_update_as_the_whole_batch():
     assert whole.step == micro.step == 5
 
 
-def test_prefetched_batches_are_the_planned_sample_positions():
+# depth 0: built when taken (the default on a CPU); PREFETCH_STEPS: built ahead in a thread
+# (the default on a GPU).
+BATCH_DEPTHS = [0, T.PREFETCH_STEPS]
+
+
+@pytest.mark.parametrize("depth", BATCH_DEPTHS)
+def test_prefetched_batches_are_the_planned_sample_positions(depth):
     run = _run(_task(micro_batch_size=2))
     run.step = 3  # as after a resume
     order = __import__("numpy").random.default_rng(run.task.seed).permutation(len(run.train_set))
-    batches = T.Prefetcher(run)
+    batches = T.Prefetcher(run, depth)
     try:
         for step in (3, 4, 5):
             got = batches.next()
@@ -201,13 +208,31 @@ def test_compiled_model_trains_like_the_eager_one():
     torch.testing.assert_close(compiled.net.weight, eager.net.weight, rtol=1e-5, atol=1e-6)
 
 
-def test_a_failing_sample_is_raised_in_the_training_thread():
+def _prefetch_threads() -> int:
+    return sum(t.name == "flops_fit-prefetch" for t in threading.enumerate())
+
+
+def test_a_cpu_worker_builds_batches_in_the_training_thread():
+    run = _run(_task())
+    before = _prefetch_threads()
+    inline, ahead = T.Prefetcher(run), T.Prefetcher(run, T.PREFETCH_STEPS)
+    try:
+        assert _prefetch_threads() == before + 1  # only the explicit one
+        torch.testing.assert_close(inline.next(), ahead.next(), rtol=0, atol=0)
+    finally:
+        inline.close()
+        ahead.close()
+    assert _prefetch_threads() == before
+
+
+@pytest.mark.parametrize("depth", BATCH_DEPTHS)
+def test_a_failing_sample_is_raised_in_the_training_thread(depth):
     class Broken(_Data):
         def __getitem__(self, i):
             raise OSError("disk gone")
 
     run = _run(_task(), data=Broken())
-    batches = T.Prefetcher(run)
+    batches = T.Prefetcher(run, depth)
     try:
         with pytest.raises(RuntimeError, match="step 0 failed.*disk gone"):
             batches.next()

@@ -30,17 +30,18 @@ def actor_classes() -> dict:
 @pytest.mark.oldest_ray
 def test_two_worker_sweep_trains_exactly_the_plan(ray_session, tmp_path):
     task = tiny_task(tmp_path)
-    plan = ff.plan_sweep(task, [5e9, 1e10], sizes=[1, 2])
-    assert len(plan) == 4
+    # Two points: a 2-worker group holds both CPUs, so points run one after another.
+    plan = ff.plan_sweep(task, [1e10], sizes=[1, 2])
+    assert len(plan) == 2
     before = actor_classes()
     res = ff.run_sweep(plan, task, name="two-workers", storage_path=tmp_path / "runs", num_workers=2,
                        live_fit=False)
     t = res.table
-    assert list(t.status) == ["ok"] * 4, t[["point_id", "status", "error"]]
+    assert list(t.status) == ["ok"] * 2, t[["point_id", "status", "error"]]
     started = [c for a, c in actor_classes().items() if a not in before]
-    assert started.count("ImplicitFunc") == 4 and started.count("RayTrainWorker") == 8, started
+    assert started.count("ImplicitFunc") == 2 and started.count("RayTrainWorker") == 4, started
     # Ray Train's stock trainer: one controller per point's Train run.
-    assert started.count("TrainController") == 4, started
+    assert started.count("TrainController") == 2, started
     assert t.loss.map(math.isfinite).all()
     # Accelerate inside each Ray worker sees the whole group.
     assert (t.num_processes == 2).all()

@@ -9,8 +9,9 @@ in-process with 1 torch thread; (b) flops_fit's worker loop (Ray Train + Acceler
 with batches built ahead in a thread of the worker (the GPU default, forced on the CPU
 through a Ray worker set-up hook); (c) (b) with 2 workers of 1 CPU each (data parallel,
 gloo); (e) (b) and (b') with the machine full, as in a sweep: two 1-worker points at once
-(sizes 3 and 4 at the same budget), alternating; (d) the model FLOP/s of (a) and (b) against the machine's measured single-thread
-fp32 matmul FLOP/s (the CPU's counterpart of MFU).
+(sizes 3 and 4 at the same budget), alternating; (d) the model FLOP/s of (a) and (b)
+against the machine's measured single-thread fp32 matmul FLOP/s (the CPU's counterpart of
+MFU).
 Plain runs alternate with the 1-worker runs (plain, worker, worker', plain, ..., plain):
 on a shared machine speed drifts by 5-20 % between runs, so each worker run is compared
 with the mean of the plain runs on either side, and the median of those ratios is the
@@ -74,7 +75,7 @@ def build_batches_ahead_on_cpu():
 
 
 def worker_tokens_per_s(plan, task, storage, num_workers, name, build_ahead: bool = False):
-    """Worker-loop tokens/s of the plan's point (a list, one per point, for a longer plan)."""
+    """Worker-loop tokens/s of each point of the plan, in plan order."""
     import ray
 
     from flops_fit.ray_setup import LOCAL_TRIAL_SLOTS, TRIAL_RESOURCE, set_ray_env
@@ -91,9 +92,8 @@ def worker_tokens_per_s(plan, task, storage, num_workers, name, build_ahead: boo
         ray.shutdown()
     assert (res.table.status == "ok").all(), res.table.error.tolist()
     # The first step's timestamp is taken after it, so count the steps after it.
-    rates = [(row.tokens - task.batch_tokens) / (row.last_step_at - row.first_step_at)
-             for row in res.table.itertuples()]
-    return rates[0] if len(rates) == 1 else rates
+    return [(row.tokens - task.batch_tokens) / (row.last_step_at - row.first_step_at)
+            for row in res.table.itertuples()]
 
 
 def main(argv=None):
@@ -113,10 +113,10 @@ def main(argv=None):
 
         plain_runs, ones, aheads = [plain_run()], [], []
         for i in range(args.repeats):
-            ones.append(worker_tokens_per_s(plan, task, storage, 1, f"one-{i}"))
-            aheads.append(worker_tokens_per_s(plan, task, storage, 1, f"ahead-{i}", build_ahead=True))
+            ones += worker_tokens_per_s(plan, task, storage, 1, f"one-{i}")
+            aheads += worker_tokens_per_s(plan, task, storage, 1, f"ahead-{i}", build_ahead=True)
             plain_runs.append(plain_run())
-        two = worker_tokens_per_s(plan, task, storage, 2, "two")
+        [two] = worker_tokens_per_s(plan, task, storage, 2, "two")
         full = ff.plan_sweep(task, [BUDGET], sizes=FULL_SIZES)
         full_runs = []  # (in-thread rates, built-ahead rates) per repeat, one rate per point
         for i in range(args.repeats):

@@ -179,12 +179,15 @@ CLUSTER = textwrap.dedent(
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": True,
         "dashboard_host": "127.0.0.1", "dashboard_port": free_port()})
-    cluster.add_node(num_cpus=1)
-    cluster.add_node(num_cpus=1)
     try:
+        # Connect while the head is the only node: Ray 2.53 (not 2.60) attaches a driver to any
+        # raylet on its host, and a driver on a worker node dies with it.
         ray.init(address=cluster.address, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"],
                                            "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}})
+        cluster.add_node(num_cpus=1)
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
         task = tiny_task(tmp)
         plan = ff.plan_sweep(task, [5e9], sizes=[1, 2, 3])
         res = ff.run_sweep(plan, task, name="multinode", storage_path=tmp / "runs", live_fit=False)
@@ -262,16 +265,20 @@ NODE_LOSS = textwrap.dedent(
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": True,
         "dashboard_host": "127.0.0.1", "dashboard_port": free_port()})
-    nodes = [cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1)]
 
     class RemoveNode(RemoveTrainingNode, tune.Callback):
         pass
-    RemoveTrainingNode.cluster, RemoveTrainingNode.nodes = cluster, nodes
 
     try:
+        # Connect while the head is the only node: Ray 2.53 (not 2.60) attaches a driver to any
+        # raylet on its host, and this test removes a worker node under the sweep.
         ray.init(address=cluster.address, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"],
                                            "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}})
+        assert ray.get_runtime_context().get_node_id() == cluster.head_node.node_id
+        nodes = [cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1)]
+        cluster.wait_for_nodes()
+        RemoveTrainingNode.cluster, RemoveTrainingNode.nodes = cluster, nodes
         task = tiny_task(tmp, checkpoint_every=40, report_every=20)
         plan = ff.plan_sweep(task, [1e10], sizes=[2])
         cb = RemoveNode()

@@ -27,8 +27,9 @@ def point_id(trial) -> str:
 class ProgressPrinter(tune.Callback):
     """One line per finished point: id, status, loss, time, and how many remain."""
 
-    def __init__(self, plan: SweepPlan, already_done: int = 0):
-        self.total = len(plan)
+    def __init__(self, total: int, already_done: int = 0, bound: bool = False):
+        # A search's total is a bound, not known in advance: shown as "<=35".
+        self.total = f"<={total}" if bound else total
         self.done = already_done  # finished by an earlier run of the same sweep
         self.t0 = time.time()
 
@@ -187,9 +188,9 @@ class SweepMetrics(tune.Callback):
     exponent gauges stay unset.
     """
 
-    def __init__(self, sweep: str, plan):
+    def __init__(self, sweep: str, total: int):
         self.sweep = sweep
-        self.total = len(plan)
+        self.total = total  # points in all (a search's max_points: pending is then an upper bound)
         self._state: dict = {}  # point id -> one of POINT_STATES
         self._rate: dict = {}  # point id -> latest tokens per second while it runs
         self._lock = threading.Lock()

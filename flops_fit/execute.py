@@ -15,6 +15,9 @@ The pattern of Ray's own `doc_code/train_tune_interop.py`, public API only:
   the other points, so this run's callbacks are the ones that run (a restored Tuner keeps
   the pickled callbacks of the first run, and Ray has no public way to replace them,
   ray#41364).
+- Searched sweep (`search="bracket"`): the same trials, proposed by a Tune `Searcher`
+  (`searcher.BracketSearcher`, decisions in `search.py`) instead of a grid; its record
+  lives in the sweep folder, so a rerun resumes the search the same way.
 """
 
 from __future__ import annotations
@@ -91,6 +94,9 @@ def run_sweep(
     address: str | None = None,
     live_fit: bool = True,
     verbose: bool = True,
+    search: str | None = None,
+    max_points: int | None = None,
+    search_sizes=None,
 ) -> "R.SweepResults":
     """Run every point of `plan` as a Ray Tune trial (one Ray Train worker group each).
 
@@ -116,6 +122,14 @@ def run_sweep(
         address: Ray cluster address; default RAY_ADDRESS, else a local Ray is started
             (with settings for a small machine; a cluster keeps its own).
         live_fit: refit and redraw the table and plots in the sweep folder as points finish.
+        search: None trains the plan as it is; "bracket" starts from the plan, adds sizes
+            where a budget's valley is not bracketed and re-centres budgets not yet started
+            on the power law of those that are (flops_fit/search.py). A sweep resumes the
+            way it started.
+        max_points: with search, the most points trained in all, planned ones included
+            (default: the plan's points plus search.DEFAULT_MAX_ADDED_PER_BUDGET per budget).
+        search_sizes: with search, the model dial values it may add (default: the plan's
+            sizes and plan.DEFAULT_CANDIDATE_SIZES); each must be a size model_fn accepts.
     """
     num_workers, max_failures, max_concurrent = _check_arguments(
         plan, task, name, num_workers, max_failures, max_concurrent)
@@ -126,6 +140,7 @@ def run_sweep(
     resources = _check_resources(resources)
     task_pickle = _pickled_task(task)
     _check_learning_rates(task, plan)
+    bracket_search = _make_search(search, plan, task, max_points, search_sizes)
     dry_run = dry_run_law(dry_run)
     if dry_run is None:
         check_task(task, plan)
@@ -134,21 +149,34 @@ def run_sweep(
     # Refuses another plan or task under this name, and a second live driver of this sweep.
     claim = R.claim_sweep_dir(sweep_dir, plan, task)
     try:
+        _check_same_search(sweep_dir, search)
         return _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, resources,
-                    max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose)
+                    max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose,
+                    bracket_search)
     finally:
         claim.release()
 
 
 def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, resources,
-         max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose):
+         max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose, bracket_search):
     finished = R.finished_ids(sweep_dir)
-    todo = [p for p in plan if p.point_id not in finished]
-    if not todo:  # every point finished earlier: the table, without starting Ray
-        return _finish(sweep_dir, verbose)
+    searcher = None
+    if bracket_search is not None:
+        from .searcher import BracketSearcher
+
+        # Takes in the folder's record: a rerun continues the search where it stopped.
+        searcher = BracketSearcher(bracket_search, sweep_dir, verbose=verbose)
+        if bracket_search.finished:  # the search ended earlier: the table, without starting Ray
+            return _finish(sweep_dir, verbose)
+        todo, total = [], bracket_search.max_points
+    else:
+        todo, total = [p for p in plan if p.point_id not in finished], len(plan)
+        if not todo:  # every point finished earlier: the table, without starting Ray
+            return _finish(sweep_dir, verbose)
     ray_setup.ensure_ray(address, verbose=verbose)
     ray_setup.check_cluster_fits(resources, num_workers, use_gpu)
-    concurrency = max_concurrent or ray_setup.concurrency(resources, num_workers, len(todo))
+    concurrency = max_concurrent or ray_setup.concurrency(resources, num_workers,
+                                                          len(todo) or total - len(finished))
     settings = PointSettings(
         num_workers=num_workers,
         use_gpu=use_gpu,
@@ -162,7 +190,10 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
         print(plan.summary())
         print(f"Sweep folder: {sweep_dir}  ({concurrency} point(s) at a time, "
               f"{num_workers} worker(s) each, {resources} per worker)", flush=True)
-        if finished:
+        if searcher is not None:
+            print(f"Bracket-seeking search: at most {total} points in all"
+                  + (f"; resuming, {len(finished)} finished point(s) kept." if finished else "."), flush=True)
+        elif finished:
             print(f"Resuming sweep {name!r}: {len(plan) - len(todo)} finished point(s) kept, "
                   f"{len(todo)} to run.", flush=True)
     trainable = tune.with_resources(
@@ -171,11 +202,14 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
         tune.with_parameters(run_point, task_pickle=task_pickle, settings=settings),
         ray_setup.driver_resources(),
     )
-    metrics = SweepMetrics(name, plan)  # the dashboard's and Prometheus' view of the sweep
+    metrics = SweepMetrics(name, total)  # the dashboard's and Prometheus' view of the sweep
     tuner = tune.Tuner(
         trainable,
-        param_space={"point": tune.grid_search([dataclasses.asdict(p) for p in todo])},
+        # A search proposes its own points (its own search space); a plan is a grid.
+        param_space=None if searcher else {"point": tune.grid_search([dataclasses.asdict(p) for p in todo])},
         tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=-1 if searcher else 1,  # -1: until the searcher says it is finished
             max_concurrent_trials=concurrency,
             trial_name_creator=point_id,
             trial_dirname_creator=point_id,
@@ -188,7 +222,8 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
             storage_path=storage,
             callbacks=[
                 ResultsWriter(sweep_dir, plan),
-                *([ProgressPrinter(plan, already_done=len(plan) - len(todo))] if verbose else []),
+                *([ProgressPrinter(total, already_done=len(finished), bound=searcher is not None)]
+                  if verbose else []),
                 *([LiveFit(sweep_dir, plan, verbose=verbose, on_fit=metrics.record_fit)] if live_fit else []),
                 metrics,
                 *callbacks,
@@ -246,6 +281,36 @@ def run_point(config: dict, task_pickle: bytes, settings: PointSettings) -> None
         ),
     )
     trainer.fit()
+
+
+def _make_search(search, plan, task, max_points, search_sizes):
+    """The decisions of a searched sweep (search.BracketSearch), checked before Ray starts;
+    None for a sweep of the plan as it is."""
+    if search is None:
+        if max_points is not None or search_sizes is not None:
+            raise ValueError("run_sweep(max_points=..., search_sizes=...) bound a search: pass search='bracket' "
+                             "with them, or leave them out to train the plan as it is.")
+        return None
+    if search != "bracket":
+        raise ValueError(f"run_sweep(search={search!r}): use None (the plan as it is) or 'bracket' "
+                         "(add sizes where a budget's optimum is not bracketed).")
+    from .plan import DEFAULT_CANDIDATE_SIZES, _check_sizes
+    from .search import BracketSearch, size_table
+
+    given = DEFAULT_CANDIDATE_SIZES if search_sizes is None else search_sizes
+    candidates = sorted(set(_check_sizes(given, "search_sizes")) | {p.size for p in plan})
+    return BracketSearch(plan, size_table(task, plan, candidates), max_points=max_points)
+
+
+def _check_same_search(sweep_dir: str, search) -> None:
+    """A sweep resumes the way it started: searched (it has a search record) or as planned."""
+    searched = R.read_search(sweep_dir) is not None
+    if searched and not search:
+        raise ValueError(f"The sweep at {sweep_dir} was started with search='bracket' (see its "
+                         f"{R.SEARCH_FILE}); resume it with search='bracket' (--adaptive), or pass another name.")
+    if search and not searched and R.finished_ids(sweep_dir):
+        raise ValueError(f"The sweep at {sweep_dir} was started without a search; resume it with "
+                         "search=None (without --adaptive), or pass another name for a searched sweep.")
 
 
 def _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent):

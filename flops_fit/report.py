@@ -236,7 +236,11 @@ def plot_isoflop_curves(laws) -> Figure:
     for rec in opt.itertuples():
         colour = cmap(norm(rec.budget))
         grp = pts[pts["budget"] == rec.budget]
-        ax.scatter(grp["params"], grp["loss"], s=14, color=colour, alpha=0.8)
+        added = (grp["origin"] != "planned").to_numpy() if "origin" in grp else np.zeros(len(grp), bool)
+        ax.scatter(grp["params"][~added], grp["loss"][~added], s=14, color=colour, alpha=0.8)
+        # Points a bracket-seeking search added (flops_fit/search.py): diamonds.
+        ax.scatter(grp["params"][added], grp["loss"][added], s=22, marker="D", color=colour,
+                   edgecolor="black", linewidth=0.5, alpha=0.9)
         if laws.isoflop.optimum == "parabola" and np.isfinite(rec.c2):
             x = np.linspace(math.log(rec.params_min), math.log(rec.params_max), CURVE_POINTS) - rec.log_n_centre
             ax.plot(np.exp(x + rec.log_n_centre), rec.c0 + rec.c1 * x + rec.c2 * x * x,
@@ -250,6 +254,9 @@ def plot_isoflop_curves(laws) -> Figure:
     ax.scatter([], [], marker="*", s=120, color="grey", edgecolor="black", label="optimum (used)")
     ax.scatter([], [], marker="X", s=90, facecolor="none", edgecolor="red",
                label="not bracketed (excluded)")
+    if "origin" in pts and (pts["origin"] != "planned").any():
+        ax.scatter([], [], marker="D", s=22, color="grey", edgecolor="black", linewidth=0.5,
+                   label="added by the search")
     ax.set_xscale("log")
     ax.set_xlabel("model size N (parameters)")
     ax.set_ylabel("loss (nats/token)")

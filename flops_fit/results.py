@@ -21,11 +21,17 @@ import pandas as pd
 
 from . import checks
 from .plan import SweepPlan
+from .search import ORIGIN_PLANNED
 
 PLAN_FILE = "plan.json"
 TASK_FILE = "task.json"
 RESULTS_CSV = "results.csv"
-STATUSES = ("ok", "diverged", "failed", "incomplete")
+# "skipped": a planned point a bracket-seeking search chose not to train (the error column
+# says why; search/state.json holds the search's decisions)
+STATUSES = ("ok", "diverged", "failed", "incomplete", "skipped")
+# A bracket-seeking search's record: the points it proposed, the planned points it skipped,
+# its decision log. In a subfolder, beside finished/ and away from Tune's experiment files.
+SEARCH_FILE = "search/state.json"
 
 # The fixed schema: one row per planned point. Units: budget and flops in FLOPs, params in
 # parameters (plan's convention), tokens trained, loss = held-out nats per token at the end.
@@ -34,6 +40,9 @@ COLUMNS = [
     "steps", "train_loss", "tokens_per_s", "attempts", "started_at", "first_step_at", "last_step_at",
     "finished_at",
     "num_processes", "shards_disjoint", "node", "node_id", "planned_tokens",
+    # Why the point exists: planned, or added by a bracket-seeking search (extended: beyond
+    # the edge of a budget whose valley was not bracketed; re-centred: on the fitted N_opt).
+    "origin",
     # Hardware use over the point's last progress window: model FLOP/s (counted FLOPs per token
     # x tokens/s, all workers) and MFU = that / the devices' dense peak (flops_fit/hardware.py;
     # empty on CPUs and GPUs without a known peak); precision as trained; fp16 steps skipped.
@@ -159,13 +168,28 @@ def load_results(path) -> SweepResults:
         elif pid in rows:  # no plan.json: the point as its trial folder recorded it
             r = rows[pid]
             point = dict(point_id=pid, budget=r["budget"], size=r["size"], params=r["params"],
-                         tokens=r["planned_tokens"])
+                         tokens=r["planned_tokens"], origin=r["origin"])
         else:
             continue
         rows[pid] = result_row(point, metrics, None)
     if not rows and plan is None:
         raise ValueError(f"{path} holds no sweep trials (no */params.json) and no {PLAN_FILE}.")
-    return SweepResults(table=make_table(rows, plan), path=path, plan=plan)
+    search = read_search(path)
+    skipped = search.get("skipped", {}) if search else {}
+    return SweepResults(table=make_table(rows, plan, skipped), path=path, plan=plan)
+
+
+def read_search(sweep_dir: str) -> dict | None:
+    """The record a bracket-seeking search keeps in the sweep folder (SEARCH_FILE), or None."""
+    fs, root = _filesystem(sweep_dir)
+    text = _read_text(fs, _j(root, SEARCH_FILE))
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"Corrupt search record {_j(root, SEARCH_FILE)}: {e}. It is rewritten whole at "
+                         "every decision, so a broken one means another program changed it.") from e
 
 
 FINISHED_DIR = "finished"  # one JSON file of final metrics per finished point
@@ -387,6 +411,7 @@ def result_row(point: dict, last: dict | None, error_text: str | None, started: 
     row.update(
         point_id=point["point_id"], budget=point["budget"], size=point["size"], params=point["params"],
         planned_tokens=point["tokens"], loss=math.nan, status="incomplete", error="",
+        origin=point.get("origin", ORIGIN_PLANNED),
     )
     if last:
         for key in ("tokens", "flops", "steps", "train_loss", "tokens_per_s", "attempts", "started_at",
@@ -406,18 +431,25 @@ def result_row(point: dict, last: dict | None, error_text: str | None, started: 
     return row
 
 
-def make_table(rows: dict, plan: SweepPlan | None) -> pd.DataFrame:
+def make_table(rows: dict, plan: SweepPlan | None, skipped: dict | None = None) -> pd.DataFrame:
     """Rows keyed by point id -> the table in plan order, unstarted planned points included.
 
     Without a plan, rows come sorted by (budget, size), the plan's own order, rather than
-    in whatever order the storage lists trial folders.
+    in whatever order the storage lists trial folders. Points a search added follow the
+    plan's, by (budget, size). `skipped`: planned point id -> why a search chose not to
+    train it (status "skipped").
     """
+    skipped = skipped or {}
     if plan is not None:
         for p in plan.points:
             if p.point_id not in rows:
                 rows[p.point_id] = result_row(_point_dict(p), None, None, started=False)
+                if p.point_id in skipped:
+                    rows[p.point_id].update(status="skipped", error=skipped[p.point_id])
         order = [p.point_id for p in plan.points]
-        rows = {k: rows[k] for k in order + [k for k in rows if k not in order]}
+        added = sorted((k for k in rows if k not in set(order)),
+                       key=lambda k: (rows[k]["budget"], rows[k]["size"], k))
+        rows = {k: rows[k] for k in order + added}
     else:
         rows = dict(sorted(rows.items(), key=lambda kv: (kv[1]["budget"], kv[1]["size"], kv[0])))
     return pd.DataFrame(list(rows.values()), columns=COLUMNS)

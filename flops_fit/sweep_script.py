@@ -57,6 +57,12 @@ def add_run_arguments(p):
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
     p.add_argument("--dry-run", action="store_true",
                    help="rehearse the sweep on Ray with losses drawn from Chinchilla's law")
+    p.add_argument("--adaptive", action="store_true",
+                   help="bracket-seeking: add sizes where a budget's optimum is not bracketed and "
+                        "re-centre later budgets on the fitted power law (run_sweep search='bracket')")
+    p.add_argument("--max-points", type=int, default=None,
+                   help="with --adaptive: the most points trained in all (default: the plan's "
+                        "points plus 4 per budget)")
 
 
 def finish_args(p, argv, smoke: dict, names: tuple):
@@ -70,6 +76,10 @@ def finish_args(p, argv, smoke: dict, names: tuple):
         args.bootstrap = min(args.bootstrap, SMOKE_BOOTSTRAP)
     if args.name is None:
         args.name = names[0] if args.smoke else (names[1] if args.dry_run else names[2])
+        if args.adaptive:  # a searched sweep never resumes a static one of the same flags
+            args.name += "-adaptive"
+    if args.max_points is not None and not args.adaptive:
+        p.error("--max-points bounds a search: add --adaptive, or leave --max-points out")
     return args
 
 
@@ -86,6 +96,7 @@ def plan_and_run(task, args):
         plan, task, name=args.name, storage_path=args.storage_path, num_workers=args.num_workers,
         use_gpu=args.gpu, address=args.address, max_concurrent=args.max_concurrent,
         max_failures=args.max_failures, dry_run=args.dry_run,
+        search="bracket" if args.adaptive else None, max_points=args.max_points,
     )
 
 

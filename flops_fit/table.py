@@ -339,6 +339,8 @@ def prepare(data, *, columns=None, where=None, drop_highest_loss=0, budget_rtol=
     pts["row"] = np.flatnonzero(fitted)
     if "run" in present:
         pts["run"] = frame.loc[fitted, "run"].astype(str).to_numpy()
+    if "origin" in frame.columns:  # why each point exists (a sweep's results): the plots mark added ones
+        pts["origin"] = frame.loc[fitted, "origin"].fillna("planned").astype(str).to_numpy()
     if pts.empty:
         raise FitError("data: no usable rows (every row was excluded); see the exclusion reasons")
 

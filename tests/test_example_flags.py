@@ -40,3 +40,21 @@ def test_each_example_runs_on_its_own_when_copied(tmp_path, example):
     assert out.returncode == 0, out.stderr
     name, failures = out.stdout.split()[:2]
     assert (name, failures) == ({"sweep": "smoke", "images": "vit-smoke"}[example], "3")
+
+
+def test_adaptive_asks_run_sweep_for_the_bracket_search_under_its_own_name(monkeypatch):
+    sweep = load_example("sweep")
+    seen = {}
+    monkeypatch.setattr(ff, "run_sweep", lambda plan, task, **kw: seen.update(kw))
+    args = sweep.parse_args(["--smoke", "--dry-run", "--adaptive", "--max-points", "12"])
+    sweep.plan_and_run(sweep.make_task(args), args)
+    assert (seen["search"], seen["max_points"], seen["name"]) == ("bracket", 12, "smoke-adaptive")
+    static = sweep.parse_args(["--smoke", "--dry-run"])
+    sweep.plan_and_run(sweep.make_task(static), static)
+    assert (seen["search"], seen["max_points"], seen["name"]) == (None, None, "smoke")
+
+
+def test_max_points_without_adaptive_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        load_example("sweep").parse_args(["--max-points", "12"])
+    assert "--max-points bounds a search: add --adaptive" in capsys.readouterr().err

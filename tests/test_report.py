@@ -134,3 +134,24 @@ def test_sweep_results_table_is_a_frame_with_markdown_and_html():
     assert results.to_markdown(["point_id", "error"]).splitlines()[3] == r"| C1e+12-s3 | RuntimeError: a \| b line 2 |"
     html = results._repr_html_()
     assert html.count("<tr") == 3 and "C1e+12-s3" in html
+
+
+def test_points_a_search_added_are_drawn_apart_in_the_isoflop_plot():
+    from tests.conftest import synthetic_sweep
+
+    data = synthetic_sweep(seed=5)
+    data["origin"] = "planned"
+    added = data.groupby("budget")["params"].idxmax()  # the largest size of each budget
+    data.loc[added, "origin"] = "extended"
+    fig = report.plot_isoflop_curves(fit(data, bootstrap=0))
+    ax = fig.axes[0]
+    # The search's points: drawn larger (diamonds), apart from the planned ones.
+    drawn = [tuple(xy) for c in ax.collections if c.get_label() != "added by the search"
+             and len(c.get_sizes()) and c.get_sizes()[0] == 22 for xy in c.get_offsets()]
+    expected = set(zip(data.loc[added, "params"], data.loc[added, "loss"]))
+    assert len(drawn) == len(expected) and set(map(tuple, np.round(drawn, 9))) == set(
+        map(tuple, np.round(list(expected), 9)))
+    assert "added by the search" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plain = fit(data.drop(columns="origin"), bootstrap=0)  # a table without origins: no such entry
+    legend = report.plot_isoflop_curves(plain).axes[0].get_legend()
+    assert "added by the search" not in [t.get_text() for t in legend.get_texts()]

@@ -1,0 +1,99 @@
+"""The Tune searcher's bookkeeping across a killed driver (Tune's API called directly; no
+Ray cluster is started: the searcher is plain Python that Tune calls)."""
+
+import json
+
+from flops_fit import results as R
+from flops_fit.results import SEARCH_FILE
+from flops_fit.searcher import BracketSearcher
+from flops_fit.search import BracketSearch
+from ray.tune.search import Searcher
+from test_search import BUDGETS, SIZES, law_loss, make_plan, prior_sizes
+
+
+def finish(searcher, sweep, trial_id, point):
+    """What a finished trial leaves: its finished/<id>.json record, then Tune's call."""
+    metrics = {"point_id": point["point_id"], "status": "ok", "final": True,
+               "loss": law_loss(point["params"], point["tokens"])}
+    R.write_finished(str(sweep), point["point_id"], metrics)
+    searcher.on_trial_complete(trial_id, metrics)
+
+
+def new_searcher(sweep, plan):
+    s = BracketSearcher(BracketSearch(plan, SIZES, max_points=35), str(sweep), verbose=False)
+    s.set_max_concurrency(2)
+    return s
+
+
+def drive(searcher, sweep, prefix, running=(), stop_after=None):
+    """Tune's loop with two slots; returns every point id the searcher proposed."""
+    running, proposed, n = list(running), [], 0
+    while True:
+        while True:
+            config = searcher.suggest(f"{prefix}{n}")
+            if not isinstance(config, dict):
+                break
+            running.append((f"{prefix}{n}", config["point"]))
+            proposed.append(config["point"]["point_id"])
+            n += 1
+        if config == Searcher.FINISHED or not running:
+            return proposed, running
+        if stop_after is not None and len(list((sweep / "finished").glob("*.json"))) >= stop_after:
+            return proposed, running
+        finish(searcher, sweep, *running.pop(0))
+
+
+def test_a_fresh_searcher_over_a_killed_search_retrains_nothing_and_resumes_the_interrupted(tmp_path):
+    plan = make_plan(BUDGETS, prior_sizes(300))
+    first = new_searcher(tmp_path, plan)
+    # Killed once two budgets are settled (their verdicts logged) and two points are running.
+    before, interrupted = drive(first, tmp_path, "a", stop_after=18)
+    assert len(interrupted) == 2
+    record = json.loads((tmp_path / SEARCH_FILE).read_text())
+    assert [p["point_id"] for p in record["proposed"]] == before  # on disk before they ran
+    assert sum(": bracketed," in line for line in record["log"]) == 2
+
+    again = new_searcher(tmp_path, plan)  # the driver was killed: a new one reads the folder
+    after, _ = drive(again, tmp_path, "b")
+    assert after[:2] == [p["point_id"] for _, p in interrupted]  # first, under their own ids
+    finished_before = set(before) - set(after[:2])
+    assert not finished_before & set(after)  # nothing finished is proposed again
+    assert len(set(before) | set(after)) == len(before) + len(after) - 2 <= 35
+    assert all(again.search.valley(b).fit_bracketed for b in BUDGETS)
+    log = json.loads((tmp_path / SEARCH_FILE).read_text())["log"]
+    assert record["log"] == log[:len(record["log"])]  # the first run's decisions, kept
+    assert len(log) == len(set(log))  # and not logged again when re-judged after the restart
+
+
+def test_a_restored_searcher_leaves_the_running_trials_to_tune(tmp_path):
+    plan = make_plan(BUDGETS, prior_sizes(300))
+    first = new_searcher(tmp_path, plan)
+    _, running = drive(first, tmp_path, "a", stop_after=8)
+    first.save(str(tmp_path / "searcher.pkl"))
+
+    restored = new_searcher(tmp_path, plan)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    # Tune resumes the running trials itself (same trial ids); the searcher proposes others.
+    after, _ = drive(restored, tmp_path, "b", running=running)
+    assert not {p["point_id"] for _, p in running} & set(after)
+    assert all(restored.search.valley(b).fit_bracketed for b in BUDGETS)
+
+
+def test_a_sweep_resumes_only_the_way_it_started_and_search_names_are_checked(tmp_path):
+    import pytest
+
+    import flops_fit as ff
+    from toy import tiny_task
+
+    task = tiny_task(tmp_path)
+    plan = ff.plan_sweep(task, [1e9], sizes=[1, 2, 3])
+    with pytest.raises(ValueError, match="search='grid'"):
+        ff.run_sweep(plan, task, name="s", storage_path=tmp_path, dry_run=True, search="grid")
+    searched = tmp_path / "searched"
+    (searched / SEARCH_FILE).parent.mkdir(parents=True)
+    (searched / SEARCH_FILE).write_text(json.dumps({"proposed": [], "skipped": {}, "log": []}))
+    with pytest.raises(ValueError, match="started with search='bracket'"):
+        ff.run_sweep(plan, task, name="searched", storage_path=tmp_path, dry_run=True)
+    R.write_finished(str(tmp_path / "static"), plan.points[0].point_id, {"status": "ok", "final": True})
+    with pytest.raises(ValueError, match="started without a search"):
+        ff.run_sweep(plan, task, name="static", storage_path=tmp_path, dry_run=True, search="bracket")

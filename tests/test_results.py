@@ -487,10 +487,10 @@ def test_a_finished_point_is_recorded_once_and_its_record_wins(sweep):
     assert (row.status, row.loss, row.error) == ("ok", 3.25, "")
 
 
-def test_results_and_plan_import_neither_ray_nor_torch():
+def test_results_plan_and_search_import_neither_ray_nor_torch():
     # docs/architecture.md: a finished sweep can be re-analysed on a laptop without Ray
     code = (
-        "import sys, flops_fit.results, flops_fit.plan\n"
+        "import sys, flops_fit.results, flops_fit.plan, flops_fit.search\n"
         "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

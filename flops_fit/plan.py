@@ -166,6 +166,19 @@ def point_id(budget: float, size: int) -> str:
     return f"C{budget:.4g}-s{size}"
 
 
+def steps_for(budget: float, flops_per_token: float, batch_tokens: int) -> int:
+    """Optimizer steps (whole global batches of `batch_tokens`) that spend `budget` FLOPs at
+    this many training FLOPs per token."""
+    return round(F.tokens_for_budget(budget, flops_per_token) / batch_tokens)
+
+
+def sweep_point(pid: str, budget: float, size: int, params: int, flops_per_token: float, steps: int,
+                batch_tokens: int) -> SweepPoint:
+    """The point training `size` for `steps` optimizer steps: D = steps x batch_tokens tokens."""
+    tokens = steps * batch_tokens
+    return SweepPoint(pid, budget, size, params, flops_per_token, steps, tokens, flops_per_token * tokens)
+
+
 def _is_file(text: str) -> bool:
     try:
         return Path(text).is_file()
@@ -237,7 +250,7 @@ def plan_sweep(
                 )
         for size in chosen:
             params, fpt = probe.params(size), probe.flops_per_token(size)
-            steps = round(F.tokens_for_budget(budget, fpt) / task.batch_tokens)
+            steps = steps_for(budget, fpt, task.batch_tokens)
             if steps < min_steps:
                 dropped.append(
                     {
@@ -248,10 +261,7 @@ def plan_sweep(
                     }
                 )
                 continue
-            tokens = steps * task.batch_tokens
-            points.append(
-                SweepPoint(point_id(budget, size), budget, size, params, fpt, steps, tokens, fpt * tokens)
-            )
+            points.append(sweep_point(point_id(budget, size), budget, size, params, fpt, steps, task.batch_tokens))
     if not points:
         raise ValueError(
             "plan_sweep: every point has fewer than min_steps optimizer steps; raise `budgets` "

@@ -35,9 +35,10 @@ from .plan import (
     DEFAULT_MIN_STEPS,
     DEFAULT_SIZE_SPREAD,
     SweepPlan,
-    SweepPoint,
     _sizes_around_prior,
     point_id,
+    steps_for,
+    sweep_point,
 )
 
 ORIGIN_PLANNED = "planned"
@@ -136,11 +137,6 @@ def check_valley(params, loss) -> Valley:
     else:  # concave with an inner minimum (noise in a flat valley): follow the lower end
         edge = LOW if loss[np.argmin(params)] < loss[np.argmax(params)] else HIGH
     return Valley(False, edge, float(rec.params_opt), vertex, str(rec.reason), False)
-
-
-def steps_for(budget: float, flops_per_token: float, batch_tokens: int) -> int:
-    """Optimizer steps that spend `budget` FLOPs at this FLOPs per token (as plan_sweep)."""
-    return round(F.tokens_for_budget(budget, flops_per_token) / batch_tokens)
 
 
 def usable_sizes(budget, sizes: dict, batch_tokens: int, min_steps: int) -> list:
@@ -431,10 +427,8 @@ class BracketSearch:
 
     def _point(self, budget: float, size: int, origin: str) -> dict:
         params, fpt = self.sizes[size]
-        steps = steps_for(budget, fpt, self.plan.batch_tokens)
-        tokens = steps * self.plan.batch_tokens
-        point = SweepPoint(point_id(budget, size) + ADDED_ID_SUFFIX, budget, size, params, fpt, steps, tokens,
-                           fpt * tokens)
+        point = sweep_point(point_id(budget, size) + ADDED_ID_SUFFIX, budget, size, params, fpt,
+                            steps_for(budget, fpt, self.plan.batch_tokens), self.plan.batch_tokens)
         return asdict(point) | {"origin": origin}
 
     def _count_added(self, p: dict) -> None:

@@ -231,7 +231,6 @@ class _Budget:
     planned: list  # SweepPoints of the plan at this budget
     started: bool = False
     settled: str = ""  # why no more sizes are added ("" while open)
-    added: int = 0  # sizes added beyond the ones the budget started with
 
 
 @dataclass
@@ -305,8 +304,6 @@ class BracketSearch:
                     self.proposed[p["point_id"]] = p
                 else:
                     self.queue.append(p)
-            if p.get("origin") != ORIGIN_PLANNED and p["point_id"] in self.proposed:
-                self._count_added(p)
         for pid, res in results.items():
             if pid in self.proposed:
                 self.results[pid] = {"status": res["status"], "loss": res.get("loss")}
@@ -352,21 +349,22 @@ class BracketSearch:
             b.settled = "bracketed"
             self._note(f"budget {b.budget:.3g}: bracketed, N_opt ~ {valley.params_opt:.3g}")
             return
-        room = min(self._room(), self.max_added_per_budget - b.added)
+        # Every point of a finished budget has been proposed, so this counts all its additions.
+        added = sum(1 for p in self._points_of(b) if p.get("origin") == ORIGIN_EXTENDED)
+        room = min(self._room(), self.max_added_per_budget - added)
         tried = {p["size"] for p in self._points_of(b)}
         ok_sizes = [p["size"] for p in self._ok(b)]
         usable = usable_sizes(b.budget, self.sizes, self.plan.batch_tokens, self.min_steps)
         new = extension_sizes(valley, ok_sizes, tried, usable, self.sizes, room)
         if not new:
             limit = (f"{self.max_added_per_budget} sizes added already (max_added_per_budget)"
-                     if b.added >= self.max_added_per_budget else
+                     if added >= self.max_added_per_budget else
                      "max_points reached" if self._room() < 1 else
                      "no model size left beyond that edge (the dial's range or min_steps)"
                      if valley.edge else "no direction to extend")
             b.settled = f"not bracketed ({valley.reason}); stopped: {limit}"
             self._note(f"budget {b.budget:.3g}: {b.settled}")
             return
-        b.added += len(new)
         self._note(f"budget {b.budget:.3g}: {valley.reason}; adding size(s) {new} at the {valley.edge} edge")
         self.queue += [self._point(b.budget, s, ORIGIN_EXTENDED) for s in new]
 
@@ -388,7 +386,7 @@ class BracketSearch:
             centre, span = (max(logs) + min(logs)) / 2, max(logs) - min(logs)
             if abs(math.log(predicted) - centre) > RECENTRE_TOLERANCE * span:
                 usable = usable_sizes(b.budget, self.sizes, self.plan.batch_tokens, self.min_steps)
-                    # As many sizes as the plan's fullest budget (a coarse dial can give a budget
+                # As many sizes as the plan's fullest budget (a coarse dial can give a budget
                 # fewer distinct sizes than asked for).
                 count = max(len(x.planned) for x in self._budgets.values())
                 sizes = recentred_sizes(b.budget, predicted, [p.params for p in b.planned], usable,
@@ -430,10 +428,6 @@ class BracketSearch:
         point = sweep_point(point_id(budget, size) + ADDED_ID_SUFFIX, budget, size, params, fpt,
                             steps_for(budget, fpt, self.plan.batch_tokens), self.plan.batch_tokens)
         return asdict(point) | {"origin": origin}
-
-    def _count_added(self, p: dict) -> None:
-        b = self._budgets[p["budget"]]
-        b.added = sum(1 for q in self._points_of(b) if q.get("origin") == ORIGIN_EXTENDED)
 
     # -- persistence ----------------------------------------------------------------------
     def state(self) -> dict:

@@ -317,3 +317,17 @@ def test_a_search_rebuilt_from_its_record_continues_without_training_a_point_twi
     every = list(finished) + proposed_again + order
     assert len(every) == len(set(every)) <= 35
     assert bracketed_budgets(again) == set(BUDGETS)
+
+
+def test_sizes_added_before_a_restart_count_against_max_added_per_budget():
+    plan = make_plan(BUDGETS[:1], prior_sizes(300))
+    first = BracketSearch(plan, SIZES, max_points=20, max_added_per_budget=1)
+    run(first, concurrency=1, stop_after=len(plan))  # killed while its one added size trains
+    [running] = first.live
+    assert first.proposed[running]["origin"] == ORIGIN_EXTENDED
+
+    again = BracketSearch(plan, SIZES, max_points=20, max_added_per_budget=1)
+    again.sync(first.state()["proposed"], first.results)
+    run(again, concurrency=1)
+    added = [p for p in again.proposed.values() if p["origin"] == ORIGIN_EXTENDED]
+    assert len(added) == 1 and "max_added_per_budget" in again.log[-1]

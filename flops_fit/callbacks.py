@@ -60,7 +60,7 @@ class ResultsWriter(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        if last.get("final") and last.get("status") in ("ok", "diverged"):
+        if R.ended(last):
             from ray.tune.result import AUTO_RESULT_KEYS
 
             # Tune's own keys (trial id, timings, its pid) describe this run, not the point.

@@ -149,7 +149,6 @@ def run_sweep(
     # Refuses another plan or task under this name, and a second live driver of this sweep.
     claim = R.claim_sweep_dir(sweep_dir, plan, task)
     try:
-        _check_same_search(sweep_dir, search)
         return _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, resources,
                     max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose,
                     bracket_search)
@@ -160,6 +159,7 @@ def run_sweep(
 def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, resources,
          max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose, bracket_search):
     finished = R.finished_ids(sweep_dir)
+    _check_same_search(sweep_dir, bracket_search is not None, finished)
     searcher = None
     if bracket_search is not None:
         from .searcher import BracketSearcher
@@ -302,13 +302,14 @@ def _make_search(search, plan, task, max_points, search_sizes):
     return BracketSearch(plan, size_table(task, plan, candidates), max_points=max_points)
 
 
-def _check_same_search(sweep_dir: str, search) -> None:
-    """A sweep resumes the way it started: searched (it has a search record) or as planned."""
+def _check_same_search(sweep_dir: str, search: bool, finished: set) -> None:
+    """A sweep resumes the way it started: searched (it has a search record) or as planned
+    (`finished`: the ids of its finished points)."""
     searched = R.read_search(sweep_dir) is not None
     if searched and not search:
         raise ValueError(f"The sweep at {sweep_dir} was started with search='bracket' (see its "
                          f"{R.SEARCH_FILE}); resume it with search='bracket' (--adaptive), or pass another name.")
-    if search and not searched and R.finished_ids(sweep_dir):
+    if search and not searched and finished:
         raise ValueError(f"The sweep at {sweep_dir} was started without a search; resume it with "
                          "search=None (without --adaptive), or pass another name for a searched sweep.")
 

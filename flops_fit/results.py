@@ -29,6 +29,7 @@ RESULTS_CSV = "results.csv"
 # "skipped": a planned point a bracket-seeking search chose not to train (the error column
 # says why; search/state.json holds the search's decisions)
 STATUSES = ("ok", "diverged", "failed", "incomplete", "skipped")
+ENDED_STATUSES = ("ok", "diverged")  # a point that ended with a loss
 # A bracket-seeking search's record: the points it proposed, the planned points it skipped,
 # its decision log. In a subfolder, beside finished/ and away from Tune's experiment files.
 SEARCH_FILE = "search/state.json"
@@ -215,10 +216,20 @@ def read_finished(sweep_dir: str, point_id: str) -> dict | None:
     return json.loads(text) if text else None
 
 
+def ended(metrics: dict) -> bool:
+    """A point's final report, with a loss: status ok or diverged (train.py)."""
+    return bool(metrics.get("final")) and metrics.get("status") in ENDED_STATUSES
+
+
+def finished_records(sweep_dir: str) -> dict:
+    """Point id -> final metrics of every point recorded as finished in the sweep folder."""
+    fs, root = _filesystem(sweep_dir)
+    return _read_all_finished(fs, root)
+
+
 def finished_ids(sweep_dir: str) -> set:
     """Ids of the points recorded as finished (ok or diverged) in the sweep folder."""
-    fs, root = _filesystem(sweep_dir)
-    return set(_read_all_finished(fs, root))
+    return set(finished_records(sweep_dir))
 
 
 def _read_all_finished(fs, root) -> dict:
@@ -237,7 +248,7 @@ def _read_all_finished(fs, root) -> dict:
             metrics = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"Corrupt finished-point record {info.path}: {e}. Delete it to rerun the point.") from e
-        if metrics.get("final") and metrics.get("status") in ("ok", "diverged"):
+        if ended(metrics):
             out[name[: -len(".json")]] = metrics
     return out
 
@@ -418,7 +429,7 @@ def result_row(point: dict, last: dict | None, error_text: str | None, started: 
                     "first_step_at", "last_step_at", "finished_at", "num_processes", "shards_disjoint", "node", "node_id",
                     "model_flops_per_s", "mfu", "precision", "device", "micro_batch_size", "skipped_steps"):
             row[key] = last.get(key)
-        if last.get("final") and last.get("status") in ("ok", "diverged"):
+        if ended(last):
             row["status"] = last["status"]
             row["loss"] = last.get("loss", math.nan)
             row["error"] = last.get("error", "") or ""

@@ -22,7 +22,6 @@ from . import results as R
 from .search import BracketSearch
 
 POINT_KEY = "point"  # the trial config holds the point under this key (as a planned sweep's)
-FINAL_STATUSES = ("ok", "diverged")  # a point's status when it ended with a loss (train.py)
 
 
 class BracketSearcher(Searcher):
@@ -58,7 +57,7 @@ class BracketSearcher(Searcher):
         if pid is None:
             return
         result = result or {}
-        if not error and result.get("final") and result.get("status") in FINAL_STATUSES:
+        if not error and R.ended(result):
             self.search.record(pid, result["status"], result.get("loss"))
         else:
             self.search.record(pid, "failed")
@@ -80,12 +79,7 @@ class BracketSearcher(Searcher):
     def _sync_from_folder(self):
         saved = R.read_search(self.sweep_dir)
         proposed = saved.get("proposed", []) if saved else []
-        finished = {}
-        for p in proposed:
-            rec = R.read_finished(self.sweep_dir, p["point_id"])
-            if rec is not None and rec.get("final") and rec.get("status") in FINAL_STATUSES:
-                finished[p["point_id"]] = {"status": rec["status"], "loss": rec.get("loss")}
-        self.search.sync(proposed, finished)
+        self.search.sync(proposed, R.finished_records(self.sweep_dir))
         if saved:
             self.search.skipped.update(saved.get("skipped", {}))
             # The decision log so far; lines already printed by the earlier run are not

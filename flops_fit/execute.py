@@ -298,7 +298,7 @@ def _make_search(search, plan, task, max_points, search_sizes):
     from .search import BracketSearch, size_table
 
     given = DEFAULT_CANDIDATE_SIZES if search_sizes is None else search_sizes
-    candidates = sorted(set(_check_sizes(given, "search_sizes")) | {p.size for p in plan})
+    candidates = sorted(set(_check_sizes(given, "search_sizes", call="run_sweep")) | {p.size for p in plan})
     return BracketSearch(plan, size_table(task, plan, candidates), max_points=max_points)
 
 

@@ -413,8 +413,8 @@ def _check_budgets(budgets) -> list:
                              repeat_note="; each budget is one IsoFLOP curve")
 
 
-def _check_sizes(sizes, name) -> list:
+def _check_sizes(sizes, name, call: str = "plan_sweep") -> list:
     # numpy integers (np.arange) become plain ints for the plan's JSON and model_fn
-    return checks.distinct_sorted(sizes, "plan_sweep", name, integers=True,
+    return checks.distinct_sorted(sizes, call, name, integers=True,
                              what="a positive int (model_fn takes one integer size dial)",
                              example="the model_fn dial values to train, e.g. [2, 3, 4]")

@@ -18,6 +18,7 @@ from matplotlib.ticker import ScalarFormatter
 
 from flops_fit.fitting import EXTRAPOLATION_FACTOR, MAX_DROPPED_SHARE, MAX_THIN_SHARE
 from flops_fit.law import HUBER_DELTA
+from flops_fit.table import ORIGIN_PLANNED
 
 # Default prediction budgets: the sweep's budgets plus this many powers of ten above the
 # largest one (Chinchilla Table 3 extrapolates several decades past the sweep).
@@ -236,7 +237,7 @@ def plot_isoflop_curves(laws) -> Figure:
     for rec in opt.itertuples():
         colour = cmap(norm(rec.budget))
         grp = pts[pts["budget"] == rec.budget]
-        added = (grp["origin"] != "planned").to_numpy() if "origin" in grp else np.zeros(len(grp), bool)
+        added = (grp["origin"] != ORIGIN_PLANNED).to_numpy() if "origin" in grp else np.zeros(len(grp), bool)
         ax.scatter(grp["params"][~added], grp["loss"][~added], s=14, color=colour, alpha=0.8)
         # Points a bracket-seeking search added (flops_fit/search.py): diamonds.
         ax.scatter(grp["params"][added], grp["loss"][added], s=22, marker="D", color=colour,
@@ -254,7 +255,7 @@ def plot_isoflop_curves(laws) -> Figure:
     ax.scatter([], [], marker="*", s=120, color="grey", edgecolor="black", label="optimum (used)")
     ax.scatter([], [], marker="X", s=90, facecolor="none", edgecolor="red",
                label="not bracketed (excluded)")
-    if "origin" in pts and (pts["origin"] != "planned").any():
+    if "origin" in pts and (pts["origin"] != ORIGIN_PLANNED).any():
         ax.scatter([], [], marker="D", s=22, color="grey", edgecolor="black", linewidth=0.5,
                    label="added by the search")
     ax.set_xscale("log")

@@ -29,8 +29,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import checks
 from . import flops as F
 from .fitting import MIN_POINTS_PER_BUDGET, budget_optima
+from .table import ORIGIN_PLANNED
 from .plan import (
     DEFAULT_MIN_STEPS,
     DEFAULT_SIZE_SPREAD,
@@ -41,10 +43,8 @@ from .plan import (
     sweep_point,
 )
 
-ORIGIN_PLANNED = "planned"
 ORIGIN_EXTENDED = "extended"  # added beyond the edge of a budget whose valley was not bracketed
 ORIGIN_RECENTRED = "re-centred"  # a size of a budget re-centred on the fitted power law
-ORIGINS = (ORIGIN_PLANNED, ORIGIN_EXTENDED, ORIGIN_RECENTRED)
 # Ids of added points: the plan's id of (budget, size) plus this suffix, so an added point
 # can never take a planned point's id (nor its trial folder).
 ADDED_ID_SUFFIX = "-add"
@@ -255,7 +255,8 @@ class BracketSearch:
     log: list = field(default_factory=list)  # one line per decision, for people
 
     def __post_init__(self):
-        check_search_arguments(self.plan, self.sizes, self.max_points, self.max_added_per_budget, self.min_steps)
+        self.max_points, self.max_added_per_budget, self.min_steps = check_search_arguments(
+            self.plan, self.sizes, self.max_points, self.max_added_per_budget, self.min_steps)
         if self.max_points is None:
             self.max_points = len(self.plan) + self.max_added_per_budget * len(self.plan.budgets)
         self._budgets = {}
@@ -454,18 +455,19 @@ def size_table(task, plan: SweepPlan, candidate_sizes) -> dict:
     return table
 
 
-def check_search_arguments(plan, sizes, max_points, max_added_per_budget, min_steps) -> None:
+def check_search_arguments(plan, sizes, max_points, max_added_per_budget, min_steps) -> tuple:
+    """(max_points, max_added_per_budget, min_steps) as plain ints, checked."""
     if not isinstance(plan, SweepPlan):
         raise TypeError(f"BracketSearch(plan=...) needs a SweepPlan, got {type(plan).__name__}.")
     missing = sorted({p.size for p in plan.points} - set(sizes))
     if missing:
         raise ValueError(f"the size table lacks the plan's sizes {missing}: build it with size_table(task, plan, ...).")
-    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int)
-                                   or max_points < MIN_POINTS_PER_BUDGET):
-        raise ValueError(f"max_points={max_points!r}: give an int >= {MIN_POINTS_PER_BUDGET} (points trained in "
-                         f"all, planned ones included), or None for the plan's points plus "
-                         f"{DEFAULT_MAX_ADDED_PER_BUDGET} per budget.")
-    if isinstance(max_added_per_budget, bool) or not isinstance(max_added_per_budget, int) or max_added_per_budget < 0:
-        raise ValueError(f"max_added_per_budget={max_added_per_budget!r}: give an int >= 0 (0 adds no size).")
-    if isinstance(min_steps, bool) or not isinstance(min_steps, int) or min_steps < 1:
-        raise ValueError(f"min_steps={min_steps!r}: give an int >= 1 (optimizer steps a point needs).")
+    if max_points is not None:  # given to run_sweep
+        max_points = checks.integer(
+            max_points, "run_sweep", "max_points",
+            f"points trained in all, planned ones included, or None for the plan's points plus "
+            f"{DEFAULT_MAX_ADDED_PER_BUDGET} per budget", minimum=MIN_POINTS_PER_BUDGET)
+    max_added_per_budget = checks.integer(max_added_per_budget, "BracketSearch", "max_added_per_budget",
+                                          "0 adds no size", minimum=0)
+    min_steps = checks.integer(min_steps, "BracketSearch", "min_steps", "optimizer steps a point needs")
+    return max_points, max_added_per_budget, min_steps

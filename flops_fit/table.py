@@ -47,6 +47,9 @@ GROUP_SPAN_WARN = 0.05
 REQUIRED_COLUMNS = ("params", "tokens", "loss")
 OPTIONAL_COLUMNS = ("flops", "budget", "status", "error", "run")
 OK_STATUS = "ok"
+# A sweep's results say why each point exists (column origin): planned, or added by a
+# bracket-seeking search (flops_fit/search.py). A row without one was planned.
+ORIGIN_PLANNED = "planned"
 
 
 class FitError(ValueError):
@@ -340,7 +343,7 @@ def prepare(data, *, columns=None, where=None, drop_highest_loss=0, budget_rtol=
     if "run" in present:
         pts["run"] = frame.loc[fitted, "run"].astype(str).to_numpy()
     if "origin" in frame.columns:  # why each point exists (a sweep's results): the plots mark added ones
-        pts["origin"] = frame.loc[fitted, "origin"].fillna("planned").astype(str).to_numpy()
+        pts["origin"] = frame.loc[fitted, "origin"].fillna(ORIGIN_PLANNED).astype(str).to_numpy()
     if pts.empty:
         raise FitError("data: no usable rows (every row was excluded); see the exclusion reasons")
 

@@ -89,6 +89,9 @@ def test_a_sweep_resumes_only_the_way_it_started_and_search_names_are_checked(tm
     plan = ff.plan_sweep(task, [1e9], sizes=[1, 2, 3])
     with pytest.raises(ValueError, match="search='grid'"):
         ff.run_sweep(plan, task, name="s", storage_path=tmp_path, dry_run=True, search="grid")
+    with pytest.raises(ValueError, match=r"run_sweep\(search_sizes=\.\.\.\): 0 is not a positive int"):
+        ff.run_sweep(plan, task, name="s", storage_path=tmp_path, dry_run=True, search="bracket",
+                     search_sizes=[0, 5])
     searched = tmp_path / "searched"
     (searched / SEARCH_FILE).parent.mkdir(parents=True)
     (searched / SEARCH_FILE).write_text(json.dumps({"proposed": [], "skipped": {}, "log": []}))

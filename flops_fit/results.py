@@ -458,7 +458,8 @@ def make_table(rows: dict, plan: SweepPlan | None, skipped: dict | None = None) 
                 if p.point_id in skipped:
                     rows[p.point_id].update(status="skipped", error=skipped[p.point_id])
         order = [p.point_id for p in plan.points]
-        added = sorted((k for k in rows if k not in set(order)),
+        planned = set(order)
+        added = sorted((k for k in rows if k not in planned),
                        key=lambda k: (rows[k]["budget"], rows[k]["size"], k))
         rows = {k: rows[k] for k in order + added}
     else:

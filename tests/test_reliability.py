@@ -137,63 +137,79 @@ def _one_split():
 
 BEFORE_RAY = textwrap.dedent(
     """
-    import dataclasses, sys, threading, ray, flops_fit as ff
+    import dataclasses, json, sys, threading, ray, flops_fit as ff
     sys.path.insert(0, {tests!r})
     from toy import tiny_task
     from pathlib import Path
     tmp = Path({tmp!r})
     task = tiny_task(tmp)
     plan = ff.plan_sweep(task, [5e9], sizes=[1, 2])
-    kwargs = dict(name="x", storage_path=str(tmp / "runs"), task=task)
-    kwargs.update({overrides})
-    try:
-        ff.run_sweep(plan, **kwargs)
-    except Exception as e:
-        print("ERROR", type(e).__name__, e)
-    print("RAY_STARTED", ray.is_initialized())
+    out = []
+    for overrides in {cases!r}:
+        kwargs = dict(name="x", storage_path=str(tmp / "runs"), task=task)
+        kwargs.update(eval(overrides))
+        try:
+            ff.run_sweep(plan, **kwargs)
+            error = None
+        except Exception as e:
+            error = f"{{type(e).__name__}} {{e}}"
+        out.append(dict(overrides=overrides, error=error, ray_started=ray.is_initialized()))
+    print("RESULTS", json.dumps(out))
     """
 )
 
+BAD_RUN_ARGUMENTS = [
+    ("dict(num_workers=0)", "num_workers=0"),
+    ("dict(num_workers=3)", "not divisible by num_workers=3"),
+    ("dict(name='a/b')", "name='a/b'"),
+    ("dict(max_failures=-2)", "max_failures=-2"),
+    ("dict(resources_per_worker={'CPU': 0})", "resources_per_worker['CPU']=0) must be a finite number > 0"),
+    ("dict(resources_per_worker={'CPU': 1, 'GPU': -1})", "resources_per_worker['GPU']=-1) must be a finite number > 0"),
+    ("dict(task=dataclasses.replace(task, lr=lambda n: 1.0 / (n - n)))", "ZeroDivisionError"),
+    ("dict(task=dataclasses.replace(task, lr=lambda n: 1e-3 if n < 5000 else float('nan')))",
+     "lr must suit every planned N"),
+    ("dict(task=dataclasses.replace(task, extra={'lock': threading.Lock()}))",
+     "cannot be pickled for Ray's workers"),
+    ("dict(storage_path=str(tmp / 'file.txt' / 'runs'))", "writable storage_path"),
+]
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        ("dict(num_workers=0)", "num_workers=0"),
-        ("dict(num_workers=3)", "not divisible by num_workers=3"),
-        ("dict(name='a/b')", "name='a/b'"),
-        ("dict(max_failures=-2)", "max_failures=-2"),
-        ("dict(resources_per_worker={'CPU': 0})", "resources_per_worker['CPU']=0) must be a finite number > 0"),
-        ("dict(resources_per_worker={'CPU': 1, 'GPU': -1})", "resources_per_worker['GPU']=-1) must be a finite number > 0"),
-        ("dict(task=dataclasses.replace(task, lr=lambda n: 1.0 / (n - n)))",
-         "ZeroDivisionError"),
-        ("dict(task=dataclasses.replace(task, lr=lambda n: 1e-3 if n < 5000 else float('nan')))",
-         "lr must suit every planned N"),
-        ("dict(task=dataclasses.replace(task, extra={'lock': threading.Lock()}))",
-         "cannot be pickled for Ray's workers"),
-        ("dict(storage_path=str(tmp / 'file.txt' / 'runs'))", "writable storage_path"),
-    ],
-)
-def test_bad_run_arguments_fail_before_ray_starts(tmp_path, overrides, message):
-    (tmp_path / "file.txt").write_text("a file, not a folder")
-    code = BEFORE_RAY.format(tests=str(TESTS_DIR), tmp=str(tmp_path),
-                             overrides=overrides)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "ERROR" in out.stdout, out.stdout + out.stderr
-    assert message in out.stdout
-    assert "RAY_STARTED False" in out.stdout
+
+def run_before_ray(tmp_path, cases) -> list[dict]:
+    """run_sweep with each case's overrides, in one fresh process (none of the test
+    session's Ray there): each case's error and whether Ray had been started by then."""
+    code = BEFORE_RAY.format(tests=str(TESTS_DIR), tmp=str(tmp_path), cases=list(cases))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULTS ")]
+    assert lines, out.stdout[-3000:] + out.stderr[-3000:]
+    return json.loads(lines[0][len("RESULTS "):])
+
+
+@pytest.fixture(scope="module")
+def bad_run_outcomes(tmp_path_factory):
+    """Every case of BAD_RUN_ARGUMENTS, run in one process: starting Python, Ray and torch
+    once instead of once per case."""
+    tmp = tmp_path_factory.mktemp("bad-run")
+    (tmp / "file.txt").write_text("a file, not a folder")
+    return {r["overrides"]: r for r in run_before_ray(tmp, [o for o, _ in BAD_RUN_ARGUMENTS])}
+
+
+@pytest.mark.parametrize("overrides, message", BAD_RUN_ARGUMENTS)
+def test_bad_run_arguments_fail_before_ray_starts(bad_run_outcomes, overrides, message):
+    outcome = bad_run_outcomes[overrides]
+    assert outcome["error"] is not None, f"run_sweep({overrides}) was accepted"
+    assert message in outcome["error"], outcome["error"]
+    assert outcome["ray_started"] is False, f"Ray was started before run_sweep({overrides}) failed"
 
 
 def test_a_name_reused_with_another_plan_is_refused_before_ray_starts(tmp_path):
-    code = BEFORE_RAY.format(tests=str(TESTS_DIR), tmp=str(tmp_path),
-                             overrides="{}")
     from flops_fit.results import claim_sweep_dir
 
     task = tiny_task(tmp_path)
     other = ff.plan_sweep(task, [1e10], sizes=[1, 2, 3])
     claim_sweep_dir(str(tmp_path / "runs" / "x"), other, task)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "different plan already exists" in out.stdout and "To resume it" in out.stdout
-    assert "RAY_STARTED False" in out.stdout
+    [outcome] = run_before_ray(tmp_path, ["{}"])
+    assert "different plan already exists" in outcome["error"] and "To resume it" in outcome["error"]
+    assert outcome["ray_started"] is False
 
 
 @pytest.mark.slow

@@ -91,7 +91,7 @@ def ray_session():
     env["RAY_ADDRESS"] = pin_local_address()
     env["RAY_AUTH_MODE"] = "disabled"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
-    ray.init(
+    context = ray.init(
         address="local",  # never attach to a Ray left running on this machine
         num_cpus=2,
         resources={TRIAL_RESOURCE: 1000},
@@ -100,5 +100,15 @@ def ray_session():
         runtime_env={"env_vars": env},
         log_to_driver=False,
     )
+    RAY_SESSION["dashboard_url"] = context.dashboard_url
     yield ray
     ray.shutdown()
+
+
+RAY_SESSION = {}  # what ray.init told the session fixture
+
+
+@pytest.fixture(scope="session")
+def ray_dashboard_url(ray_session):
+    """The session Ray's dashboard address (host:port), as ray.init returned it."""
+    return RAY_SESSION["dashboard_url"]

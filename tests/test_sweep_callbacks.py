@@ -1,6 +1,7 @@
 """One dry-run sweep through Ray, observed from outside: its losses follow the law it was
 given, its worker groups give their CPUs back, the sweep-level metrics reach Ray's Prometheus
-endpoint (dashboard), and the Tune callbacks a user passes for experiment trackers see it."""
+endpoint, the dashboard lists its job, its trials' actors and its Train runs (named after
+their points), and the Tune callbacks a user passes for experiment trackers see it."""
 
 import json
 import math
@@ -158,3 +159,37 @@ def test_sweep_metrics_reach_rays_prometheus_endpoint(ray_session, observed_swee
     for bound in ("low", "high"):  # an interval where the bootstrap gave one
         for v in sweep_metric(samples, "ray_flops_fit_exponent_a", bound=bound):
             assert math.isfinite(v)
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_sweep_job_actors_and_runs_are_listed_by_the_dashboard(ray_session, ray_dashboard_url, observed_sweep):
+    plan, results, _, _ = observed_sweep
+    assert (results.table.train_loss == results.table.loss).all()  # dry run: drawn, not trained
+    assert ray_dashboard_url.startswith("127.0.0.1:"), f"dashboard not on loopback: {ray_dashboard_url}"
+    base = f"http://{ray_dashboard_url}"
+
+    job_id = ray_session.get_runtime_context().get_job_id()
+    jobs = get_json(f"{base}/api/jobs/")
+    assert any(j.get("job_id") == job_id for j in jobs), jobs
+
+    actors = get_json(f"{base}/api/v0/actors?limit=1000&detail=1")["data"]["result"]["result"]
+    # The trial driver is listed as ImplicitFunc or wrap_function.<locals>.ImplicitFunc.
+    classes = {a["class_name"].split(".")[-1] for a in actors if a.get("job_id") == job_id}
+    # One Tune trial driver, the point's Train controller and its training workers per point.
+    assert {"ImplicitFunc", "TrainController", "RayTrainWorker"} <= classes, classes
+    controllers = {a["actor_id"] for a in actors if a["class_name"].endswith("TrainController")}
+
+    runs = get_json(f"{base}/api/train/v2/runs/v1")["train_runs"]
+    by_name = {r["name"]: r for r in runs}
+    # Each Train run is named after its point (budget and size), e.g. C1e+10-s2.
+    assert {p.point_id for p in plan} <= set(by_name), sorted(by_name)
+    actor_ids = {a["actor_id"] for a in actors}
+    for p in plan:
+        workers = [w for attempt in by_name[p.point_id]["attempts"] for w in attempt["workers"]]
+        assert workers and all(w["actor_id"] in actor_ids for w in workers)
+        assert by_name[p.point_id]["controller_actor_id"] in controllers

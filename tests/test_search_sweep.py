@@ -10,7 +10,7 @@ from flops_fit.results import SEARCH_FILE
 from flops_fit.search import ORIGIN_EXTENDED, ORIGIN_PLANNED
 from toy import tiny_task
 
-pytestmark = [pytest.mark.slow, pytest.mark.oldest_ray]
+pytestmark = pytest.mark.slow
 
 LAW = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28, "noise": 0.0}
 

@@ -64,7 +64,7 @@ def test_two_worker_sweep_trains_exactly_the_plan(ray_session, tmp_path):
 @pytest.mark.oldest_ray
 def test_diverged_point_is_data_and_the_sweep_goes_on(ray_session, tmp_path):
     task = tiny_task(tmp_path, model_fn=gpt_nan)
-    plan = ff.plan_sweep(task, [5e9], sizes=[1, 2, DIVERGING_SIZE])
+    plan = ff.plan_sweep(task, [5e9], sizes=[1, DIVERGING_SIZE])
     res = ff.run_sweep(plan, task, name="nan", storage_path=tmp_path / "runs", live_fit=False)
     by_size = res.table.set_index("size")
     assert by_size.loc[DIVERGING_SIZE, "status"] == "diverged"
@@ -77,7 +77,7 @@ def test_diverged_point_is_data_and_the_sweep_goes_on(ray_session, tmp_path):
     table = pd.concat([res.table, others], ignore_index=True)
     laws = ff.fit(table, bootstrap=0)
     reasons = " ".join(map(str, laws.excluded["reason"]))
-    assert "diverged" in reasons and "only 2 usable model size(s)" in reasons
+    assert "diverged" in reasons and "only 1 usable model size(s)" in reasons
     assert "diverged" in laws.summary()
 
 
@@ -119,7 +119,7 @@ DRIVER = textwrap.dedent(
     from pathlib import Path
     tmp, address = Path(sys.argv[1]), sys.argv[2]
     task = tiny_task(tmp)
-    plan = ff.plan_sweep(task, [5e9, 1e10], sizes=[1, 2])
+    plan = ff.plan_sweep(task, [5e9], sizes=[1, 2, 3])
     ff.run_sweep(plan, task, name="resumable", storage_path=tmp / "runs", max_concurrent=1,
                  address=address, live_fit=False)
     """
@@ -140,13 +140,13 @@ def test_killed_driver_resumes_without_retraining_finished_points(ray_session, t
     while time.time() < deadline and first.poll() is None:
         if csv.exists():
             table = pd.read_csv(csv)
-            if (table.status == "ok").sum() >= 2:
+            if (table.status == "ok").sum() >= 1:
                 done_before = table[table.status == "ok"]
                 break
         time.sleep(0.5)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert done_before is not None and len(done_before) < 4, "the driver was not killed mid-sweep"
+    assert done_before is not None and len(done_before) < 3, "the driver was not killed mid-sweep"
 
     subprocess.run(cmd, env=env, check=True, timeout=300, capture_output=True)
     final = ff.load_results(tmp_path / "runs" / "resumable").table.set_index("point_id")

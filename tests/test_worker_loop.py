@@ -302,7 +302,7 @@ def test_hardware_use_in_the_progress_line():
 
 # --- through a real Ray sweep -----------------------------------------------------------------------
 @pytest.mark.slow
-def test_accumulated_micro_batches_match_one_batch_and_resume_exactly(ray_session, tmp_path):
+def test_accumulated_micro_batches_reach_the_workers_and_resume_exactly(ray_session, tmp_path):
     from ray import tune
 
     class KillOnce(tune.Callback):
@@ -316,24 +316,24 @@ def test_accumulated_micro_batches_match_one_batch_and_resume_exactly(ray_sessio
                 os.kill(result["worker_pid"], signal.SIGKILL)
                 self.killed = result["step"]
 
+    # That micro-batches make the whole batch's update is pinned without Ray
+    # (test_micro_batches_make_the_same_update_as_the_whole_batch); here, through a sweep:
+    # the setting reaches the workers, and a killed worker resumes mid-accumulation exactly.
     settings = dict(batch_size=8, checkpoint_every=40, report_every=20)
-    whole, micro = tiny_task(tmp_path, **settings), tiny_task(tmp_path, micro_batch_size=2, **settings)
-    plan = ff.plan_sweep(whole, [1e10], sizes=[2])
+    micro = tiny_task(tmp_path, micro_batch_size=2, **settings)
+    plan = ff.plan_sweep(micro, [1e10], sizes=[2])
     runs = dict(storage_path=tmp_path / "runs", live_fit=False, verbose=False)
-    one = ff.run_sweep(plan, whole, name="whole", **runs).table.iloc[0]
     four = ff.run_sweep(plan, micro, name="micro", **runs).table.iloc[0]
     killer = KillOnce()
     killed = ff.run_sweep(plan, micro, name="micro-killed", callbacks=[killer], **runs).table.iloc[0]
 
-    assert (one.status, four.status, killed.status) == ("ok", "ok", "ok"), (one.error, four.error, killed.error)
-    assert (one.micro_batch_size, four.micro_batch_size) == (8, 2)
+    assert (four.status, killed.status) == ("ok", "ok"), (four.error, killed.error)
+    assert four.micro_batch_size == killed.micro_batch_size == 2
     # The budget is the same: tokens per optimizer step do not depend on the micro-batch.
-    assert one.tokens == four.tokens == killed.tokens == plan.points[0].tokens
-    # Summation order alone moves fp32 losses by ~1e-5 relative over a few hundred steps.
-    assert four.loss == pytest.approx(one.loss, rel=1e-4)
+    assert four.tokens == killed.tokens == plan.points[0].tokens
     assert killer.killed is not None and killed.attempts == 2
     assert killed.loss == pytest.approx(four.loss, rel=1e-6)
-    assert one.model_flops_per_s > 0 and one.precision == "no" and math.isnan(float(one.mfu or math.nan))
+    assert four.model_flops_per_s > 0 and four.precision == "no" and math.isnan(float(four.mfu or math.nan))
 
 
 LOGICAL_GPU = textwrap.dedent(
@@ -365,8 +365,10 @@ LOGICAL_GPU = textwrap.dedent(
                                            "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}})
         task = tiny_task(tmp)
         plan = ff.plan_sweep(task, [1e10], sizes=[2])
+        # One attempt shows the failure; the default's retries (which on a cluster may land on
+        # a node whose CUDA works) would only repeat it on this one node.
         res = ff.run_sweep(plan, task, name="no-cuda", storage_path=tmp / "runs", use_gpu=True,
-                           live_fit=False, verbose=False)
+                           max_failures=0, live_fit=False, verbose=False)
         row = res.table.iloc[0]
         print("RESULT", json.dumps({"status": row.status, "error": row.error,
                                     "tokens": None if row.tokens != row.tokens else row.tokens}))

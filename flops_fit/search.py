@@ -57,7 +57,10 @@ EXTRA_BEYOND_VERTEX = 1
 MAX_SIZES_PER_STEP = 3
 SIZES_WITHOUT_VERTEX = 2  # no usable vertex (concave or too few sizes): two sizes past the edge
 # A budget not yet started keeps its planned sizes while the predicted N_opt lies within
-# this fraction of their span (in ln N) of their centre: they bracket it with room to spare.
+# this fraction of their span (in ln N) of their centre, with as many of them on either side
+# of it as a finished budget needs (MIN_SIZES_EACH_SIDE, or half its sizes where it has
+# fewer than twice that): they bracket it with room to spare, and no size has to be added
+# after the budget finishes, when the size would train alone at the end of the sweep.
 RECENTRE_TOLERANCE = 0.25
 # Budgets needed for a power law N_opt = k C^a through the bracketed optima (two points
 # give a line; the fit itself needs fitting.MIN_BUDGETS for a line with a residual).
@@ -203,10 +206,11 @@ class _SizeProbe:
 
 
 def recentred_sizes(budget: float, params_pred: float, planned_params, usable, sizes: dict,
-                    count: int | None = None) -> list:
+                    count: int | None = None, each_side: int = 0) -> list:
     """`count` sizes (default: as many as the budget's plan has), log-spaced over the plan's
     own span, around the predicted N_opt (parameters), chosen among `usable` the way
-    plan_sweep chooses them."""
+    plan_sweep chooses them; with at least `each_side` of them on either side of the
+    prediction, where the dial has them."""
     planned_params = sorted(planned_params)
     count = count or len(planned_params)
     if not usable or not planned_params:
@@ -215,9 +219,19 @@ def recentred_sizes(budget: float, params_pred: float, planned_params, usable, s
     spread = max(spread, 1 + 1e-9)
     # plan_sweep centres on N* = sqrt(C / (6 tokens_per_param)): the ratio that puts N* here
     tokens_per_param = budget / (F.FLOPS_PER_PARAM_PER_TOKEN * params_pred**2)
-    chosen = _sizes_around_prior(budget, list(usable), min(count, len(usable)), tokens_per_param,
-                                 spread, _SizeProbe(sizes))
-    return sorted(chosen)
+    chosen = sorted(_sizes_around_prior(budget, list(usable), min(count, len(usable)), tokens_per_param,
+                                        spread, _SizeProbe(sizes)))
+    below = sum(sizes[s][0] < params_pred for s in chosen)
+    if min(below, len(chosen) - below) >= each_side:
+        return chosen
+    # A dial coarse for the plan's span (a GPT's N grows as the cube of its depth): the grid
+    # can round two targets to one size and leave a single size on one side. Then take the
+    # neighbouring usable sizes instead, half below the prediction and half above.
+    order = sorted(usable, key=lambda s: sizes[s][0])
+    first_above = sum(sizes[s][0] < params_pred for s in order)
+    n = len(chosen)
+    start = min(max(0, first_above - n // 2), len(order) - n)
+    return order[start:start + n]
 
 
 # ---------------------------------------------------------------------------------------
@@ -385,13 +399,16 @@ class BracketSearch:
             predicted = math.exp(law[0] + law[1] * math.log(b.budget))
             logs = [math.log(p.params) for p in b.planned]
             centre, span = (max(logs) + min(logs)) / 2, max(logs) - min(logs)
-            if abs(math.log(predicted) - centre) > RECENTRE_TOLERANCE * span:
+            each_side = min(MIN_SIZES_EACH_SIDE, len(logs) // 2)
+            below = sum(x < math.log(predicted) for x in logs)
+            if (abs(math.log(predicted) - centre) > RECENTRE_TOLERANCE * span
+                    or min(below, len(logs) - below) < each_side):
                 usable = usable_sizes(b.budget, self.sizes, self.plan.batch_tokens, self.min_steps)
                 # As many sizes as the plan's fullest budget (a coarse dial can give a budget
                 # fewer distinct sizes than asked for).
                 count = max(len(x.planned) for x in self._budgets.values())
                 sizes = recentred_sizes(b.budget, predicted, [p.params for p in b.planned], usable,
-                                        self.sizes, count) or sizes
+                                        self.sizes, count, each_side) or sizes
             if sorted(sizes) != sorted(planned):
                 self._note(
                     f"budget {b.budget:.3g}: re-centred on N_opt = {predicted:.3g} (power law a = {law[1]:.3f} "

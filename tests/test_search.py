@@ -254,6 +254,28 @@ def test_the_first_budgets_start_as_planned_and_later_ones_are_recentred():
     assert any("re-centred" in line for line in search.log)
 
 
+def around_optimum(budget, below=2, above=2):
+    """The dial values next to the law's N_opt at `budget`: `below` under it, `above` over it."""
+    k = max(s for s in DIAL if params_of(s) < true_n_opt(budget))
+    return list(range(k - below + 1, k + above + 1))
+
+
+def test_a_budget_with_one_planned_size_below_the_predicted_optimum_is_recentred_to_two():
+    # 3e13's plan (dial 9-12) is centred close to the law's N_opt (within RECENTRE_TOLERANCE
+    # of its span) but only size 9 lies below it: the finished budget would need a size added,
+    # which trains alone at the end of the sweep. Re-centred before it starts, it needs none.
+    late = 3e13
+    plan = make_plan([1e12, 3e12, 1e13, late], lambda b: around_optimum(b, 1, 3) if b == late else around_optimum(b))
+    assert [p.size for p in plan.points if p.budget == late] == [9, 10, 11, 12]
+    search = BracketSearch(plan, SIZES)
+    run(search, concurrency=1)  # one slot: the late budget starts after the law is known
+    trained = sorted(p["size"] for p in search.proposed.values() if p["budget"] == late)
+    assert trained == around_optimum(late)
+    assert any(line.startswith(f"budget {late:.3g}: re-centred") for line in search.log), search.log
+    assert ORIGIN_EXTENDED not in {p["origin"] for p in search.proposed.values()}
+    assert bracketed_budgets(search) == set(plan.budgets) and search.valley(late).bracketed
+
+
 def test_a_good_prior_trains_exactly_the_plan():
     plan = make_plan(BUDGETS, lambda b: sorted({max(1, round((true_n_opt(b) / 768) ** (1 / 3) * f))
                                                 for f in (0.55, 0.75, 1.0, 1.3, 1.75)}))

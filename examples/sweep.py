@@ -1,6 +1,6 @@
 """The main job: plan an IsoFLOP sweep, run it on Ray, fit the scaling laws, report.
 
-    python examples/sweep.py                      # local Ray, CPU: 7-11 minutes on 2 cores
+    python examples/sweep.py                      # local Ray, CPU: 7-13 minutes on 2 cores
     python examples/sweep.py --smoke              # about 2 minutes: a check that all works
     python examples/sweep.py --adaptive           # add sizes where a budget's optimum is not bracketed
     python examples/sweep.py --address auto --gpu --num-workers 2 --budgets 1e17 3e17 1e18 \\

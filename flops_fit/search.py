@@ -142,6 +142,13 @@ def check_valley(params, loss) -> Valley:
     return Valley(False, edge, float(rec.params_opt), vertex, str(rec.reason), False)
 
 
+def short_of_sizes_each_side(params, params_opt: float, each_side: int) -> bool:
+    """Whether fewer than `each_side` of the model sizes `params` (parameters) lie below
+    `params_opt`, or fewer than that at or above it."""
+    below = sum(n < params_opt for n in params)
+    return min(below, len(params) - below) < each_side
+
+
 def usable_sizes(budget, sizes: dict, batch_tokens: int, min_steps: int) -> list:
     """Dial values that can train at `budget`: at least `min_steps` optimizer steps."""
     return sorted(s for s, (_, fpt) in sizes.items() if steps_for(budget, fpt, batch_tokens) >= min_steps)
@@ -221,8 +228,7 @@ def recentred_sizes(budget: float, params_pred: float, planned_params, usable, s
     tokens_per_param = budget / (F.FLOPS_PER_PARAM_PER_TOKEN * params_pred**2)
     chosen = sorted(_sizes_around_prior(budget, list(usable), min(count, len(usable)), tokens_per_param,
                                         spread, _SizeProbe(sizes)))
-    below = sum(sizes[s][0] < params_pred for s in chosen)
-    if min(below, len(chosen) - below) >= each_side:
+    if not short_of_sizes_each_side([sizes[s][0] for s in chosen], params_pred, each_side):
         return chosen
     # A dial coarse for the plan's span (a GPT's N grows as the cube of its depth): the grid
     # can round two targets to one size and leave a single size on one side. Then take the
@@ -400,9 +406,8 @@ class BracketSearch:
             logs = [math.log(p.params) for p in b.planned]
             centre, span = (max(logs) + min(logs)) / 2, max(logs) - min(logs)
             each_side = min(MIN_SIZES_EACH_SIDE, len(logs) // 2)
-            below = sum(x < math.log(predicted) for x in logs)
             if (abs(math.log(predicted) - centre) > RECENTRE_TOLERANCE * span
-                    or min(below, len(logs) - below) < each_side):
+                    or short_of_sizes_each_side([p.params for p in b.planned], predicted, each_side)):
                 usable = usable_sizes(b.budget, self.sizes, self.plan.batch_tokens, self.min_steps)
                 # As many sizes as the plan's fullest budget (a coarse dial can give a budget
                 # fewer distinct sizes than asked for).

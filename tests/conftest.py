@@ -72,6 +72,9 @@ def pytest_collection_modifyitems(items):
     items.sort(key=tier)  # stable: file order within a tier
 
 
+RAY_SESSION = {}  # what ray.init told the session fixture (ray_dashboard_url reads it)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole session (2 CPUs, dashboard on loopback).
@@ -103,9 +106,6 @@ def ray_session():
     RAY_SESSION["dashboard_url"] = context.dashboard_url
     yield ray
     ray.shutdown()
-
-
-RAY_SESSION = {}  # what ray.init told the session fixture
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ install_log=$(mktemp "${TMPDIR:-/tmp}/flops_fit-ray-${OLDEST_RAY}-install.XXXXXX
     .venv-ray-oldest/bin/pip install -q -e ".[dev]" "ray[default,train,tune]==${OLDEST_RAY}"
 ) >"$install_log" 2>&1 &
 installer=$!
-trap 'kill "$installer" 2>/dev/null || true' EXIT
+# On an early exit, stop the installer and the pip it runs (pip would go on as an orphan).
+trap 'pkill -P "$installer" 2>/dev/null; kill "$installer" 2>/dev/null || true' EXIT
 
 echo "== tests on ray $(python -c 'import ray; print(ray.__version__)') (all)"
 python -m pytest --durations=15 "$@"

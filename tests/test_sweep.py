@@ -38,7 +38,9 @@ def test_two_worker_sweep_trains_exactly_the_plan(ray_session, tmp_path):
     t = res.table
     assert list(t.status) == ["ok"] * 2, t[["point_id", "status", "error"]]
     started = [c for a, c in actor_classes().items() if a not in before]
-    assert started.count("ImplicitFunc") == 2 and started.count("RayTrainWorker") == 4, started
+    # One trial driver ran both points, one after the other (Tune reuses it); each point
+    # had its own worker group.
+    assert started.count("ImplicitFunc") == 1 and started.count("RayTrainWorker") == 4, started
     # Ray Train's stock trainer: one controller per point's Train run.
     assert started.count("TrainController") == 2, started
     assert t.loss.map(math.isfinite).all()

@@ -40,8 +40,9 @@ class TrackerLog(LoggerCallback):
         self._write(event="start", point=trial.config["point"]["point_id"])
 
     def log_trial_result(self, iteration, trial, result):
+        # pid: Tune's own key, the process of the trial's driver (the function trainable)
         self._write(event="result", point=trial.config["point"]["point_id"],
-                    status=result.get("status"), loss=result.get("loss"))
+                    status=result.get("status"), loss=result.get("loss"), pid=result.get("pid"))
 
     def log_trial_end(self, trial, failed=False):
         self._write(event="end", point=trial.config["point"]["point_id"], failed=failed)
@@ -112,6 +113,18 @@ def test_a_tracker_callback_sees_every_point_and_its_loss(observed_sweep):
     for pid, loss in last.items():
         assert table.loc[pid, "status"] == "ok"
         assert loss == pytest.approx(table.loc[pid, "loss"], rel=1e-12), pid
+
+
+@pytest.mark.slow
+def test_trial_drivers_are_reused_from_point_to_point(observed_sweep):
+    # Tune reuses a finished point's driver process for the next point (reuse_actors), which
+    # spares every point a process start and the import of Ray Train and Tune in it.
+    plan, results, tracker_file, _ = observed_sweep
+    entries = [json.loads(line) for line in tracker_file.read_text().splitlines()]
+    drivers = {e["point"]: e["pid"] for e in entries if e["event"] == "result"}
+    assert set(drivers) == {p.point_id for p in plan} and all(drivers.values()), drivers
+    assert (results.table.status == "ok").all()
+    assert len(set(drivers.values())) < len(plan), drivers
 
 
 def scrape(url):

@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import pytest
 
 import flops_fit as ff
 from flops_fit.sweep_script import SMOKE_BOOTSTRAP
+from toy import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -36,17 +36,6 @@ POINTS = 9  # 3 smoke budgets x 3 sizes
 PORT_FLAGS = ("--port", "--dashboard-port", "--metrics-export-port", "--dashboard-agent-listen-port",
               "--dashboard-agent-grpc-port", "--ray-client-server-port", "--runtime-env-agent-port",
               "--node-manager-port", "--object-manager-port")
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def head_processes(temp_dir):

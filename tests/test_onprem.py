@@ -31,7 +31,6 @@ import pwd
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from toy import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 ONPREM_YAML = ROOT / "examples" / "cluster-onprem.yaml"
@@ -78,17 +79,6 @@ while data := s.recv(65536):
 pytestmark = pytest.mark.slow
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _skip_unless_possible():
     if sys.platform != "linux":
         pytest.skip("needs Linux PID namespaces (unshare) to isolate the node's `ray stop`")
@@ -113,7 +103,7 @@ class Node:
         self.home = work / "home"
         self.home.mkdir(mode=0o700)
         self.key = work / "id_ed25519"
-        self.port = _free_ports(1)[0]
+        self.port = free_ports(1)[0]
         keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", ""]
         subprocess.run([*keygen, "-f", str(self.key), "-C", "flops-fit-test-client"], check=True)
         subprocess.run([*keygen, "-f", str(work / "host_key"), "-C", "flops-fit-test-host"], check=True)
@@ -193,7 +183,7 @@ def _test_config(node: Node, name: str, gcs_port: int, temp_dir: str) -> dict:
     assert len(setup) - len(kept) == 2, "setup_commands no longer end with the two pip installs"
     config["setup_commands"] = kept
 
-    head_ports = _free_ports(len(HEAD_PORT_FLAGS))
+    head_ports = free_ports(len(HEAD_PORT_FLAGS))
     extra = " ".join(f"{flag}={port}" for flag, port in zip(HEAD_PORT_FLAGS, head_ports))
     starts = []
     for command in config["head_start_ray_commands"]:
@@ -250,7 +240,7 @@ def test_ray_up_onprem_yaml_runs_a_dry_run_sweep_and_comes_down(tmp_path, ray_se
     name = f"flops-fit-onprem-test-{os.getpid()}"
     # The local provider's node state, kept by the launcher and by the head alike.
     state_files = [Path(tempfile.gettempdir(), "ray", f"cluster-{name}.{ext}") for ext in ("state", "lock")]
-    gcs_port = _free_ports(1)[0]
+    gcs_port = free_ports(1)[0]
     node = Node(tmp_path)
     try:
         # Isolation first, before anything that runs `ray stop`: the node's shell is in

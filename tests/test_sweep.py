@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import flops_fit as ff
-from toy import DIVERGING_SIZE, gpt_nan, tiny_task, wait_for, worker_groups_holding_cpus
+from toy import DIVERGING_SIZE, KillWorkerOnce, gpt_nan, tiny_task, wait_for, worker_groups_holding_cpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 TESTS_DIR = Path(__file__).resolve().parent
@@ -86,16 +86,8 @@ def test_diverged_point_is_data_and_the_sweep_goes_on(ray_session, tmp_path):
 def test_killed_worker_resumes_from_checkpoint_with_the_same_loss(ray_session, tmp_path):
     from ray import tune
 
-    class KillOnce(tune.Callback):
-        """SIGKILL the training worker right after its first checkpoint."""
-
-        def __init__(self):
-            self.killed = None
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if self.killed is None and result.get("checkpoint_path") and result["step"] < result["steps"]:
-                os.kill(result["worker_pid"], signal.SIGKILL)
-                self.killed = result["step"]
+    class KillOnce(KillWorkerOnce, tune.Callback):
+        pass
 
     task = tiny_task(tmp_path, checkpoint_every=40, report_every=20)
     plan = ff.plan_sweep(task, [1e10], sizes=[2])

@@ -6,7 +6,6 @@ import io
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ import flops_fit as ff
 from flops_fit import train as T
 from flops_fit.hardware import PEAK_FLOPS, TFLOPS, choose_precision, peak_flops
 from flops_fit.plan import SweepPoint
-from toy import load_example, tiny_task
+from toy import KillWorkerOnce, load_example, tiny_task
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -305,16 +304,8 @@ def test_hardware_use_in_the_progress_line():
 def test_accumulated_micro_batches_reach_the_workers_and_resume_exactly(ray_session, tmp_path):
     from ray import tune
 
-    class KillOnce(tune.Callback):
-        """SIGKILL the training worker right after its first checkpoint."""
-
-        def __init__(self):
-            self.killed = None
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if self.killed is None and result.get("checkpoint_path") and result["step"] < result["steps"]:
-                os.kill(result["worker_pid"], signal.SIGKILL)
-                self.killed = result["step"]
+    class KillOnce(KillWorkerOnce, tune.Callback):
+        pass
 
     # That micro-batches make the whole batch's update is pinned without Ray
     # (test_micro_batches_make_the_same_update_as_the_whole_batch); here, through a sweep:

@@ -50,6 +50,37 @@ class RemoveTrainingNode:
             threading.Thread(target=type(self).cluster.remove_node, args=(node, False)).start()
 
 
+class KillWorkerOnce:
+    """A Tune callback (mixed in at use, like RemoveTrainingNode) that SIGKILLs a trial's
+    training worker right after the trial's first checkpoint; `killed` is the step it was
+    killed at."""
+
+    def __init__(self):
+        self.killed = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        import os
+        import signal
+
+        if self.killed is None and result.get("checkpoint_path") and result["step"] < result["steps"]:
+            os.kill(result["worker_pid"], signal.SIGKILL)
+            self.killed = result["step"]
+
+
+def free_ports(n: int) -> list[int]:
+    """n TCP ports free on loopback now (for Ray processes that would take fixed defaults)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

@@ -42,6 +42,20 @@ def synthetic_sweep(seed=0, law=TRUE_LAW, noise=SYNTH_NOISE):
 
 
 @pytest.fixture
+def corpus(tmp_path):
+    """A byte-level corpus of a dozen small text files under tmp_path, in windows of
+    flops_fit.models.gpt()'s context length (128). With the default val_every=10 one file is
+    validation, and every file is longer than one window of 128 + 1 bytes."""
+    from flops_fit.data import TextCorpus
+
+    root = tmp_path / "text"
+    root.mkdir()
+    for i in range(12):
+        (root / f"doc{i:02d}.txt").write_text(f"document {i}\n" + "the quick brown fox jumps " * 20)
+    return TextCorpus([root], seq_len=128, cache_dir=tmp_path / "cache")
+
+
+@pytest.fixture
 def sweep():
     return synthetic_sweep()
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-from flops_fit.data import TextCorpus
 from flops_fit.flops import count_params
 from flops_fit.models import gpt, lm_loss
 from flops_fit.plan import SweepPlan, plan_sweep, point_id
@@ -29,17 +28,6 @@ BATCH_TOKENS = BATCH_SIZE * SEQ_LEN
 def meta_gpt(size):
     with torch.device("meta"):
         return gpt(size)
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    root = tmp_path / "text"
-    root.mkdir()
-    # 12 files: with the default val_every=10 one of them is validation, and every file
-    # is longer than one window of SEQ_LEN + 1 bytes.
-    for i in range(12):
-        (root / f"doc{i:02d}.txt").write_text(f"document {i}\n" + "the quick brown fox jumps " * 20)
-    return TextCorpus([root], seq_len=SEQ_LEN, cache_dir=tmp_path / "cache")
 
 
 @pytest.fixture

@@ -175,15 +175,6 @@ def test_lr_schedule_is_a_half_cosine():
 # --- pickling -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    root = tmp_path / "text"
-    root.mkdir()
-    for i in range(12):
-        (root / f"doc{i:02d}.txt").write_text(f"document {i}\n" + "the quick brown fox jumps " * 20)
-    return TextCorpus([root], seq_len=SEQ_LEN, cache_dir=tmp_path / "cache")
-
-
 @pytest.mark.parametrize("dumps, loads", [(pickle.dumps, pickle.loads), (cloudpickle.dumps, pickle.loads)])
 def test_task_pickles_and_still_trains(corpus, dumps, loads):
     import torch

@@ -214,8 +214,9 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
             trial_name_creator=point_id,
             trial_dirname_creator=point_id,
             # A finished point's driver process runs the next point: every point is spared
-            # a process start and the import of Ray Train and Tune in it, 3 of about 20
-            # CPU-s of Ray processes per point on 2 cores (benchmarks/RESULTS.md). Safe
+            # a process start and the import of Ray Train and Tune in it (the driver's CPU
+            # per point 4.5 -> 1.5 of about 27 CPU-s of Ray processes on 2 cores;
+            # benchmarks/RESULTS.md, "Trial drivers reused from point to point"). Safe
             # because a point ends when its function returns (the worker reports final=True,
             # not done=True), so Tune's reset finds the driver idle.
             reuse_actors=True,

@@ -123,7 +123,7 @@ def check_valley(params, loss) -> Valley:
     upward = np.isfinite(rec.c2) and rec.c2 > 0
     vertex = float(rec.params_opt) if upward else math.nan
     if rec.bracketed and at_edge is None:
-        below, above = int((params < rec.params_opt).sum()), int((params > rec.params_opt).sum())
+        below, above = sizes_each_side(params, rec.params_opt)
         if min(below, above) < MIN_SIZES_EACH_SIDE:
             # One size beyond the vertex pins it poorly: add one more on that side.
             edge = LOW if below < above else HIGH
@@ -142,11 +142,17 @@ def check_valley(params, loss) -> Valley:
     return Valley(False, edge, float(rec.params_opt), vertex, str(rec.reason), False)
 
 
+def sizes_each_side(params, params_opt: float) -> tuple[int, int]:
+    """(how many of the model sizes `params` lie below `params_opt`, how many at or above
+    it), all in parameters: the one count behind every each-side rule of the search."""
+    below = sum(1 for n in params if n < params_opt)
+    return below, len(params) - below
+
+
 def short_of_sizes_each_side(params, params_opt: float, each_side: int) -> bool:
     """Whether fewer than `each_side` of the model sizes `params` (parameters) lie below
     `params_opt`, or fewer than that at or above it."""
-    below = sum(n < params_opt for n in params)
-    return min(below, len(params) - below) < each_side
+    return min(sizes_each_side(params, params_opt)) < each_side
 
 
 def usable_sizes(budget, sizes: dict, batch_tokens: int, min_steps: int) -> list:

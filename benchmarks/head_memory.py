@@ -19,7 +19,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,6 +27,7 @@ sys.path.insert(0, str(HERE))
 
 import flops_fit as ff  # noqa: E402
 from overhead import make_task  # noqa: E402
+from process_sampler import ProcessSampler  # noqa: E402
 from results_file import append_result  # noqa: E402
 
 POINTS = 4  # concurrent points
@@ -40,36 +40,25 @@ NOT_PER_POINT = ("ray::IDLE", "ray::RayTrainWorker", "ray::TrainStateActor", "ra
                  "ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
-class MemoryByTitle:
+class MemoryByTitle(ProcessSampler):
+    """Per sample, the unique memory (USS, bytes) of every Ray process, by title."""
+
     def __init__(self, interval_s: float = 1.0):
-        import psutil
-
-        self.psutil, self.interval_s = psutil, interval_s
+        super().__init__(interval_s)
         self.samples = []  # per sample: {title: [uss bytes, ...]}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        while not self._stop.wait(self.interval_s):
-            sample = defaultdict(list)
-            for p in self.psutil.process_iter():
-                try:
-                    cmd = p.cmdline()
-                    if not (cmd and cmd[0].startswith("ray::")):
-                        continue
-                    uss = p.memory_full_info().uss
-                except (self.psutil.Error, OSError):
+    def sample(self) -> None:
+        sample = defaultdict(list)
+        for p in self.psutil.process_iter():
+            try:
+                cmd = p.cmdline()
+                if not (cmd and cmd[0].startswith("ray::")):
                     continue
-                sample[cmd[0].split(" ")[0].split(".")[0]].append(uss)
-            self.samples.append(dict(sample))
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+                uss = p.memory_full_info().uss
+            except (self.psutil.Error, OSError):
+                continue
+            sample[cmd[0].split(" ")[0].split(".")[0]].append(uss)
+        self.samples.append(dict(sample))
 
 
 def main(argv=None):

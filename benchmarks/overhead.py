@@ -21,7 +21,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -33,6 +32,7 @@ import flops_fit as ff  # noqa: E402
 from flops_fit.data import TextCorpus  # noqa: E402
 from flops_fit.models import GPT, lm_loss  # noqa: E402
 from plain_loop import train_plain  # noqa: E402
+from process_sampler import ProcessSampler  # noqa: E402
 from results_file import append_result  # noqa: E402
 
 # 8 points of the tiny GPT (aspect 8, 64-token samples, 16-sample batch) that each train
@@ -54,20 +54,15 @@ def make_task(cache_dir):
     )
 
 
-class CpuByProcess:
+class CpuByProcess(ProcessSampler):
     """Samples every process's CPU time (user + system, s) while running; groups new
     processes by title: a Ray worker's proctitle names its actor class (`ray::IDLE` until it
     gets one); non-Ray processes started meanwhile count under their executable name."""
 
     def __init__(self, interval_s: float = 0.2):
-        import psutil
-
-        self.psutil = psutil
-        self.interval_s = interval_s
-        self.before = {p.pid: self._cpu(p) for p in psutil.process_iter()}
+        super().__init__(interval_s)
+        self.before = {p.pid: self._cpu(p) for p in self.psutil.process_iter()}
         self.cpu, self.title = {}, {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
     def _cpu(p) -> float:
@@ -77,25 +72,16 @@ class CpuByProcess:
         except Exception:
             return 0.0
 
-    def _run(self):
-        while not self._stop.wait(self.interval_s):
-            for p in self.psutil.process_iter():
-                try:
-                    cmd = p.cmdline()
-                except Exception:
-                    continue
-                title = cmd[0].split(" ")[0] if cmd and cmd[0].startswith("ray::") else p.name()
-                if not title.startswith("ray::IDLE") or p.pid not in self.title:
-                    self.title[p.pid] = title
-                self.cpu[p.pid] = self._cpu(p) - self.before.get(p.pid, 0.0)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        for p in self.psutil.process_iter():
+            try:
+                cmd = p.cmdline()
+            except Exception:
+                continue
+            title = cmd[0].split(" ")[0] if cmd and cmd[0].startswith("ray::") else p.name()
+            if not title.startswith("ray::IDLE") or p.pid not in self.title:
+                self.title[p.pid] = title
+            self.cpu[p.pid] = self._cpu(p) - self.before.get(p.pid, 0.0)
 
     def by_title(self, exclude_pid: int) -> dict:
         """CPU seconds by actor class. A Ray worker's title also names the method it runs

@@ -240,7 +240,7 @@ def recentred_sizes(budget: float, params_pred: float, planned_params, usable, s
     # can round two targets to one size and leave a single size on one side. Then take the
     # neighbouring usable sizes instead, half below the prediction and half above.
     order = sorted(usable, key=lambda s: sizes[s][0])
-    first_above = sum(sizes[s][0] < params_pred for s in order)
+    first_above, _ = sizes_each_side([sizes[s][0] for s in order], params_pred)  # index of the first size above
     n = len(chosen)
     start = min(max(0, first_above - n // 2), len(order) - n)
     return order[start:start + n]

@@ -10,7 +10,7 @@ from importlib import import_module
 # Imported eagerly (numpy only at import time): `flops_fit.fit` is the function; the
 # fitting code lives in modules of other names so no submodule import can rebind it.
 from .fitting import ScalingLaws, fit
-from .table import FitError
+from .fitting import FitError
 
 __version__ = "0.1.0"
 

@@ -19,8 +19,7 @@ import argparse
 import re
 import sys
 
-from flops_fit.fitting import APPROACHES, MAX_BOOTSTRAP, OPTIMA, fit
-from flops_fit.table import BUDGET_RTOL, FitError
+from flops_fit.fitting import APPROACHES, BUDGET_RTOL, MAX_BOOTSTRAP, OPTIMA, FitError, fit
 
 EXIT_BAD_INPUT = 2
 DEFAULT_BOOTSTRAP = 1000

@@ -1,6 +1,7 @@
 """Presentation of fitted scaling laws: Chinchilla-style table, summary text, plots.
 
-Never fits anything (the numbers come from `flops_fit.fitting.ScalingLaws`), writes only to
+Never fits anything and never imports the fit (the numbers and verdicts come stored on
+the `ScalingLaws` it is given), writes only to
 the paths it is given, and draws on `matplotlib.figure.Figure` objects with the Agg
 canvas so no global pyplot state or rcParams are touched.
 """
@@ -16,9 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from flops_fit.fitting import EXTRAPOLATION_FACTOR, MAX_DROPPED_SHARE, MAX_THIN_SHARE
 from flops_fit.law import HUBER_DELTA
-from flops_fit.table import ORIGIN_PLANNED
+from flops_fit.contract import ORIGIN_PLANNED
 
 # Default prediction budgets: the sweep's budgets plus this many powers of ten above the
 # largest one (Chinchilla Table 3 extrapolates several decades past the sweep).
@@ -77,7 +77,7 @@ def markdown_table(laws, budgets=None) -> str:
         f"| loss, nats/token ({pct}% CI) |",
         "|---|---|---|---|---|---|",
     ]
-    unreliable = _unreliable(laws)
+    unreliable = laws.unreliable
     for r in pred.itertuples():
         flops = f"{r.flops:.2e}" + (" (extrapolated)" if r.extrapolated else "")
         name = r.approach + (" (unreliable intervals)" if r.approach in unreliable else "")
@@ -87,22 +87,9 @@ def markdown_table(laws, budgets=None) -> str:
             f"| {_with_interval(r.loss, r.loss_low, r.loss_high, '.4g')} |"
         )
     if pred["extrapolated"].any():
-        lines.append(f"\n(extrapolated: more than {EXTRAPOLATION_FACTOR:g}x the largest fitted FLOPs, "
+        lines.append(f"\n(extrapolated: more than {laws.extrapolation_factor:g}x the largest fitted FLOPs, "
                      f"{laws.max_fitted_flops:.3g})")
     return "\n".join(lines)
-
-
-def _unreliable(laws):
-    """Approaches whose bootstrap dropped more than MAX_DROPPED_SHARE of the replicates."""
-    out = set()
-    if not laws.bootstrap:
-        return out
-    iso = laws.isoflop
-    if iso is not None and (iso.bootstrap_failed > MAX_DROPPED_SHARE * laws.bootstrap or iso.thin_share > MAX_THIN_SHARE):
-        out.add("isoflop")
-    if laws.parametric is not None and laws.parametric.bootstrap_dropped > MAX_DROPPED_SHARE * laws.bootstrap:
-        out.add("parametric")
-    return out
 
 
 def summary_text(laws):
@@ -112,7 +99,7 @@ def summary_text(laws):
     pct = int(round(100 * laws.level))
     ci = f"{pct}% bootstrap interval, {laws.bootstrap} replicates, seed {laws.seed}" \
         if laws.bootstrap else "no bootstrap (bootstrap=0)"
-    unreliable = _unreliable(laws)
+    unreliable = laws.unreliable
     out = []
     for w in laws.warnings:
         out.append(f"WARNING: {w}")

@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import checks
 from .plan import SweepPlan
-from .table import ORIGIN_PLANNED
+from .contract import ORIGIN_PLANNED
 
 PLAN_FILE = "plan.json"
 TASK_FILE = "task.json"

@@ -32,7 +32,7 @@ import numpy as np
 from . import checks
 from . import flops as F
 from .fitting import MIN_POINTS_PER_BUDGET, budget_optima
-from .table import ORIGIN_PLANNED
+from .contract import ORIGIN_PLANNED
 from .plan import (
     DEFAULT_MIN_STEPS,
     DEFAULT_SIZE_SPREAD,

@@ -11,7 +11,7 @@ import flops_fit as ff
 from flops_fit import checks as C
 from flops_fit.data import TextCorpus
 from flops_fit.models import gpt, lm_loss
-from flops_fit.table import FitError
+from flops_fit.fitting import FitError
 
 BATCH = 8
 SEQ_LEN = 32

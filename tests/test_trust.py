@@ -261,7 +261,7 @@ def test_bad_flags_are_one_line_errors(data_dir, capsys, args, message):
 
 
 def test_row_bound(monkeypatch, sweep, tmp_path):
-    from flops_fit import table
+    from flops_fit.fitting import inputs as table
 
     path = tmp_path / "s.csv"
     sweep.to_csv(path, index=False)

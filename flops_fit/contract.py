@@ -1,0 +1,22 @@
+"""The words shared by the sweep, its results table, the search, the fit and the report.
+
+One home for the results table's status and origin vocabulary and for the minimum counts
+a fit needs, so that the modules that write a table and those that read it agree.
+"""
+
+# What a point's row says of how it ended (results.csv, column `status`); only rows whose
+# status is OK_STATUS enter a fit.
+OK_STATUS = "ok"
+
+# Why each point exists (column `origin`): planned, or added by the bracket-seeking
+# search (flops_fit/search.py). A row without one was planned.
+ORIGIN_PLANNED = "planned"
+
+# The columns a fitted table must have, and those it may have (units in the fit's docstring).
+REQUIRED_COLUMNS = ("params", "tokens", "loss")
+OPTIONAL_COLUMNS = ("flops", "budget", "status", "error", "run")
+
+# Minimum data for each law.
+MIN_BUDGETS = 3  # a line through log C needs at least 3 points to have a residual
+MIN_POINTS_PER_BUDGET = 3  # a parabola has 3 coefficients
+MIN_PARAMETRIC_POINTS = 6  # more points than the 5 parameters of L(N, D)

@@ -16,6 +16,7 @@ Bad input exits with status 2 and a one-line message.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 
@@ -90,6 +91,8 @@ def main(argv=None):
                    seed=args.seed, columns=_mapping(args.map), where=args.where, holdout=args.holdout,
                    drop_highest_loss=args.drop_highest_loss, budget_rtol=args.budget_rtol,
                    tie_exponents=args.tie_exponents)
+        if args.predict:  # judge the approaches where the user will use them
+            laws = dataclasses.replace(laws, agreement=laws.compare(args.predict))
         table = laws.to_markdown(args.predict)
     except FitError as err:
         print(f"flops-fit: error: {_as_flags(' '.join(str(err).split()))}", file=sys.stderr)

@@ -97,8 +97,9 @@ def summary_text(laws):
     parameters with intervals, the backtest, exclusions and the provenance block."""
     iso, par = laws.isoflop, laws.parametric
     pct = int(round(100 * laws.level))
-    ci = f"{pct}% bootstrap interval, {laws.bootstrap} replicates, seed {laws.seed}" \
-        if laws.bootstrap else "no bootstrap (bootstrap=0)"
+    ci = (f"{pct}%; isoflop: t intervals from the scatter of the budgets' optima about each law; "
+          + (f"parametric: bootstrap over runs, {laws.bootstrap} replicates, seed {laws.seed}"
+             if laws.bootstrap else "parametric: none (bootstrap=0)"))
     unreliable = laws.unreliable
     out = []
     for w in laws.warnings:
@@ -127,11 +128,10 @@ def summary_text(laws):
             f"IsoFLOP approach (optimum = {iso.optimum}; C = budget FLOPs){label}",
             f"  N_opt = k_N * C^a   a = {iso.a}   k_N = {iso.k_N}",
             f"  D_opt = k_D * C^b   b = {iso.b}   k_D = {iso.k_D}",
-            f"  L_opt = k_L * C^c   c = {iso.loss_exponent}   k_L = {iso.k_L}",
+            f"  L_opt = E + k_L * C^c   E = {iso.E}   c = {iso.loss_exponent}   k_L = {iso.k_L:.4g}",
+            "  (E fitted to the budgets' optimal losses)" if iso.floor == "fitted" else
+            "  (E of the parametric law: too few budgets for a floor of their own)",
         ]
-        if iso.bootstrap_failed:
-            out.append(f"  {iso.bootstrap_failed} of {laws.bootstrap} bootstrap replicate(s) had fewer than "
-                       "3 bracketed budgets and were left out of the intervals")
     if par is not None:
         label = " -- UNRELIABLE intervals" if "parametric" in unreliable else ""
         out += [
@@ -295,7 +295,7 @@ def plot_optima_vs_compute(laws) -> Figure:
         ax.set_ylabel(label)
         ax.set_title(label.split(" ")[0] + " vs compute")
     pct = int(round(100 * laws.level))
-    band = f"bands: {pct}% bootstrap intervals" if laws.bootstrap else "no bootstrap"
+    band = f"bands: {pct}% intervals"
     axes[0].legend(fontsize=NARROW_LEGEND_FONT_SIZE, loc="upper left", title=band,
                    title_fontsize=NARROW_LEGEND_FONT_SIZE)
     fig.suptitle("Compute-optimal allocation")

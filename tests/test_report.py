@@ -65,7 +65,9 @@ def test_plots_with_lowest_optimum_and_no_bootstrap(tmp_path):
     laws = fit(synthetic_sweep(seed=2), optimum="lowest", bootstrap=0, approach="isoflop")
     paths = laws.plot(tmp_path)
     assert len(paths) == 2 and all(p.exists() for p in paths)
-    assert np.isnan(laws.predict(1e21)["params_low"]).all()
+    # the IsoFLOP intervals come from the regression, not the bootstrap: present without it
+    pred = laws.predict(1e21).iloc[0]
+    assert pred["params_low"] < pred["params"] < pred["params_high"]
 
 
 # --- one shape for results: DataFrames, markdown as a separate text -------------------------

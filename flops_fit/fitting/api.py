@@ -21,12 +21,13 @@ import numpy as np
 from flops_fit import checks
 from flops_fit.contract import MIN_BUDGETS, MIN_PARAMETRIC_POINTS, MIN_POINTS_PER_BUDGET
 from flops_fit.fitting.bootstrap import MAX_BOOTSTRAP
-from flops_fit.fitting.diagnostics import agreement, backtest, domain_warnings
+from flops_fit.fitting.agreement import DISAGREE, compare
+from flops_fit.fitting.diagnostics import backtest, domain_warnings
 from flops_fit.fitting.inputs import FitError
 from flops_fit.fitting.isoflop import budget_optima, isoflop_law
 from flops_fit.fitting.parametric import parametric_law
 from flops_fit.fitting.prepare import BUDGET_RTOL, prepare
-from flops_fit.fitting.result import INTERVAL_LEVEL, ScalingLaws
+from flops_fit.fitting.result import EXTRAPOLATION_FACTOR, INTERVAL_LEVEL, ScalingLaws
 
 OPTIMA = ("parabola", "lowest", "given")
 APPROACHES = ("auto", "isoflop", "parametric")
@@ -108,26 +109,28 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
                 raise
             iso_reason = str(err)
 
-    rng = np.random.default_rng(seed)
     k = prep.flops_per_param_token
-    iso = None
-    if optima is not None:
-        iso = isoflop_law(iso_points, optima, optimum, k, bootstrap, rng, level)
-        ran.append(f"isoflop: ran on {len(optima)} given per-budget optima" if optimum == "given" else
-                   f"isoflop: ran on {int(optima['bracketed'].sum())} budget(s) with at least "
-                   f"{MIN_POINTS_PER_BUDGET} sizes and a bracketed optimum (optimum={optimum})")
-    else:
-        ran.append(f"isoflop: not run ({iso_reason or 'approach=parametric'})")
     par = None
     if want_par:
-        par = parametric_law(points, k, bootstrap, rng, level, tie_exponents)
+        par = parametric_law(points, k, bootstrap, np.random.default_rng(seed), level, tie_exponents)
         ran.append(f"parametric: ran on {par.n_points} points" + (" with alpha = beta" if tie_exponents else ""))
     else:
         ran.append(f"parametric: not run ({par_reason or ('optimum=given: the rows are optima, not runs' if optimum == 'given' else 'approach=isoflop')})")
+    iso = None
+    if optima is not None:
+        iso = isoflop_law(optima, optimum, k, level, None if par is None else par.E.value)
+        ran.insert(0, f"isoflop: ran on {len(optima)} given per-budget optima" if optimum == "given" else
+                   f"isoflop: ran on {int(optima['bracketed'].sum())} budget(s) with at least "
+                   f"{MIN_POINTS_PER_BUDGET} sizes and a bracketed optimum (optimum={optimum})")
+    else:
+        ran.insert(0, f"isoflop: not run ({iso_reason or 'approach=parametric'})")
 
     warnings += domain_warnings(points, iso, par, bootstrap)
-    verdict = agreement(iso, par)
-    if verdict.startswith("disagree"):
+    if iso is not None and iso.fits["loss"]["dof"] <= 0:
+        warnings.append(f"isoflop loss law rests on {int(optima['bracketed'].sum())} budgets: E + k C^-c has "
+                        "no residual left, so its loss has no interval; add budgets (or let L(N, D) run)")
+    verdict = compare(iso, par, agreement_budgets(iso), level)
+    if verdict.verdict == DISAGREE:
         warnings.append(f"the two approaches {verdict}")
 
     held = backtest(par, prep.holdout, level, float(points["flops"].max())) if prep.holdout is not None else None
@@ -139,6 +142,15 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
                              drop_highest_loss=drop_highest_loss, tie_exponents=tie_exponents)
     return ScalingLaws(iso, par, points, excl, prep.notes, bootstrap, seed, level, source,
                        warnings, ran, verdict, held, provenance)
+
+
+def agreement_budgets(iso):
+    """Where the approaches are compared by default: the largest budget in the IsoFLOP laws
+    and EXTRAPOLATION_FACTOR times beyond it (where a prediction is first an extrapolation)."""
+    if iso is None:
+        return []
+    top = float(iso.optima.loc[iso.optima["bracketed"], "budget"].max())
+    return [top, EXTRAPOLATION_FACTOR * top]
 
 
 def isoflop_inputs(points, excluded, prep, optimum, budget_rtol, strict):

@@ -1,13 +1,12 @@
-"""What the data cannot tell: warnings, the approaches' agreement, the backtest."""
+"""What the data cannot tell: warnings, and the backtest of held-out rows."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from flops_fit.contract import MIN_POINTS_PER_BUDGET
 from flops_fit.law import parametric_loss
 from flops_fit.optimize import EXPONENT_MIN
-from flops_fit.fitting.bootstrap import MAX_DROPPED_SHARE, MAX_THIN_SHARE, percentile_interval
+from flops_fit.fitting.bootstrap import MAX_DROPPED_SHARE, percentile_interval
 from flops_fit.fitting.result import EXTRAPOLATION_FACTOR
 
 # Below this share of the variance of ln loss explained, the parametric law describes
@@ -41,32 +40,11 @@ def domain_warnings(points, iso, par, bootstrap):
         if par.E.value >= points["loss"].min() * (1 - 1e-6):
             out.append("parametric E sits at the lowest observed loss (its upper bound): the data do not "
                        "identify an irreducible loss")
-    if bootstrap and iso is not None and iso.thin_share > MAX_THIN_SHARE:
-        out.append(f"isoflop intervals are UNRELIABLE: budget(s) {', '.join(f'{b:.3g}' for b in iso.thin_budgets)} "
-                   f"FLOPs rest on exactly {MIN_POINTS_PER_BUDGET} sizes near the valley, so resampling "
-                   "cannot show their noise. Sample more sizes per budget")
-    if bootstrap:
-        for label, dropped in (("isoflop", iso.bootstrap_failed if iso is not None else 0),
-                               ("parametric", par.bootstrap_dropped if par is not None else 0)):
-            if dropped > MAX_DROPPED_SHARE * bootstrap:
-                out.append(f"{label} intervals are UNRELIABLE: {dropped} of {bootstrap} bootstrap "
-                           "replicates were dropped (no fit on the resample); the interval comes from "
-                           "the rest. Sample more sizes per budget, or more budgets")
+    if bootstrap and par is not None and par.bootstrap_dropped > MAX_DROPPED_SHARE * bootstrap:
+        out.append(f"parametric intervals are UNRELIABLE: {par.bootstrap_dropped} of {bootstrap} bootstrap "
+                   "replicates were dropped (no fit on the resample); the interval comes from "
+                   "the rest. Sample more sizes per budget, or more budgets")
     return out
-
-
-def agreement(iso, par):
-    """Do the approaches' N_opt exponents a agree within their intervals?"""
-    if iso is None or par is None:
-        return ""
-    a_i, a_p = iso.a, par.a
-    text = f"a = {a_i.value:.3g} (isoflop) vs {a_p.value:.3g} (parametric)"
-    if not (np.isfinite(a_i.low) and np.isfinite(a_p.low)):
-        return f"not judged without bootstrap intervals: {text}"
-    if a_i.low <= a_p.high and a_p.low <= a_i.high:
-        return f"agree: {text}, intervals overlap"
-    return (f"disagree beyond their intervals: N_opt exponent a {a_i} (isoflop) vs {a_p} (parametric); "
-            "trust neither extrapolation until the sweep covers the valley at more budgets")
 
 
 def backtest(par, held, level, max_flops):

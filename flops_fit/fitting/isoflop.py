@@ -8,15 +8,18 @@ import math
 
 import numpy as np
 
-from flops_fit.contract import MIN_BUDGETS, MIN_POINTS_PER_BUDGET
-from flops_fit.fitting.bootstrap import redraw_degenerate, weighted_loglog
+from flops_fit.contract import MIN_POINTS_PER_BUDGET
+from flops_fit.fitting.regression import floor_fit, line_fit, t_quantile
 from flops_fit.fitting.inputs import FitError
-from flops_fit.fitting.result import IsoflopLaw, estimate
+from flops_fit.fitting.result import Estimate, IsoflopLaw
 
 # The parabola is fitted to the points within this many decades of N on either side of
 # the lowest-loss point: far from the valley an IsoFLOP profile is not quadratic in
 # log N (Hoffmann et al. 2022 Fig. 3 fit near the minimum).
 VALLEY_HALF_WIDTH_DECADES = 1.0
+# The loss law L_opt = E + k C^-c has 3 parameters: with fewer budgets than this it has no
+# residual of its own, and its floor E is taken from the parametric law where that ran.
+MIN_FLOOR_BUDGETS = 4
 
 
 def valley_mask(log_n, loss):
@@ -126,109 +129,43 @@ def budget_optima(points, optimum, k):
     return pd.DataFrame(rows)
 
 
-def loglog_fit(log_c, log_y, mask):
-    """OLS of log y on log C for each row of mask (R, m). Returns (log_k, exponent)."""
-    m = mask.astype(float)
-    s0 = m.sum(1)
-    sx = m @ log_c
-    sxx = m @ (log_c * log_c)
-    sy = (m * log_y).sum(1)
-    sxy = (m * log_y * log_c).sum(1)
-    den = s0 * sxx - sx * sx
-    with np.errstate(invalid="ignore", divide="ignore"):
-        slope = (s0 * sxy - sx * sy) / den
-        intercept = (sy - slope * sx) / s0
-    return intercept, slope
+def isoflop_law(optima, optimum, k, level, parametric_floor=None):
+    """The power laws of N_opt and D_opt and the loss law with a floor through the bracketed
+    budgets' optima (FLOPs, parameters, tokens, nats per token), with t intervals.
 
-
-def isoflop_law(points, optima, optimum, k, bootstrap, rng, level):
+    parametric_floor: E of L(N, D), used as the floor when fewer than MIN_FLOOR_BUDGETS
+    budgets leave the floor law no degree of freedom of its own."""
     used = optima[optima["bracketed"]].reset_index(drop=True)
     log_c = np.log(used["budget"].to_numpy())
-    targets = [np.log(used[c].to_numpy()) for c in ("params_opt", "tokens_opt", "loss_opt")]
-    full = np.ones((1, len(used)), bool)
-    fitted = [tuple(float(v[0]) for v in loglog_fit(log_c, t[None, :], full)) for t in targets]
+    fits = {name: line_fit(log_c, np.log(used[f"{name}_opt"].to_numpy())[None, :])
+            for name in ("params", "tokens")}
+    loss = used["loss_opt"].to_numpy()[None, :]
+    floor = "fitted"
+    if len(used) < MIN_FLOOR_BUDGETS and parametric_floor is not None:
+        fits["loss"], floor = floor_fit(log_c, loss, e_fixed=np.array([parametric_floor])), "parametric"
+    else:
+        fits["loss"] = floor_fit(log_c, loss)
+    t = {name: float(t_quantile(level, fit["dof"])) for name, fit in fits.items()}
 
-    samples, failed = None, 0
-    if bootstrap and optimum == "given":
-        # The optima are the data: resample budgets with replacement; a draw with fewer than
-        # MIN_BUDGETS distinct budgets has no line and is dropped (counted).
-        n_used = len(used)
-        counts = rng.multinomial(n_used, np.full(n_used, 1.0 / n_used), size=bootstrap)
-        enough = (counts > 0).sum(1) >= MIN_BUDGETS
-        failed = int((~enough).sum())
-        cols = []
-        for t in targets:
-            intercept, slope = weighted_loglog(log_c, t, counts[enough].astype(float))
-            cols += [intercept, slope]
-        samples = np.column_stack(cols)
-    elif bootstrap:
-        # Stratified bootstrap: resample points WITH REPLACEMENT WITHIN each budget
-        # (Efron & Tibshirani 1993 Sec. 8.2). The budgets are the design of the sweep, not
-        # a random sample, and resampling budgets would leave some draws with fewer than
-        # three budgets (no line); the within-budget noise is what moves each optimum.
-        n_used = len(used)
-        thin_budgets = []
-        reps = np.full((bootstrap, n_used, 3), np.nan)
-        valid = np.zeros((bootstrap, n_used), bool)
-        for j, budget in enumerate(used["budget"]):
-            grp = points[points["budget"] == budget]
-            log_n = np.log(grp["params"].to_numpy())
-            loss = grp["loss"].to_numpy()
-            counts = rng.multinomial(len(grp), np.full(len(grp), 1.0 / len(grp)), size=bootstrap)
-            if optimum == "parabola":
-                mask = valley_mask(log_n, loss)
-                centre = log_n[mask].mean()
-                x = log_n[mask] - centre
-                if np.unique(x).size <= MIN_POINTS_PER_BUDGET:
-                    thin_budgets.append(float(budget))
-                # A resample that draws fewer than 3 distinct valley sizes has no parabola:
-                # it is a degenerate draw of the design, not a failed fit, so it is drawn
-                # again (resampling conditioned on a determinate fit; Davison & Hinkley
-                # 1997 Sec. 6.2.4). Only a vertex outside the sizes sampled drops a replicate.
-                counts = redraw_degenerate(counts, mask, x, rng)
-                w = counts[:, mask].astype(float)
-                c0, c1, c2 = weighted_parabolas(x, loss[mask], w)
-                # The bracket is the design's: the sizes the budget sampled. A resample that
-                # misses an edge size still places its vertex from a parabola through at
-                # least 3 sizes; dropping it would narrow the interval towards the centre.
-                lo, hi = x.min(), x.max()
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    xv = -c1 / (2 * c2)
-                ok = np.isfinite(c2) & (c2 > 0) & (xv >= lo) & (xv <= hi)
-                reps[:, j, 0] = xv + centre
-                reps[:, j, 2] = c0 + c1 * xv + c2 * xv * xv
-            else:
-                present = counts > 0
-                masked = np.where(present, loss, np.inf)
-                jmin = masked.argmin(1)
-                xn = log_n[jmin]
-                lo = np.where(present, log_n, np.inf).min(1)
-                hi = np.where(present, log_n, -np.inf).max(1)
-                ok = (xn > lo) & (xn < hi)
-                reps[:, j, 0] = xn
-                reps[:, j, 2] = loss[jmin]
-            reps[:, j, 1] = np.log(budget / k) - reps[:, j, 0]
-            valid[:, j] = ok
-        enough = valid.sum(1) >= MIN_BUDGETS
-        failed = int((~enough).sum())
-        reps_ok = reps[enough]
-        valid_ok = valid[enough]
-        cols = []
-        for t in range(3):
-            y = np.where(valid_ok, reps_ok[:, :, t], 0.0)
-            if t == 2:
-                y = np.log(np.where(valid_ok, reps_ok[:, :, t], 1.0))
-            intercept, slope = loglog_fit(log_c, y, valid_ok)
-            cols += [intercept, slope]
-        samples = np.column_stack(cols)
+    def line_estimates(fit, tq):
+        s = float(fit["s"][0])
+        slope, intercept = float(fit["slope"][0]), float(fit["intercept"][0])
+        half_slope = tq * s / math.sqrt(fit["sxx"])
+        half_icpt = tq * s * math.sqrt(1 / fit["m"] + fit["x_mean"] ** 2 / fit["sxx"])
+        with np.errstate(over="ignore"):
+            k_est = Estimate(*(float(np.exp(v)) for v in (intercept, intercept - half_icpt, intercept + half_icpt)))
+        return Estimate(slope, slope - half_slope, slope + half_slope), k_est
 
-    def est(idx_k, idx_e, pair):
-        ks = None if samples is None else np.exp(samples[:, idx_k])
-        es = None if samples is None else samples[:, idx_e]
-        return estimate(math.exp(pair[0]), ks, level), estimate(pair[1], es, level)
-
-    thin = thin_budgets if (bootstrap and optimum == "parabola") else []
-    k_n, a = est(0, 1, fitted[0])
-    k_d, b = est(2, 3, fitted[1])
-    k_l, lexp = est(4, 5, fitted[2])
-    return IsoflopLaw(optimum, a, b, k_n, k_d, k_l, lexp, optima, k, samples, failed, thin)
+    a, k_n = line_estimates(fits["params"], t["params"])
+    b, k_d = line_estimates(fits["tokens"], t["tokens"])
+    lf = fits["loss"]
+    sd = np.sqrt(np.clip(np.diag(np.nan_to_num(lf["cov"][0], nan=np.inf)), 0, None))
+    c_val, c_sd = float(lf["c"][0]), float(sd[-1])
+    if floor == "parametric":
+        e_est = Estimate(float(parametric_floor))
+    else:
+        e_est = Estimate(float(lf["E"][0]), float(lf["E"][0] - t["loss"] * sd[0]), float(lf["E"][0] + t["loss"] * sd[0]))
+    with np.errstate(over="ignore"):
+        k_l = Estimate(float(lf["k"][0] * np.exp(c_val * lf["log_c_ref"])))
+    exponent = Estimate(-c_val, -c_val - t["loss"] * c_sd, -c_val + t["loss"] * c_sd)
+    return IsoflopLaw(optimum, a, b, k_n, k_d, e_est, k_l, exponent, optima, k, floor, fits)

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flops_fit.fitting.bootstrap import MAX_DROPPED_SHARE, MAX_THIN_SHARE, percentile_interval
+from flops_fit.fitting.agreement import Agreement
+from flops_fit.fitting.bootstrap import MAX_DROPPED_SHARE, percentile_interval
 from flops_fit.fitting.inputs import FitError
 from flops_fit.law import compute_optimal_allocation, parametric_loss
 
@@ -70,11 +71,15 @@ def estimate(value, samples, level):
 
 @dataclass
 class IsoflopLaw:
-    """N_opt = k_N C^a, D_opt = k_D C^b, L_opt = k_L C^loss_exponent (C in FLOPs).
+    """N_opt = k_N C^a, D_opt = k_D C^b, L_opt = E + k_L C^loss_exponent (C in FLOPs).
 
     `optima`: one row per budget (budget in FLOPs, params_opt, tokens_opt, loss_opt in nats
     per token, bracketed, reason, n_points); only bracketed budgets enter the laws.
-    `samples`: bootstrap draws of (ln k_N, a, ln k_D, b, ln k_L, loss_exponent), (R, 6).
+    Intervals are t intervals from the scatter of the budgets' optima about each law
+    (flops_fit.fitting.regression); `floor` says where E came from: "fitted" (the optima's
+    own loss law) or "parametric" (fewer than 4 budgets: E of L(N, D)).
+    `fits`: the regression fits behind predict (line fits of ln N_opt and ln D_opt on ln C,
+    the floor fit of L_opt).
     """
 
     optimum: str
@@ -82,33 +87,32 @@ class IsoflopLaw:
     b: Estimate
     k_N: Estimate
     k_D: Estimate
+    E: Estimate
     k_L: Estimate
     loss_exponent: Estimate
     optima: pd.DataFrame
     flops_per_param_token: float
-    samples: np.ndarray | None = None
-    bootstrap_failed: int = 0
-    # budgets whose parabola rests on exactly 3 sizes: resampling cannot show their noise
-    thin_budgets: list = field(default_factory=list)
+    floor: str = "fitted"
+    fits: dict = field(default_factory=dict, repr=False)
 
-    @property
-    def thin_share(self) -> float:
-        """Share of the budgets in the power laws whose parabola rests on exactly 3 sizes."""
-        return len(self.thin_budgets) / max(1, int(self.optima["bracketed"].sum()))
+    def predict(self, flops, level=INTERVAL_LEVEL, new_observation=False) -> pd.DataFrame:
+        """N_opt, D_opt, L_opt for compute C in FLOPs: one row per C, PREDICTION_COLUMNS.
 
-    def predict(self, flops, level=INTERVAL_LEVEL) -> pd.DataFrame:
-        """N_opt, D_opt, L_opt for compute C in FLOPs: one row per C, PREDICTION_COLUMNS."""
-        c = np.atleast_1d(np.asarray(flops, float))
-        lc = np.log(c)
-        point = [np.exp(np.log(k.value) + e.value * lc) for k, e in
-                 ((self.k_N, self.a), (self.k_D, self.b), (self.k_L, self.loss_exponent))]
-        if self.samples is None or len(self.samples) < 2:
-            return prediction_frame(c, point, None)
-        intervals = []
-        for j in range(len(point)):
-            draws = np.exp(self.samples[:, 2 * j, None] + self.samples[:, 2 * j + 1, None] * lc)
-            intervals.append(np.array([percentile_interval(d, level) for d in draws.T]).T)
-        return prediction_frame(c, point, intervals)
+        new_observation: the interval of the optimum a budget C would show (a prediction
+        interval, for backtests), not of the law's mean."""
+        from flops_fit.fitting.regression import floor_interval, line_interval
+
+        lc = np.log(np.atleast_1d(np.asarray(flops, float)))
+        point, intervals = [], []
+        for name in ("params", "tokens"):
+            centre, half = (v[0] for v in line_interval(self.fits[name], lc, level, new_observation))
+            with np.errstate(over="ignore"):
+                point.append(np.exp(centre))
+                intervals.append((np.exp(centre - half), np.exp(centre + half)))
+        value, low, high = (v[0] for v in floor_interval(self.fits["loss"], lc, level, new_observation))
+        point.append(value)
+        intervals.append((low, high))
+        return prediction_frame(np.exp(lc), point, intervals)
 
 
 @dataclass
@@ -185,7 +189,7 @@ class ScalingLaws:
     source: str = ""
     warnings: list = field(default_factory=list)  # shown first in the summary
     approaches: list = field(default_factory=list)  # which approach ran or not, and why
-    agreement: str = ""  # whether the two approaches agree on a = d ln N_opt / d ln C
+    agreement: Agreement = field(default_factory=Agreement)  # isoflop vs parametric, N_opt and loss
     backtest: pd.DataFrame | None = None  # held-out rows: observed vs predicted loss
     provenance: dict = field(default_factory=dict)
 
@@ -194,15 +198,12 @@ class ScalingLaws:
 
     @property
     def unreliable(self) -> set:
-        """Approaches whose intervals are unreliable: the bootstrap dropped more than
-        MAX_DROPPED_SHARE of its replicates (or, IsoFLOP, most budgets rest on 3 sizes)."""
+        """Approaches whose intervals are unreliable: the parametric bootstrap dropped more
+        than MAX_DROPPED_SHARE of its replicates."""
         out = set()
         if not self.bootstrap:
             return out
-        iso, par = self.isoflop, self.parametric
-        if iso is not None and (iso.bootstrap_failed > MAX_DROPPED_SHARE * self.bootstrap
-                                or iso.thin_share > MAX_THIN_SHARE):
-            out.add(APPROACH_ISOFLOP)
+        par = self.parametric
         if par is not None and par.bootstrap_dropped > MAX_DROPPED_SHARE * self.bootstrap:
             out.add(APPROACH_PARAMETRIC)
         return out
@@ -212,13 +213,25 @@ class ScalingLaws:
         """Largest FLOPs among the fitted points (or optima)."""
         return float(self.points["flops"].max())
 
+    def compare(self, flops) -> Agreement:
+        """The approaches' agreement on N_opt and loss at the largest fitted budget and at
+        `flops` (FLOPs), e.g. the budget a prediction is made for."""
+        from flops_fit.fitting.agreement import compare
+
+        c = np.atleast_1d(np.asarray(flops, float))
+        if not (np.all(np.isfinite(c)) and np.all(c > 0)):
+            raise FitError("compare: compute budgets must be positive finite FLOPs")
+        budgets = [float(self.isoflop.optima.loc[self.isoflop.optima["bracketed"], "budget"].max())] \
+            if self.isoflop is not None else []
+        return compare(self.isoflop, self.parametric, budgets + [float(v) for v in c], self.level)
+
     def predict(self, flops) -> pd.DataFrame:
         """One row per approach per C (FLOPs): params, tokens, loss (nats/token) with
         bootstrap interval columns *_low, *_high."""
         import pandas as pd
         c = np.atleast_1d(np.asarray(flops, float))
         if not (np.all(np.isfinite(c)) and np.all(c > 0)):
-            raise FitError(f"predict: compute budgets must be positive FLOPs, got {flops!r}")
+            raise FitError("predict: compute budgets must be positive finite FLOPs, e.g. predict([1e21, 1e23])")
         frames = []
         for name, law in ((APPROACH_ISOFLOP, self.isoflop), (APPROACH_PARAMETRIC, self.parametric)):
             if law is not None:
@@ -251,7 +264,7 @@ class ScalingLaws:
         import pandas as pd
         rows = []
         iso = self.isoflop
-        for name in ("a", "b", "k_N", "k_D", "k_L", "loss_exponent") if iso is not None else ():
+        for name in ("a", "b", "k_N", "k_D", "E", "k_L", "loss_exponent") if iso is not None else ():
             e = getattr(iso, name)
             rows.append((APPROACH_ISOFLOP, name, e.value, e.low, e.high))
         if self.parametric is not None:

@@ -1,0 +1,80 @@
+"""Calibration of the IsoFLOP intervals: simulated sweeps from a known law.
+
+Thousands of sweeps per design, vectorised: Chinchilla's law (Hoffmann et al. 2022,
+Approach 3 fit: E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28) with 1 % log-normal loss
+noise, 5 budgets from 1e18 to 1e20 FLOPs, 3, 4, 5 or 7 sizes per budget spanning +-0.5
+decades around a centre off the true optimum by up to 0.15 decades. Each budget's optimum
+is the vertex of its parabola in ln N (as `valley_vertex`), and the laws and intervals are
+those of `flops_fit.fitting.regression`, which `fit` uses. The nominal 95 % intervals of a
+and of the loss at the largest budget must cover the truth 90-98.5 % of the time, the 80 %
+intervals 74-86 %.
+"""
+
+import numpy as np
+import pytest
+
+from flops_fit.fitting.regression import floor_fit, floor_interval, line_fit, t_quantile
+
+E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
+A_TRUE = BETA / (ALPHA + BETA)
+G = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))
+BUDGETS = np.logspace(18, 20, 5)
+SWEEPS = 1000  # per design: the 80 % band (74-86 %) is then > 4.5 standard errors wide
+NOISE = 0.01
+HALF_SPAN_DECADES = 0.5
+CENTRE_OFF_DECADES = 0.15
+BOUNDS = {0.95: (0.90, 0.985), 0.80: (0.74, 0.86)}
+
+
+def n_opt(flops):
+    return G * (flops / 6) ** A_TRUE
+
+
+def loss_law(n, d):
+    return E + A / n**ALPHA + B / d**BETA
+
+
+def simulate(sizes, seed):
+    """(ln vertex N, vertex loss), each (SWEEPS, budgets), of simulated sweeps."""
+    rng = np.random.default_rng(seed)
+    off = rng.uniform(-CENTRE_OFF_DECADES, CENTRE_OFF_DECADES, (SWEEPS, 1)) * np.log(10)
+    grid = np.linspace(-HALF_SPAN_DECADES, HALF_SPAN_DECADES, sizes)[None, :] * np.log(10)
+    log_n, loss = np.empty((SWEEPS, BUDGETS.size)), np.empty((SWEEPS, BUDGETS.size))
+    for j, c in enumerate(BUDGETS):
+        x = np.log(n_opt(c)) + off + grid
+        y = loss_law(np.exp(x), c / (6 * np.exp(x))) * np.exp(NOISE * rng.standard_normal(x.shape))
+        xc = x - x.mean(1, keepdims=True)
+        v = np.stack([np.ones_like(xc), xc, xc**2], -1)
+        c0, c1, c2 = np.linalg.solve(np.einsum("rni,rnj->rij", v, v), np.einsum("rni,rn->ri", v, y)[..., None])[..., 0].T
+        xv = -c1 / (2 * c2)
+        log_n[:, j] = xv + x.mean(1)
+        loss[:, j] = c0 + c1 * xv + c2 * xv * xv
+    return log_n, loss
+
+
+@pytest.fixture(scope="module", params=[3, 4, 5, 7], ids=lambda n: f"{n}-sizes")
+def sweeps(request):
+    return simulate(request.param, seed=request.param)
+
+
+@pytest.mark.parametrize("level", sorted(BOUNDS))
+def test_interval_of_the_n_opt_exponent_covers_the_truth(sweeps, level):
+    log_n, _ = sweeps
+    fit = line_fit(np.log(BUDGETS), log_n)
+    half = t_quantile(level, fit["dof"]) * fit["s"] / np.sqrt(fit["sxx"])
+    covered = np.mean(np.abs(fit["slope"] - A_TRUE) <= half)
+    low, high = BOUNDS[level]
+    assert low <= covered <= high, f"{covered:.3f} of nominal {level}"
+
+
+@pytest.mark.parametrize("level", sorted(BOUNDS))
+def test_interval_of_the_loss_at_the_largest_budget_covers_the_truth(sweeps, level):
+    _, loss = sweeps
+    top = BUDGETS[-1]
+    truth = loss_law(n_opt(top), top / (6 * n_opt(top)))
+    value, low_end, high_end = (v[:, 0] for v in floor_interval(floor_fit(np.log(BUDGETS), loss),
+                                                                  np.log(BUDGETS[-1:]), level))
+    covered = np.mean((low_end <= truth) & (truth <= high_end))
+    low, high = BOUNDS[level]
+    assert low <= covered <= high, f"{covered:.3f} of nominal {level}"
+    assert np.all(value > 0)

@@ -62,6 +62,9 @@ def build_parser():
     p.add_argument("--holdout", metavar="EXPR",
                    help="backtest: fit the other rows, predict these rows' loss, print the errors")
     p.add_argument("--tie-exponents", action="store_true", help="fit L(N, D) with alpha = beta")
+    p.add_argument("--holdout-budgets", type=int, default=0, metavar="K",
+                   help="backtest: leave the K largest budgets out of both approaches, predict their "
+                        "optima, print the errors against prediction intervals")
     p.add_argument("--predict", type=float, nargs="+", metavar="FLOPS",
                    help="compute budgets (FLOPs) for the table instead of the defaults")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots to DIR")
@@ -89,6 +92,7 @@ def main(argv=None):
     try:
         laws = fit(args.path, approach=args.approach, optimum=args.optimum, bootstrap=args.bootstrap,
                    seed=args.seed, columns=_mapping(args.map), where=args.where, holdout=args.holdout,
+                   holdout_budgets=args.holdout_budgets,
                    drop_highest_loss=args.drop_highest_loss, budget_rtol=args.budget_rtol,
                    tie_exponents=args.tie_exponents)
         if args.predict:  # judge the approaches where the user will use them

@@ -151,6 +151,8 @@ def summary_text(laws):
                        "were left out of the intervals")
     if laws.backtest is not None:
         out += ["", backtest_text(laws)]
+    if laws.budget_backtest is not None:
+        out += ["", budget_backtest_text(laws)]
     ex = laws.excluded
     out += ["", f"Excluded ({len(ex)})" if len(ex) else "Excluded: nothing"]
     if len(ex):
@@ -189,6 +191,26 @@ def backtest_text(laws):
         flops = f"{r.flops:.2e}" + (" (extrapolated)" if r.extrapolated else "")
         lines.append(f"| {r.row} | {r.params:.3g} | {r.tokens:.3g} | {flops} | {r.loss:.4g} "
                      f"| {_with_interval(r.predicted, r.predicted_low, r.predicted_high, '.4g')} "
+                     f"| {r.relative_error:+.2%} |")
+    return "\n".join(lines)
+
+
+def budget_backtest_text(laws):
+    """The top budgets held out: each approach's N_opt and loss against the optimum the
+    held-out points show, with prediction intervals (of a new observation)."""
+    bt = laws.budget_backtest
+    pct = int(round(100 * laws.level))
+    if bt.empty:
+        return "Budget backtest: no held-out budget has a bracketed optimum to compare with"
+    lines = [f"Budget backtest: the largest budget(s) left out and predicted; {int(bt['inside'].sum())} of "
+             f"{len(bt)} observed optima inside the {pct}% prediction interval",
+             f"| approach | FLOPs | quantity | observed | predicted ({pct}% prediction interval) | relative error |",
+             "|---|---|---|---|---|---|"]
+    for r in bt.itertuples():
+        spec = ".4g" if r.quantity == "loss" else ".3g"
+        note = "" if r.interval == "prediction" else " (interval of the mean)"
+        lines.append(f"| {r.approach} | {r.budget:.3g} | {'N_opt' if r.quantity == 'params' else 'loss'} "
+                     f"| {r.observed:{spec}} | {_with_interval(r.predicted, r.low, r.high, spec)}{note} "
                      f"| {r.relative_error:+.2%} |")
     return "\n".join(lines)
 

@@ -2,7 +2,6 @@
 
 Its false alarms on clean synthetic sweeps are counted by benchmarks/agreement_false_alarms.py."""
 
-import numpy as np
 import pytest
 
 from flops_fit import fit

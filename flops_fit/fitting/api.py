@@ -20,6 +20,7 @@ import numpy as np
 
 from flops_fit import checks
 from flops_fit.contract import MIN_BUDGETS, MIN_PARAMETRIC_POINTS, MIN_POINTS_PER_BUDGET
+from flops_fit.fitting.backtest import backtest_budgets, split_top_budgets
 from flops_fit.fitting.bootstrap import MAX_BOOTSTRAP
 from flops_fit.fitting.agreement import DISAGREE, compare
 from flops_fit.fitting.diagnostics import backtest, domain_warnings
@@ -37,7 +38,7 @@ EXCLUDED_COLUMNS = ["kind", "row", "budget", "params", "tokens", "flops", "loss"
 
 
 def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, columns=None,
-        where=None, holdout=None, drop_highest_loss=0, budget_rtol=BUDGET_RTOL,
+        where=None, holdout=None, holdout_budgets=0, drop_highest_loss=0, budget_rtol=BUDGET_RTOL,
         level=INTERVAL_LEVEL, tie_exponents=False) -> ScalingLaws:
     """Fit IsoFLOP power laws (Approach 2) and/or the parametric L(N, D) (Approach 3).
 
@@ -58,90 +59,124 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
     where: safe expression(s); rows where it is False are excluded (reason recorded).
     holdout: safe expression; rows where it is True are not fitted but predicted by the
         parametric law (`laws.backtest`: observed, predicted, interval, relative error).
+    holdout_budgets: leave this many of the largest budgets out of both approaches and
+        predict their optima (`laws.budget_backtest`: observed, predicted, prediction
+        interval, relative error, inside).
     drop_highest_loss: exclude this many highest-loss usable rows (Besiroglu et al. 2024
         drop the 5 highest-loss points of the digitised Chinchilla data).
     budget_rtol: relative FLOPs tolerance for grouping when there is no budget column.
-    level: bootstrap interval level (two-sided percentile).
+    level: two-sided interval level of every interval (e.g. 0.95).
     tie_exponents: fit L(N, D) with alpha = beta (as e.g. Muennighoff et al. 2023 do).
     """
     import pandas as pd
-    checks.one_of(approach, "fit", "approach", APPROACHES, error=FitError)
-    checks.one_of(optimum, "fit", "optimum", OPTIMA, error=FitError)
-    if approach == "parametric" and optimum == "given":
-        raise FitError("optimum='given' fits power laws to per-budget optima; use approach='isoflop' or 'auto'")
-    bootstrap = checks.integer(bootstrap, "fit", "bootstrap", "1000 replicates give stable 95% intervals; 0 disables",
-                          minimum=0, maximum=MAX_BOOTSTRAP, error=FitError)
-    seed = checks.integer(seed, "fit", "seed", "the seed of the bootstrap's random generator", minimum=0, error=FitError)
-    level = checks.fraction(level, "fit", "level", "the two-sided interval level, e.g. 0.95", open_low=True,
-                       open_high=True, error=FitError)
-    budget_rtol = checks.positive_number(budget_rtol, "fit", "budget_rtol", "the relative FLOPs tolerance of a group",
-                                    error=FitError)
-    drop_highest_loss = checks.integer(drop_highest_loss, "fit", "drop_highest_loss", "rows to drop", minimum=0,
-                                  error=FitError)
-    prep = prepare(data, columns=columns, where=where, drop_highest_loss=drop_highest_loss,
-                   budget_rtol=budget_rtol, holdout=holdout)
-    points = prep.points
-    excluded = list(prep.excluded)
-    warnings = list(prep.warnings)
-    ran = []
-
-    want_par = approach in ("auto", "parametric") and optimum != "given"
-    par_reason = ""
-    if want_par and len(points) < MIN_PARAMETRIC_POINTS:
-        par_reason = (f"data: {len(points)} usable points; the parametric fit needs at least "
-                      f"{MIN_PARAMETRIC_POINTS}")
-        if approach == "parametric":
-            raise FitError(par_reason)
-        want_par = False
-    if holdout is not None and not want_par:
-        raise FitError("holdout: the backtest predicts held-out rows with the parametric law, which "
-                       f"cannot be fitted here ({par_reason or 'approach/optimum exclude it'})")
-
-    iso_points = optima = None
-    iso_reason = ""
-    if approach in ("auto", "isoflop"):
-        try:
-            iso_points, optima, iso_excluded = isoflop_inputs(
-                points, excluded, prep, optimum, budget_rtol, strict=(approach == "isoflop" or not want_par))
-            excluded += iso_excluded
-        except FitError as err:
-            if approach == "isoflop" or not want_par:
-                raise
-            iso_reason = str(err)
-
+    opts = _checked_options(approach=approach, optimum=optimum, bootstrap=bootstrap, seed=seed, level=level,
+                            budget_rtol=budget_rtol, drop_highest_loss=drop_highest_loss,
+                            holdout_budgets=holdout_budgets, tie_exponents=tie_exponents)
+    prep = prepare(data, columns=columns, where=where, drop_highest_loss=opts["drop_highest_loss"],
+                   budget_rtol=opts["budget_rtol"], holdout=holdout)
+    points, held_budgets, excluded = prep.points, None, list(prep.excluded)
+    if opts["holdout_budgets"]:
+        points, held_budgets = split_top_budgets(points, opts["holdout_budgets"])
+        excluded += [{"kind": "budget", "budget": float(b), "reason": "held out: predicted by the budget backtest"}
+                     for b in sorted(held_budgets["budget"].unique())]
+    want_par, par_reason = _parametric_wanted(opts, points, holdout)
+    optima, iso_reason = _isoflop_optima(points, excluded, prep, opts, want_par)
     k = prep.flops_per_param_token
-    par = None
-    if want_par:
-        par = parametric_law(points, k, bootstrap, np.random.default_rng(seed), level, tie_exponents)
-        ran.append(f"parametric: ran on {par.n_points} points" + (" with alpha = beta" if tie_exponents else ""))
-    else:
-        ran.append(f"parametric: not run ({par_reason or ('optimum=given: the rows are optima, not runs' if optimum == 'given' else 'approach=isoflop')})")
-    iso = None
-    if optima is not None:
-        iso = isoflop_law(optima, optimum, k, level, None if par is None else par.E.value)
-        ran.insert(0, f"isoflop: ran on {len(optima)} given per-budget optima" if optimum == "given" else
-                   f"isoflop: ran on {int(optima['bracketed'].sum())} budget(s) with at least "
-                   f"{MIN_POINTS_PER_BUDGET} sizes and a bracketed optimum (optimum={optimum})")
-    else:
-        ran.insert(0, f"isoflop: not run ({iso_reason or 'approach=parametric'})")
-
-    warnings += domain_warnings(points, iso, par, bootstrap)
-    if iso is not None and iso.fits["loss"]["dof"] <= 0:
-        warnings.append(f"isoflop loss law rests on {int(optima['bracketed'].sum())} budgets: E + k C^-c has "
-                        "no residual left, so its loss has no interval; add budgets (or let L(N, D) run)")
-    verdict = compare(iso, par, agreement_budgets(iso), level)
+    par = (parametric_law(points, k, opts["bootstrap"], np.random.default_rng(opts["seed"]), opts["level"],
+                          opts["tie_exponents"]) if want_par else None)
+    iso = (isoflop_law(optima, opts["optimum"], k, opts["level"], None if par is None else par.E.value)
+           if optima is not None else None)
+    warnings = list(prep.warnings) + domain_warnings(points, iso, par, opts["bootstrap"]) + _isoflop_warnings(iso)
+    verdict = compare(iso, par, agreement_budgets(iso), opts["level"])
     if verdict.verdict == DISAGREE:
         warnings.append(f"the two approaches {verdict}")
-
-    held = backtest(par, prep.holdout, level, float(points["flops"].max())) if prep.holdout is not None else None
+    held = (backtest(par, prep.holdout, opts["level"], float(points["flops"].max()))
+            if prep.holdout is not None else None)
     excl = pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS)
     source = str(data) if isinstance(data, (str, Path)) else type(data).__name__
-    provenance = _provenance(data, prep, columns=columns, where=where, holdout=holdout,
-                             excluded=excl, approach=approach, optimum=optimum, bootstrap=bootstrap,
-                             seed=seed, level=level, budget_rtol=budget_rtol,
-                             drop_highest_loss=drop_highest_loss, tie_exponents=tie_exponents)
-    return ScalingLaws(iso, par, points, excl, prep.notes, bootstrap, seed, level, source,
-                       warnings, ran, verdict, held, provenance)
+    provenance = _provenance(data, prep, columns=columns, where=where, holdout=holdout, excluded=excl, **opts)
+    return ScalingLaws(
+        iso, par, points, excl, notes=prep.notes, bootstrap=opts["bootstrap"], seed=opts["seed"],
+        level=opts["level"], source=source, warnings=warnings,
+        approaches=_what_ran(iso, par, optima, opts, iso_reason, par_reason), agreement=verdict, backtest=held,
+        budget_backtest=None if held_budgets is None else
+        backtest_budgets(held_budgets, iso, par, opts["optimum"], k, opts["level"]),
+        provenance=provenance)
+
+
+def _checked_options(**o):
+    """The fit's options, validated: FitError naming the argument and the fix."""
+    checks.one_of(o["approach"], "fit", "approach", APPROACHES, error=FitError)
+    checks.one_of(o["optimum"], "fit", "optimum", OPTIMA, error=FitError)
+    if o["approach"] == "parametric" and o["optimum"] == "given":
+        raise FitError("optimum='given' fits power laws to per-budget optima; use approach='isoflop' or 'auto'")
+    o["bootstrap"] = checks.integer(o["bootstrap"], "fit", "bootstrap", "1000 replicates give stable 95% intervals; "
+                                    "0 disables", minimum=0, maximum=MAX_BOOTSTRAP, error=FitError)
+    o["seed"] = checks.integer(o["seed"], "fit", "seed", "the seed of the bootstrap's random generator", minimum=0,
+                               error=FitError)
+    o["level"] = checks.fraction(o["level"], "fit", "level", "the two-sided interval level, e.g. 0.95",
+                                 open_low=True, open_high=True, error=FitError)
+    o["budget_rtol"] = checks.positive_number(o["budget_rtol"], "fit", "budget_rtol",
+                                              "the relative FLOPs tolerance of a group", error=FitError)
+    o["drop_highest_loss"] = checks.integer(o["drop_highest_loss"], "fit", "drop_highest_loss", "rows to drop",
+                                            minimum=0, error=FitError)
+    o["holdout_budgets"] = checks.integer(o["holdout_budgets"], "fit", "holdout_budgets",
+                                          "the number of largest budgets to predict", minimum=0, error=FitError)
+    return o
+
+
+def _parametric_wanted(opts, points, holdout):
+    """(fit L(N, D)?, why not); FitError where the user asked for it and it cannot run."""
+    want = opts["approach"] in ("auto", "parametric") and opts["optimum"] != "given"
+    reason = ""
+    if want and len(points) < MIN_PARAMETRIC_POINTS:
+        reason = f"data: {len(points)} usable points; the parametric fit needs at least {MIN_PARAMETRIC_POINTS}"
+        if opts["approach"] == "parametric":
+            raise FitError(reason)
+        want = False
+    if holdout is not None and not want:
+        raise FitError("holdout: the backtest predicts held-out rows with the parametric law, which "
+                       f"cannot be fitted here ({reason or 'approach/optimum exclude it'})")
+    return want, reason
+
+
+def _isoflop_optima(points, excluded, prep, opts, want_par):
+    """(per-budget optima or None, why not); adds the budgets left out to `excluded`."""
+    if opts["approach"] not in ("auto", "isoflop"):
+        return None, ""
+    strict = opts["approach"] == "isoflop" or not want_par
+    try:
+        _, optima, iso_excluded = isoflop_inputs(points, excluded, prep, opts["optimum"], opts["budget_rtol"], strict)
+    except FitError as err:
+        if strict:
+            raise
+        return None, str(err)
+    excluded += iso_excluded
+    return optima, ""
+
+
+def _what_ran(iso, par, optima, opts, iso_reason, par_reason):
+    """One line per approach: ran on what, or why not."""
+    optimum = opts["optimum"]
+    if iso is not None:
+        first = (f"isoflop: ran on {len(optima)} given per-budget optima" if optimum == "given" else
+                 f"isoflop: ran on {int(optima['bracketed'].sum())} budget(s) with at least "
+                 f"{MIN_POINTS_PER_BUDGET} sizes and a bracketed optimum (optimum={optimum})")
+    else:
+        first = f"isoflop: not run ({iso_reason or 'approach=parametric'})"
+    if par is not None:
+        second = f"parametric: ran on {par.n_points} points" + (" with alpha = beta" if opts["tie_exponents"] else "")
+    else:
+        why = par_reason or ("optimum=given: the rows are optima, not runs" if optimum == "given" else "approach=isoflop")
+        second = f"parametric: not run ({why})"
+    return [first, second]
+
+
+def _isoflop_warnings(iso):
+    if iso is None or iso.fits["loss"]["dof"] > 0:
+        return []
+    return [f"isoflop loss law rests on {int(iso.optima['bracketed'].sum())} budgets: E + k C^-c has no "
+            "residual left, so its loss has no interval; add budgets (or let L(N, D) run)"]
 
 
 def agreement_budgets(iso):

@@ -191,6 +191,7 @@ class ScalingLaws:
     approaches: list = field(default_factory=list)  # which approach ran or not, and why
     agreement: Agreement = field(default_factory=Agreement)  # isoflop vs parametric, N_opt and loss
     backtest: pd.DataFrame | None = None  # held-out rows: observed vs predicted loss
+    budget_backtest: pd.DataFrame | None = None  # held-out top budgets: both approaches' predictions
     provenance: dict = field(default_factory=dict)
 
     # A prediction more than this factor beyond the largest fitted FLOPs is an extrapolation.

@@ -151,10 +151,3 @@ def floor_interval(fit, log_c_new, level, new_observation=False):
             var = var + fit["s"][:, None] ** 2
         half = t_quantile(level, fit["dof"]) * np.sqrt(var)
         return value, value * np.exp(-half), value * np.exp(half)
-
-
-def floor_loss(flops, E, k, c, log_c_ref):
-    """L_opt(C) = E + k (C/C_ref)^-c in nats per token, for arrays of parameters (draws)."""
-    u = np.log(np.asarray(flops, float)) - log_c_ref
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.asarray(E)[..., None] + np.asarray(k)[..., None] * np.exp(-np.asarray(c)[..., None] * u)

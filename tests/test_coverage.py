@@ -78,3 +78,25 @@ def test_interval_of_the_loss_at_the_largest_budget_covers_the_truth(sweeps, lev
     low, high = BOUNDS[level]
     assert low <= covered <= high, f"{covered:.3f} of nominal {level}"
     assert np.all(value > 0)
+
+
+def coverage_table():
+    """The coverage of every design and level as a markdown table (benchmarks/RESULTS.md)."""
+    lines = ["| sizes per budget | a, 95 % | a, 80 % | loss at the largest budget, 95 % | same, 80 % |",
+             "|---|---|---|---|---|"]
+    top = BUDGETS[-1]
+    truth = loss_law(n_opt(top), top / (6 * n_opt(top)))
+    for sizes in (3, 4, 5, 7):
+        log_n, loss = simulate(sizes, seed=sizes)
+        line, floor = line_fit(np.log(BUDGETS), log_n), floor_fit(np.log(BUDGETS), loss)
+        cells = [np.mean(np.abs(line["slope"] - A_TRUE) <= t_quantile(level, line["dof"]) * line["s"]
+                         / np.sqrt(line["sxx"])) for level in (0.95, 0.80)]
+        for level in (0.95, 0.80):
+            _, low_end, high_end = (v[:, 0] for v in floor_interval(floor, np.log(BUDGETS[-1:]), level))
+            cells.append(np.mean((low_end <= truth) & (truth <= high_end)))
+        lines.append(f"| {sizes} | " + " | ".join(f"{c:.1%}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python tests/test_coverage.py
+    print(coverage_table())

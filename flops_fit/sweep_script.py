@@ -8,6 +8,7 @@ Imports neither ray nor torch at import time (run_sweep loads Ray when it is cal
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -114,6 +115,8 @@ def report(results, args, loss_unit: str = "nats/token"):
         print(f"\nThe sweep is too small to fit the scaling laws: {e}\nResults: {results.results_csv}")
         return None
     target = PREDICTION_FACTOR * max(args.budgets)
+    # judge the approaches' agreement where the prediction below is made
+    laws = dataclasses.replace(laws, agreement=laws.compare(target))
     # The report goes to the sweep folder, never to the working directory (under `ray job
     # submit` that is a temporary copy deleted with the job). A sweep in cloud storage gets
     # it drawn in a local temporary folder and copied up.

@@ -117,7 +117,8 @@ def simulate(prior, target, each_side, sweeps, noise, seed):
     a = np.array(a)
     ok = a[np.isfinite(a)]
     return dict(bias=ok.mean() - A_OPT, mc_se=ok.std(ddof=1) / math.sqrt(ok.size), sd=ok.std(ddof=1),
-                points=float(np.mean(points)), flops=float(np.mean(flops)), used=float(np.mean(used)), fitted=ok.size, sweeps=sweeps)
+                points=float(np.mean(points)), flops=float(np.mean(flops)), used=float(np.mean(used)),
+                fitted=ok.size, sweeps=sweeps)
 
 
 def rule_name(target, each_side):
@@ -144,7 +145,8 @@ def main():
             r = simulate(prior, target, each_side, args.sweeps, args.noise, args.seed)
             rows.append((prior, rule_name(target, each_side), r))
             print(f"prior {prior:g} | {rule_name(target, each_side)} | bias {r['bias']:+.4f} +- {r['mc_se']:.4f} "
-                  f"| sd {r['sd']:.4f} | points {r['points']:.1f} | compute {r['flops']:.2f} | budgets used {r['used']:.2f} "
+                  f"| sd {r['sd']:.4f} | points {r['points']:.1f} | compute {r['flops']:.2f} "
+                  f"| budgets used {r['used']:.2f} "
                   f"| fitted {r['fitted']}/{r['sweeps']}", flush=True)
     elapsed = time.perf_counter() - t0
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -164,7 +166,8 @@ def main():
         f"over x{SIZE_SPREAD ** 2:g} in N; dial N = 768 s^3; {CONCURRENCY} trial slots; default limits "
         "(4 sizes added per budget). a: OLS slope of ln N_opt on ln C through the budgets with their vertex "
         "inside. Bias: mean a - true a, +- its Monte-Carlo standard error; sd: spread of a over sweeps; "
-        "points: points trained per sweep; compute: FLOPs trained / the plan's FLOPs; budgets: budgets the fit uses per sweep (of 5). Sweeps with "
+        "points: points trained per sweep; compute: FLOPs trained / the plan's FLOPs; "
+        "budgets: budgets the fit uses per sweep (of 5). Sweeps with "
         f"fewer than {MIN_BUDGETS} such budgets are left out of a (fitted column).\n",
         "| prior tokens/param | rule | bias of a | sd of a | points | compute | budgets | fitted |",
         "|---|---|---|---|---|---|---|---|",

@@ -84,7 +84,9 @@ MIN_SIZES_EACH_SIDE = 1  # the fit's own minimum: lowest loss not at an edge
 # budgets' losses differ) and shrunk towards ASSUMED_RELATIVE_NOISE with the weight of
 # NOISE_PRIOR_DOF residuals: the scaled-inverse-chi-square posterior of a normal variance
 # (Gelman et al. 2013, Bayesian Data Analysis, 3rd ed., Sec. 2.6).
-ASSUMED_RELATIVE_NOISE = 0.01  # sd of a final held-out loss / the loss (seed-to-seed ~1 %)
+# sd of a final held-out loss / the loss, assumed: the noise of the simulation that chose
+# VERTEX_SE_TARGET; the pooled residuals outweigh it once budgets have finished.
+ASSUMED_RELATIVE_NOISE = 0.01
 NOISE_PRIOR_DOF = 3  # residual degrees of freedom the assumption is worth
 # A vertex whose N is beyond float range is no location: a nearly straight profile
 # (curvature ~0 from rounding) puts it anywhere up to ln N ~ +-1e300.

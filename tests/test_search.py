@@ -176,7 +176,8 @@ def test_a_valley_short_of_its_target_gets_a_size_on_its_thinner_side():
     n, loss = parabola_losses([-0.6, -0.4, -0.2, 0.3])
     v = check_valley(n, loss)
     assert not v.bracketed and v.edge == HIGH
-    sizes = {s: (float(p), 6.0 * p) for s, p in enumerate(np.exp(VERTEX_LOG_N + np.array([-0.6, -0.4, -0.2, 0.3, 0.8])), 1)}
+    n_all = np.exp(VERTEX_LOG_N + np.array([-0.6, -0.4, -0.2, 0.3, 0.8]))
+    sizes = {s: (float(p), 6.0 * p) for s, p in enumerate(n_all, 1)}
     assert extension_sizes(v, [1, 2, 3, 4], {1, 2, 3, 4}, list(sizes), sizes, room=10) == [5]
 
 

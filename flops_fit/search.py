@@ -8,13 +8,15 @@ minimum inside each IsoFLOP profile). `BracketSearch` closes that loop:
 
 1. Budgets start in plan order from the plan's sizes.
 2. When every point of a budget has finished, its valley is checked with the fit's own
-   rule (`fitting.budget_optima`: vertex of a parabola in ln N near the lowest point) and the
-   edge rule (lowest loss at the smallest or largest size), and wants two sizes on either
-   side of the vertex. If any fails, sizes are added beyond that edge, spaced like the budget's own sizes and reaching one step past
-   the extrapolated vertex, until the valley is bracketed or a limit is hit: sizes per
-   budget, the model dial's range, `min_steps` optimizer steps.
+   rule (vertex of a parabola in ln N near the lowest point, inside the sampled sizes), the
+   edge rule (lowest loss not at the smallest or largest size) and the precision rule (the
+   vertex's standard error in ln N at most `VERTEX_SE_TARGET`). If any fails, sizes are
+   added beyond an edge, spaced like the budget's own sizes and reaching one step past the
+   extrapolated vertex, until the budget is done or a limit is hit: sizes per budget, the
+   model dial's range, `min_steps` optimizer steps.
 3. Budgets not yet started are re-centred on N_opt(C) predicted by the power law through
-   the bracketed budgets' optima, once there are two.
+   the bracketed budgets' optima, once there are two, when their planned sizes are off
+   its centre or would not meet the precision rule there.
 4. `max_points` bounds the points trained in all.
 
 Every point it proposes carries `origin` (planned, extended, re-centred). Its state is the
@@ -25,14 +27,15 @@ driver was killed (see `searcher.py` for the Ray Tune side).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from . import checks
 from . import flops as F
-from .fitting import MIN_POINTS_PER_BUDGET, budget_optima
-from .contract import ORIGIN_PLANNED
+from .contract import MIN_POINTS_PER_BUDGET, ORIGIN_PLANNED
+from .fitting.isoflop import valley_mask
 from .plan import (
     DEFAULT_MIN_STEPS,
     DEFAULT_SIZE_SPREAD,
@@ -55,23 +58,39 @@ DEFAULT_MAX_ADDED_PER_BUDGET = 4  # sizes added to one budget beyond the ones it
 # because a vertex extrapolated from a one-sided profile is rough.
 EXTRA_BEYOND_VERTEX = 1
 MAX_SIZES_PER_STEP = 3
-SIZES_WITHOUT_VERTEX = 2  # no usable vertex (concave or too few sizes): two sizes past the edge
+SIZES_WITHOUT_VERTEX = 2  # no usable vertex (concave, too flat or too few sizes): two sizes past the edge
 # A budget not yet started keeps its planned sizes while the predicted N_opt lies within
-# this fraction of their span (in ln N) of their centre, with as many of them on either side
-# of it as a finished budget needs (MIN_SIZES_EACH_SIDE, or half its sizes where it has
-# fewer than twice that): they bracket it with room to spare, and no size has to be added
-# after the budget finishes, when the size would train alone at the end of the sweep.
+# this fraction of their span (in ln N) of their centre and their vertex there would meet
+# VERTEX_SE_TARGET (predicted with the curvature and noise of the budgets finished so far):
+# no size has to be added after the budget finishes, when the size would train alone at
+# the end of the sweep.
 RECENTRE_TOLERANCE = 0.25
 # Budgets needed for a power law N_opt = k C^a through the bracketed optima (two points
 # give a line; the fit itself needs fitting.MIN_BUDGETS for a line with a residual).
 MIN_BUDGETS_TO_RECENTRE = 2
 
-# Sizes wanted on each side of a budget's vertex before the search stops adding (the fit
-# needs one). With one, loss noise that moves the vertex towards the sampled side ends the
-# search early while noise the other way extends it: in simulated dry runs of Chinchilla's
-# law (1 % noise) that biased the N_opt exponent by +0.011; two removed the bias and cut
-# its spread from 0.026 to 0.017 for ~0.4 more points per sweep (see tests/test_search.py).
-MIN_SIZES_EACH_SIDE = 2
+# The stopping rule. A budget is done when the fit would use it (vertex inside), its
+# lowest loss is not at an edge (so at least MIN_SIZES_EACH_SIDE sizes lie on either side
+# of the vertex), and the standard error of its vertex is at most VERTEX_SE_TARGET. A count
+# of sizes per side says nothing about how well they pin the vertex (that depends on their
+# spread, the valley's curvature and the loss noise); the standard error says it directly.
+# The target was chosen by simulated sweeps of Chinchilla's law with 1 % loss noise,
+# trading the bias and spread of the fitted N_opt exponent against points trained:
+# benchmarks/search_bias.py, figures in benchmarks/RESULTS.md ("Search stopping rule").
+VERTEX_SE_TARGET = 0.1  # natural log of N (0.1: the vertex's N known to about 10 %)
+MIN_SIZES_EACH_SIDE = 1  # the fit's own minimum: lowest loss not at an edge
+# The loss noise behind the standard error. A 3-point parabola leaves no residual degree of
+# freedom, so the noise is pooled over the finished budgets' parabolas (relative residuals,
+# budgets' losses differ) and shrunk towards ASSUMED_RELATIVE_NOISE with the weight of
+# NOISE_PRIOR_DOF residuals: the scaled-inverse-chi-square posterior of a normal variance
+# (Gelman et al. 2013, Bayesian Data Analysis, 3rd ed., Sec. 2.6).
+# sd of a final held-out loss / the loss, assumed: the noise of the simulation that chose
+# VERTEX_SE_TARGET; the pooled residuals outweigh it once budgets have finished.
+ASSUMED_RELATIVE_NOISE = 0.01
+NOISE_PRIOR_DOF = 3  # residual degrees of freedom the assumption is worth
+# A vertex whose N is beyond float range is no location: a nearly straight profile
+# (curvature ~0 from rounding) puts it anywhere up to ln N ~ +-1e300.
+MAX_LOG_PARAMS = math.log(sys.float_info.max)
 
 LOW, HIGH = "low", "high"
 
@@ -82,15 +101,110 @@ LOW, HIGH = "low", "high"
 
 
 @dataclass(frozen=True)
+class Parabola:
+    """Least-squares parabola loss = c0 + c1 x + c2 x^2 through a budget's valley points,
+    x = ln N - log_n_centre (N in parameters, loss in nats per token).
+
+    xtx_inv: (X^T X)^-1 of its design matrix [1, x, x^2]; rss: residual sum of squares
+    (nats^2); dof: residual degrees of freedom; mean_loss: mean loss of the points used;
+    lo, hi: the smallest and largest x used."""
+
+    log_n_centre: float
+    c0: float
+    c1: float
+    c2: float
+    xtx_inv: np.ndarray
+    rss: float
+    dof: int
+    mean_loss: float
+    lo: float
+    hi: float
+
+    @property
+    def log_vertex(self) -> float:
+        """ln N at the vertex; NaN where the parabola opens downward or is so flat that the
+        vertex's N is beyond float range (no location)."""
+        if not (np.isfinite(self.c1) and np.isfinite(self.c2) and self.c2 > 0):
+            return math.nan
+        x = -self.c1 / (2 * self.c2)
+        return float(x + self.log_n_centre) if abs(x + self.log_n_centre) < MAX_LOG_PARAMS else math.nan
+
+
+def valley_parabola(log_n, loss) -> Parabola | None:
+    """The parabola of the fit's valley rule (through the points `fitting.isoflop.valley_mask`
+    keeps near the lowest loss, as fitting.valley_vertex), with what its standard error
+    needs. log_n: natural logs of model sizes (parameters); loss: nats per token. None with
+    fewer than MIN_POINTS_PER_BUDGET distinct sizes."""
+    log_n = np.asarray(log_n, float)
+    loss = np.asarray(loss, float)
+    keep = valley_mask(log_n, loss)
+    if np.unique(log_n[keep]).size < MIN_POINTS_PER_BUDGET:
+        return None
+    centre = float(log_n[keep].mean())
+    x, y = log_n[keep] - centre, loss[keep]  # centred for conditioning
+    design = np.stack([np.ones_like(x), x, x * x], 1)
+    xtx_inv = np.linalg.inv(design.T @ design)
+    c = xtx_inv @ (design.T @ y)
+    rss = float(np.sum((y - design @ c) ** 2))
+    return Parabola(centre, float(c[0]), float(c[1]), float(c[2]), xtx_inv, rss, int(x.size - 3),
+                    float(y.mean()), float(x.min()), float(x.max()))
+
+
+def vertex_se(c1: float, c2: float, xtx_inv, sigma: float) -> float:
+    """Standard error of the vertex x* = -c1 / (2 c2) of a least-squares parabola
+    y = c0 + c1 x + c2 x^2, in the units of x (the search's x is ln N, so natural log of
+    N: 0.1 means N known to about 10 %).
+
+    Delta method (Casella & Berger 2002, Statistical Inference, 2nd ed., Sec. 5.5.4):
+    var x* ~ g^T Cov(c) g with g = d x*/d(c0, c1, c2) = (0, -1/(2 c2), c1/(2 c2^2)) and
+    Cov(c) = sigma^2 (X^T X)^-1 (xtx_inv, of the design matrix [1, x, x^2]); sigma: sd of
+    y's noise, in y's units. Infinite where c2 <= 0 or a coefficient is not finite (no
+    vertex to locate)."""
+    if not (np.isfinite(c1) and np.isfinite(c2) and c2 > 0 and np.isfinite(sigma)):
+        return math.inf
+    g = np.array([0.0, -1.0 / (2 * c2), c1 / (2 * c2 * c2)])
+    var = float(sigma * sigma * (g @ np.asarray(xtx_inv, float) @ g))
+    return math.sqrt(var) if np.isfinite(var) and var >= 0 else math.inf
+
+
+def pooled_relative_noise(parabolas, prior: float = ASSUMED_RELATIVE_NOISE, prior_dof: int = NOISE_PRIOR_DOF) -> float:
+    """Relative sd of the loss noise (sd / loss) from the residuals of `parabolas` (finished
+    budgets' valley parabolas), shrunk towards `prior` with the weight of `prior_dof`
+    residual degrees of freedom: s^2 = (prior_dof prior^2 + sum rss_b / mean_loss_b^2) /
+    (prior_dof + sum dof_b) (the scaled-inverse-chi-square posterior of a normal variance,
+    Gelman et al. 2013, Sec. 2.6). `prior` alone where no parabola has a residual."""
+    rss = sum(p.rss / p.mean_loss ** 2 for p in parabolas if p.dof > 0)
+    dof = sum(p.dof for p in parabolas if p.dof > 0)
+    return math.sqrt((prior_dof * prior * prior + rss) / (prior_dof + dof)) if dof else prior
+
+
+def planned_vertex_se(log_sizes, log_vertex: float, curvature: float, sigma: float) -> float:
+    """Standard error (natural log of N) the vertex of a budget would have if trained at
+    `log_sizes` (ln N of its sizes) with its vertex at `log_vertex`, a valley of curvature
+    `curvature` (c2, loss units per (ln N)^2) and loss noise `sigma` (loss units): `vertex_se`
+    of the parabola with those coefficients on that design. inf with fewer than
+    MIN_POINTS_PER_BUDGET distinct sizes."""
+    x = np.asarray(log_sizes, float)
+    if np.unique(x).size < MIN_POINTS_PER_BUDGET:
+        return math.inf
+    centre = x.mean()
+    design = np.stack([np.ones_like(x), x - centre, (x - centre) ** 2], 1)
+    c1 = -2 * curvature * (log_vertex - centre)
+    return vertex_se(c1, curvature, np.linalg.inv(design.T @ design), sigma)
+
+
+@dataclass(frozen=True)
 class Valley:
     """The verdict on one budget's finished points.
 
-    bracketed: the fit will use this budget (vertex inside the sampled sizes), its
-        lowest loss is not at an edge, and MIN_SIZES_EACH_SIDE sizes lie on either side of
-        the vertex; edge: "low" / "high" / None, where to add sizes;
+    bracketed: the budget is done: the fit will use it (vertex inside the sampled sizes),
+        its lowest loss is not at an edge, and its vertex's standard error is at most the
+        target; edge: "low" / "high" / None, where to add sizes;
     params_opt: N at the vertex (or the lowest point without one); vertex: N at the
-        parabola's vertex when the parabola opens upward, else NaN; reason: why not.
+        parabola's vertex when the parabola opens upward (and the vertex is a location),
+        else NaN; reason: why not.
     fit_bracketed: the fit's own verdict (vertex inside), used for re-centring.
+    vertex_se: standard error of the vertex in ln N (`vertex_se`), inf without one.
     """
 
     bracketed: bool
@@ -99,11 +213,16 @@ class Valley:
     vertex: float
     reason: str
     fit_bracketed: bool
+    vertex_se: float = math.inf
 
 
-def check_valley(params, loss) -> Valley:
+def check_valley(params, loss, relative_noise: float = ASSUMED_RELATIVE_NOISE,
+                 se_target: float = VERTEX_SE_TARGET, each_side: int = MIN_SIZES_EACH_SIDE) -> Valley:
     """Judge one budget from its finished points (params in parameters, loss in nats per
-    token; failed or diverged points left out by the caller)."""
+    token; failed or diverged points left out by the caller). relative_noise: sd of the
+    loss noise / the loss (`pooled_relative_noise`); se_target: the vertex's standard
+    error allowed, natural log of N (math.inf: the fit's rule and the edge rule alone);
+    each_side: sizes wanted on either side of the vertex."""
     params = np.asarray(params, float)
     loss = np.asarray(loss, float)
     if params.size == 0:
@@ -116,30 +235,41 @@ def check_valley(params, loss) -> Valley:
             return Valley(False, None, float(params[j]), math.nan, "one finished size: no direction", False)
         return Valley(False, at_edge, float(params[j]), math.nan,
                       f"only {np.unique(params).size} finished sizes; lowest loss at the {at_edge} edge", False)
-    import pandas as pd
-
-    rec = budget_optima(pd.DataFrame({"budget": 1.0, "params": params, "loss": loss}), "parabola",
-                        F.FLOPS_PER_PARAM_PER_TOKEN).iloc[0]
-    upward = np.isfinite(rec.c2) and rec.c2 > 0
-    vertex = float(rec.params_opt) if upward else math.nan
-    if rec.bracketed and at_edge is None:
-        below, above = sizes_each_side(params, rec.params_opt)
-        if min(below, above) < MIN_SIZES_EACH_SIDE:
-            # One size beyond the vertex pins it poorly: add one more on that side.
+    par = valley_parabola(np.log(params), loss)
+    log_vertex = par.log_vertex
+    has_vertex = np.isfinite(log_vertex)
+    inside = has_vertex and par.lo <= log_vertex - par.log_n_centre <= par.hi
+    vertex = math.exp(log_vertex) if has_vertex else math.nan
+    se = vertex_se(par.c1, par.c2, par.xtx_inv, relative_noise * par.mean_loss) if has_vertex else math.inf
+    if inside and at_edge is None:
+        below, above = sizes_each_side(params, vertex)
+        if min(below, above) < each_side:
             edge = LOW if below < above else HIGH
-            return Valley(False, edge, float(rec.params_opt), vertex,
-                          f"only {min(below, above)} size {'below' if edge == LOW else 'above'} the vertex", True)
-        return Valley(True, None, float(rec.params_opt), vertex, "", True)
-    if rec.bracketed:  # vertex inside, yet the best point is the first or last one sampled
-        return Valley(False, at_edge, float(rec.params_opt), vertex,
-                      f"lowest loss at the {'smallest' if at_edge == LOW else 'largest'} size", True)
-    if upward:  # the vertex is outside: go towards it
-        edge = HIGH if vertex > params[j] else LOW
-    elif at_edge is not None:
-        edge = at_edge
-    else:  # concave with an inner minimum (noise in a flat valley): follow the lower end
-        edge = LOW if loss[np.argmin(params)] < loss[np.argmax(params)] else HIGH
-    return Valley(False, edge, float(rec.params_opt), vertex, str(rec.reason), False)
+            return Valley(False, edge, vertex, vertex,
+                          f"only {min(below, above)} size {'below' if edge == LOW else 'above'} the vertex",
+                          True, se)
+        if se > se_target:
+            # The side with fewer sizes beyond the vertex, else the one whose farthest size
+            # is nearer to it: a size there adds the most leverage on the curvature.
+            reach = (math.log(vertex) - math.log(low), math.log(high) - math.log(vertex))
+            edge = LOW if (below, reach[0]) < (above, reach[1]) else HIGH
+            return Valley(False, edge, vertex, vertex,
+                          f"vertex standard error {se:.3g} in ln N above the target {se_target:.3g}",
+                          True, se)
+        return Valley(True, None, vertex, vertex, "", True, se)
+    if inside:  # vertex inside, yet the best point is the first or last one sampled
+        return Valley(False, at_edge, vertex, vertex,
+                      f"lowest loss at the {'smallest' if at_edge == LOW else 'largest'} size", True, se)
+    if has_vertex:  # the vertex is outside: go towards it
+        edge = HIGH if log_vertex > math.log(params[j]) else LOW
+        reason = f"vertex N={vertex:.3g} outside sampled sizes [{low:.3g}, {high:.3g}]"
+    else:
+        reason = ("parabola too flat to place a vertex" if par.c2 > 0 else "parabola opens downward (no minimum)")
+        if at_edge is not None:
+            edge = at_edge
+        else:  # concave with an inner minimum (noise in a flat valley): follow the lower end
+            edge = LOW if loss[np.argmin(params)] < loss[np.argmax(params)] else HIGH
+    return Valley(False, edge, float(params[j]) if not has_vertex else vertex, vertex, reason, False, se)
 
 
 def sizes_each_side(params, params_opt: float) -> tuple[int, int]:
@@ -266,7 +396,10 @@ class BracketSearch:
     sizes: model dial -> (params, flops per token) for every size the search may use
     (see `size_table`); max_points: points trained in all (default: the plan's points plus
     DEFAULT_MAX_ADDED_PER_BUDGET per budget); max_added_per_budget: sizes added to one
-    budget; min_steps: optimizer steps a point needs (as plan_sweep's).
+    budget; min_steps: optimizer steps a point needs (as plan_sweep's);
+    vertex_se_target: the standard error of a budget's vertex (natural log of N) below
+    which it is done (math.inf: done once bracketed with its lowest loss inside);
+    min_sizes_each_side: sizes wanted on either side of a budget's vertex.
     """
 
     plan: SweepPlan
@@ -274,6 +407,8 @@ class BracketSearch:
     max_points: int | None = None
     max_added_per_budget: int = DEFAULT_MAX_ADDED_PER_BUDGET
     min_steps: int = DEFAULT_MIN_STEPS
+    vertex_se_target: float = VERTEX_SE_TARGET
+    min_sizes_each_side: int = MIN_SIZES_EACH_SIDE
     proposed: dict = field(default_factory=dict)  # point id -> point dict (with origin), in order
     results: dict = field(default_factory=dict)  # point id -> {"status", "loss"}
     queue: list = field(default_factory=list)  # point dicts decided, not yet proposed
@@ -283,8 +418,11 @@ class BracketSearch:
     def __post_init__(self):
         self.max_points, self.max_added_per_budget, self.min_steps = check_search_arguments(
             self.plan, self.sizes, self.max_points, self.max_added_per_budget, self.min_steps)
+        self.vertex_se_target, self.min_sizes_each_side = check_rule_arguments(
+            self.vertex_se_target, self.min_sizes_each_side)
         if self.max_points is None:
             self.max_points = len(self.plan) + self.max_added_per_budget * len(self.plan.budgets)
+        self._noise_key, self._noise = None, ASSUMED_RELATIVE_NOISE
         self._budgets = {}
         for p in self.plan.points:
             self._budgets.setdefault(p.budget, _Budget(p.budget, [])).planned.append(p)
@@ -365,10 +503,31 @@ class BracketSearch:
     def _ok(self, b: _Budget) -> list:
         return [p for p in self._points_of(b) if self.results[p["point_id"]]["status"] == "ok"]
 
+    def _finished_points(self, b: _Budget) -> tuple:
+        """(params, losses) of a budget's points that finished ok."""
+        ok = self._ok(b)
+        return [p["params"] for p in ok], [self.results[p["point_id"]]["loss"] for p in ok]
+
+    def _parabola(self, b: _Budget) -> Parabola | None:
+        """The valley parabola of a finished budget (None while a point runs or with too few sizes)."""
+        if not (b.started and self._budget_done(b)):
+            return None
+        params, loss = self._finished_points(b)
+        return valley_parabola(np.log(params), loss) if len(params) else None
+
+    def relative_noise(self) -> float:
+        """Relative sd of the loss noise pooled over the finished budgets (`pooled_relative_noise`)."""
+        # Cached per state of the record: valley() asks for it at every decision.
+        key = (tuple((i, r["status"], r["loss"]) for i, r in self.results.items()), len(self.queue))
+        if key != self._noise_key:
+            pars = [p for p in map(self._parabola, self._budgets.values()) if p is not None]
+            self._noise_key, self._noise = key, pooled_relative_noise(pars)
+        return self._noise
+
     def valley(self, budget: float) -> Valley:
         """The current verdict on `budget` from its finished points."""
-        ok = self._ok(self._budgets[budget])
-        return check_valley([p["params"] for p in ok], [self.results[p["point_id"]]["loss"] for p in ok])
+        return check_valley(*self._finished_points(self._budgets[budget]), self.relative_noise(),
+                            self.vertex_se_target, self.min_sizes_each_side)
 
     def _extend(self, b: _Budget) -> None:
         valley = self.valley(b.budget)
@@ -383,6 +542,10 @@ class BracketSearch:
         ok_sizes = [p["size"] for p in self._ok(b)]
         usable = usable_sizes(b.budget, self.sizes, self.plan.batch_tokens, self.min_steps)
         new = extension_sizes(valley, ok_sizes, tried, usable, self.sizes, room)
+        if not new and valley.fit_bracketed and valley.edge is not None:
+            # Bracketed, wanting precision: a size past the other edge serves too.
+            valley = replace(valley, edge=LOW if valley.edge == HIGH else HIGH)
+            new = extension_sizes(valley, ok_sizes, tried, usable, self.sizes, room)
         if not new:
             limit = (f"{self.max_added_per_budget} sizes added already (max_added_per_budget)"
                      if added >= self.max_added_per_budget else
@@ -411,8 +574,12 @@ class BracketSearch:
             predicted = math.exp(law[0] + law[1] * math.log(b.budget))
             logs = [math.log(p.params) for p in b.planned]
             centre, span = (max(logs) + min(logs)) / 2, max(logs) - min(logs)
-            each_side = min(MIN_SIZES_EACH_SIDE, len(logs) // 2)
-            if (abs(math.log(predicted) - centre) > RECENTRE_TOLERANCE * span
+            # Planned sizes that would miss the precision rule there are re-centred with half
+            # of them on either side of the prediction: a design balanced about the vertex
+            # gives it the smallest standard error for the sizes' span.
+            imprecise = self._planned_se(logs, math.log(predicted)) > self.vertex_se_target
+            each_side = len(logs) // 2 if imprecise else min(self.min_sizes_each_side, len(logs) // 2)
+            if (imprecise or abs(math.log(predicted) - centre) > RECENTRE_TOLERANCE * span
                     or short_of_sizes_each_side([p.params for p in b.planned], predicted, each_side)):
                 usable = usable_sizes(b.budget, self.sizes, self.plan.batch_tokens, self.min_steps)
                 # As many sizes as the plan's fullest budget (a coarse dial can give a budget
@@ -435,6 +602,17 @@ class BracketSearch:
                                             "re-centred: replaced by sizes around the fitted N_opt")
         self.queue += [asdict(planned[s]) | {"origin": ORIGIN_PLANNED} if s in planned
                        else self._point(b.budget, s, ORIGIN_RECENTRED) for s in sorted(sizes)]
+
+    def _planned_se(self, log_sizes, log_vertex: float) -> float:
+        """The vertex standard error (ln N) of a budget not yet started, trained at `log_sizes`
+        with its vertex at `log_vertex`, predicted with the curvature and loss level of the
+        largest bracketed budget finished so far and the pooled noise; 0 (no prediction)
+        before one is finished."""
+        done = [b for b in self._budgets.values() if b.budget in self.bracketed_optima()]
+        par = self._parabola(max(done, key=lambda b: b.budget)) if done else None
+        if par is None:
+            return 0.0
+        return planned_vertex_se(log_sizes, log_vertex, par.c2, self.relative_noise() * par.mean_loss)
 
     def _note(self, line: str) -> None:
         """Log a decision once: a search rebuilt from its record (sync) re-judges finished
@@ -465,6 +643,8 @@ class BracketSearch:
             "max_points": self.max_points,
             "max_added_per_budget": self.max_added_per_budget,
             "min_steps": self.min_steps,
+            "vertex_se_target": self.vertex_se_target,
+            "min_sizes_each_side": self.min_sizes_each_side,
             "proposed": list(self.proposed.values()),
             "skipped": dict(self.skipped),
             "log": list(self.log),
@@ -499,3 +679,15 @@ def check_search_arguments(plan, sizes, max_points, max_added_per_budget, min_st
                                           "0 adds no size", minimum=0)
     min_steps = checks.integer(min_steps, "BracketSearch", "min_steps", "optimizer steps a point needs")
     return max_points, max_added_per_budget, min_steps
+
+
+def check_rule_arguments(vertex_se_target, min_sizes_each_side) -> tuple:
+    """(vertex_se_target, min_sizes_each_side) of the stopping rule as float and int, checked."""
+    if not (checks.is_real(vertex_se_target) and vertex_se_target > 0):
+        raise ValueError(f"BracketSearch(vertex_se_target={vertex_se_target!r}): needs a number > 0, the standard "
+                         f"error of a budget's vertex in natural log of N (default {VERTEX_SE_TARGET}; math.inf "
+                         "stops each budget once it is bracketed).")
+    min_sizes_each_side = checks.integer(min_sizes_each_side, "BracketSearch", "min_sizes_each_side",
+                                         f"sizes wanted on either side of a budget's vertex (default "
+                                         f"{MIN_SIZES_EACH_SIDE})", minimum=1)
+    return float(vertex_se_target), min_sizes_each_side

@@ -8,18 +8,25 @@ import pytest
 from flops_fit.plan import SweepPlan, SweepPoint, point_id
 from flops_fit.search import (
     ADDED_ID_SUFFIX,
+    ASSUMED_RELATIVE_NOISE,
     HIGH,
     LOW,
     MAX_SIZES_PER_STEP,
+    NOISE_PRIOR_DOF,
     ORIGIN_EXTENDED,
     ORIGIN_PLANNED,
     ORIGIN_RECENTRED,
+    VERTEX_SE_TARGET,
     BracketSearch,
     check_valley,
     extension_sizes,
     optimum_law,
+    pooled_relative_noise,
     recentred_sizes,
+    sizes_each_side,
     steps_for,
+    valley_parabola,
+    vertex_se,
 )
 
 # Chinchilla's fit (Hoffmann et al. 2022, eq. 10): N_opt = G (C/6)^a with a = 0.452.
@@ -130,15 +137,116 @@ def test_a_vertex_inside_with_the_lowest_loss_at_an_edge_still_gets_one_more_siz
     assert extension_sizes(v, [1, 2, 3, 4], {1, 2, 3, 4}, list(sizes), sizes, room=10) == [5]
 
 
-def test_a_vertex_with_one_size_beyond_it_wants_a_second_there():
-    # Bracketed for the fit (vertex inside, lowest loss inside), but only the largest size
-    # lies above the vertex: noise at that one point moves the vertex a long way.
+# A valley of curvature 0.15 nats per (ln N)^2 at loss 3 (Chinchilla's profiles near their
+# optimum curve about this much relative to their loss), vertex at N = 1e6.
+VERTEX_LOG_N = math.log(1e6)
+
+
+def parabola_losses(log_offsets, curvature=0.15):
+    x = VERTEX_LOG_N + np.asarray(log_offsets, float)
+    return np.exp(x), 3.0 + curvature * (x - VERTEX_LOG_N) ** 2
+
+
+def test_a_noisy_valley_with_sizes_tight_around_its_vertex_is_not_done_until_its_vertex_is_pinned():
+    # Five sizes 10 % apart around the vertex: bracketed for the fit, but 1 % loss noise
+    # moves a vertex fitted through so narrow a span by far more than the target.
+    n, loss = parabola_losses([-0.2, -0.1, 0.0, 0.1, 0.2])
+    v = check_valley(n, loss, relative_noise=0.01)
+    assert v.fit_bracketed and not v.bracketed and v.edge in (LOW, HIGH)
+    assert v.vertex_se > VERTEX_SE_TARGET and "standard error" in v.reason
+    # The same valley with a size 1.2 in ln N out on either side: pinned.
+    n, loss = parabola_losses([-1.2, -0.2, -0.1, 0.0, 0.1, 0.2, 1.2])
+    v = check_valley(n, loss, relative_noise=0.01)
+    assert v.bracketed and v.vertex_se < VERTEX_SE_TARGET
+    # Less noise pins the narrow one too: the rule reads the noise, not a count of sizes.
+    n, loss = parabola_losses([-0.2, -0.1, 0.0, 0.1, 0.2])
+    assert check_valley(n, loss, relative_noise=0.0005).bracketed
+
+
+def test_a_clean_valley_with_one_size_on_one_side_far_enough_is_done():
+    n, loss = parabola_losses([-1.5, -1.0, -0.5, 1.0])
+    v = check_valley(n, loss)
+    assert sizes_each_side(n, v.vertex) == (3, 1)
+    assert v.bracketed and v.edge is None and v.params_opt == pytest.approx(1e6, rel=1e-9)
+    # The count rule this replaces (two sizes each side) would have wanted one more above.
+    assert check_valley(n, loss, each_side=2).edge == HIGH
+
+
+def test_a_valley_short_of_its_target_gets_a_size_on_its_thinner_side():
+    n, loss = parabola_losses([-0.6, -0.4, -0.2, 0.3])
+    v = check_valley(n, loss)
+    assert not v.bracketed and v.edge == HIGH
+    n_all = np.exp(VERTEX_LOG_N + np.array([-0.6, -0.4, -0.2, 0.3, 0.8]))
+    sizes = {s: (float(p), 6.0 * p) for s, p in enumerate(n_all, 1)}
+    assert extension_sizes(v, [1, 2, 3, 4], {1, 2, 3, 4}, list(sizes), sizes, room=10) == [5]
+
+
+def test_vertex_se_is_the_spread_of_refitted_vertices():
+    # Monte Carlo: refit the parabola to 20,000 noisy draws of the same design.
+    rng = np.random.default_rng(0)
+    x = np.array([-1.0, -0.5, 0.0, 0.4, 1.1])
+    c0, c1, c2, sigma = 3.0, 0.06, 0.15, 0.01
+    design = np.stack([np.ones_like(x), x, x * x], 1)
+    y = design @ [c0, c1, c2] + sigma * rng.standard_normal((20_000, x.size))
+    coef = np.linalg.lstsq(design, y.T, rcond=None)[0]
+    vertices = -coef[1] / (2 * coef[2])
+    xtx_inv = np.linalg.inv(design.T @ design)
+    assert vertex_se(c1, c2, xtx_inv, sigma) == pytest.approx(vertices.std(), rel=0.05)
+    assert vertex_se(c1, -c2, xtx_inv, sigma) == math.inf  # no vertex to locate
+    assert vertex_se(c1, c2, xtx_inv, 2 * sigma) == pytest.approx(2 * vertex_se(c1, c2, xtx_inv, sigma))
+
+
+def test_the_noise_is_pooled_from_the_residuals_and_the_assumption_fills_in_without_them():
+    four_n, four_loss = parabola_losses([-1.0, -0.5, 0.0, 0.5])
+    three = valley_parabola(np.log(four_n[:3]), four_loss[:3])
+    assert three.dof == 0 and pooled_relative_noise([three]) == ASSUMED_RELATIVE_NOISE
+    rng = np.random.default_rng(1)
+    noisy = []
+    for _ in range(200):  # 200 budgets of 6 sizes with 3 % relative noise: the data win
+        n, loss = parabola_losses([-1.0, -0.6, -0.2, 0.2, 0.6, 1.0])
+        noisy.append(valley_parabola(np.log(n), loss * np.exp(0.03 * rng.standard_normal(n.size))))
+    assert pooled_relative_noise(noisy) == pytest.approx(0.03, rel=0.1)
+    clean = valley_parabola(np.log(four_n), four_loss)
+    assert clean.dof == 1 and clean.rss == pytest.approx(0, abs=1e-20)
+    # One clean residual dof beside the assumption's NOISE_PRIOR_DOF pulls the estimate down.
+    assert pooled_relative_noise([clean]) == pytest.approx(
+        ASSUMED_RELATIVE_NOISE * math.sqrt(NOISE_PRIOR_DOF / (NOISE_PRIOR_DOF + 1)))
+
+
+def test_the_search_and_the_fit_see_the_same_vertex():
+    from flops_fit.fitting import budget_optima
+    import pandas as pd
+
+    profiles = [parabola_losses([-1.5, -1.0, -0.5, 1.0]), parabola_losses([0.5, 1.0, 1.5, 2.0]),
+                (np.array([1e4, 2e4, 4e4, 8e4, 1.6e5, 1e8]), np.array([3.1, 2.95, 2.9, 2.93, 3.05, 2.95]))]
+    for n, loss in profiles:
+        rec = budget_optima(pd.DataFrame({"budget": 1.0, "params": n, "loss": loss}), "parabola", 6.0).iloc[0]
+        v = check_valley(n, loss)
+        assert v.fit_bracketed == rec.bracketed
+        assert v.params_opt == pytest.approx(rec.params_opt, rel=1e-9)
+
+
+@pytest.mark.parametrize("profile", ["linear", "constant", "nearly straight"])
+def test_a_flat_profile_is_a_decision_not_an_exception(profile):
+    # Losses straight in ln N leave a curvature of zero or rounding noise, and a vertex at
+    # ln N ~ +-1e300 (whose N overflows a float): the search goes towards the lower end.
     n = np.array([1e4, 2e4, 4e4, 8e4, 1.6e5])
-    v = check_valley(n, [3.4, 3.1, 2.95, 2.9, 2.93])
-    assert v.fit_bracketed and not v.bracketed and v.edge == HIGH
-    assert 8e4 < v.params_opt < 1.6e5
-    sizes = {s: (float(p), 6.0 * p) for s, p in enumerate([1e4, 2e4, 4e4, 8e4, 1.6e5, 3.2e5], 1)}
-    assert extension_sizes(v, [1, 2, 3, 4, 5], {1, 2, 3, 4, 5}, list(sizes), sizes, room=10) == [6]
+    loss = {"linear": 3.0 - 0.05 * np.log(n), "constant": np.full(n.size, 3.0),
+            "nearly straight": 3.0 - 0.05 * np.log(n) + 1e-6 * np.log(n) ** 2}[profile]
+    v = check_valley(n, loss)
+    assert not v.bracketed and v.reason
+    assert n.min() <= v.params_opt <= n.max()
+    assert v.edge == (LOW if profile == "constant" else HIGH)
+    assert v.vertex_se > 1e6 * VERTEX_SE_TARGET
+
+
+def test_a_sweep_of_flat_profiles_ends_with_every_budget_settled_and_explained():
+    plan = make_plan(BUDGETS[:2], prior_sizes(20))
+    search = BracketSearch(plan, SIZES)
+    while (p := search.next_point()) is not None:
+        search.record(p["point_id"], "ok", 3.0 - 0.05 * math.log(p["params"]) + 1e-9 * math.log(p["params"]) ** 2)
+    assert search.finished and not search.bracketed_optima()
+    assert all(b.settled.startswith("not bracketed") for b in search._budgets.values())
 
 
 def test_two_finished_sizes_point_to_their_lower_end():
@@ -260,20 +368,25 @@ def around_optimum(budget, below=2, above=2):
     return list(range(k - below + 1, k + above + 1))
 
 
-def test_a_budget_with_one_planned_size_below_the_predicted_optimum_is_recentred_to_two():
+def test_a_budget_whose_planned_sizes_would_miss_the_se_target_is_recentred_half_each_side():
     # 3e13's plan (dial 9-12) is centred close to the law's N_opt (within RECENTRE_TOLERANCE
-    # of its span) but only size 9 lies below it: the finished budget would need a size added,
-    # which trains alone at the end of the sweep. Re-centred before it starts, it needs none.
+    # of its span) but only size 9 lies below it: the vertex's standard error there would
+    # miss the target, and a size added after the budget finished would train alone at the
+    # end of the sweep. Re-centred before it starts, two sizes lie on either side.
     late = 3e13
     plan = make_plan([1e12, 3e12, 1e13, late], lambda b: around_optimum(b, 1, 3) if b == late else around_optimum(b))
     assert [p.size for p in plan.points if p.budget == late] == [9, 10, 11, 12]
     search = BracketSearch(plan, SIZES)
     run(search, concurrency=1)  # one slot: the late budget starts after the law is known
-    trained = sorted(p["size"] for p in search.proposed.values() if p["budget"] == late)
-    assert trained == around_optimum(late)
+    started = sorted(p["size"] for p in search.proposed.values()
+                     if p["budget"] == late and p["origin"] != ORIGIN_EXTENDED)
+    assert started == around_optimum(late)
     assert any(line.startswith(f"budget {late:.3g}: re-centred") for line in search.log), search.log
-    assert ORIGIN_EXTENDED not in {p["origin"] for p in search.proposed.values()}
     assert bracketed_budgets(search) == set(plan.budgets) and search.valley(late).bracketed
+    # The count rule this replaces (two each side, no precision target) re-centred it too.
+    count_rule = BracketSearch(plan, SIZES, vertex_se_target=math.inf, min_sizes_each_side=2)
+    run(count_rule, concurrency=1)
+    assert sorted(p["size"] for p in count_rule.proposed.values() if p["budget"] == late) == around_optimum(late)
 
 
 def test_a_good_prior_trains_exactly_the_plan():
@@ -309,6 +422,12 @@ def test_bad_search_arguments_are_refused_before_any_compute():
         BracketSearch(plan, SIZES, max_added_per_budget=-1)
     with pytest.raises(ValueError, match="size table lacks"):
         BracketSearch(plan, {1: SIZES[1]})
+    with pytest.raises(ValueError, match="vertex_se_target"):
+        BracketSearch(plan, SIZES, vertex_se_target=0)
+    with pytest.raises(ValueError, match="vertex_se_target"):
+        BracketSearch(plan, SIZES, vertex_se_target=float("nan"))
+    with pytest.raises(ValueError, match="min_sizes_each_side"):
+        BracketSearch(plan, SIZES, min_sizes_each_side=0)
 
 
 # --- resume ---------------------------------------------------------------------------------
@@ -353,3 +472,19 @@ def test_sizes_added_before_a_restart_count_against_max_added_per_budget():
     run(again, concurrency=1)
     added = [p for p in again.proposed.values() if p["origin"] == ORIGIN_EXTENDED]
     assert len(added) == 1 and "max_added_per_budget" in again.log[-1]
+
+
+# --- the stopping rule's bias (benchmarks/search_bias.py is the full simulation) -------------
+
+SIMULATED_SWEEPS = 150  # Monte-Carlo standard error of the mean exponent ~0.0017
+BIAS_TOLERANCE = 0.005  # ~3 Monte-Carlo standard errors; the count rule it replaced: +0.006
+
+
+def test_the_default_rule_leaves_the_n_opt_exponent_unbiased_at_a_good_prior():
+    plan = make_plan(BUDGETS, prior_sizes(20))
+    slopes = []
+    for i in range(SIMULATED_SWEEPS):
+        search = BracketSearch(plan, SIZES)
+        run(search, noise=0.01, seed=i)
+        slopes.append(optimum_law({b: search.valley(b).params_opt for b in bracketed_budgets(search)})[1])
+    assert np.mean(slopes) == pytest.approx(A_OPT, abs=BIAS_TOLERANCE)

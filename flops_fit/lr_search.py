@@ -206,7 +206,7 @@ class LRLaw:
     def describe(self) -> str:
         lo, hi = self.exponent_interval
         d = f" D^{self.tokens_exponent:.3f}" if self.tokens_exponent else ""
-        return (f"lr_opt = {self.coefficient:.3g} N^-{self.exponent:.3f}{d}  "
+        return (f"lr_opt = {self.coefficient:.3g} N^{-self.exponent:.3f}{d}  "
                 f"(g in [{lo:.3f}, {hi:.3f}], {INTERVAL_LEVEL:.0%}; {self.rows} points)")
 
 

@@ -200,18 +200,22 @@ def test_a_searched_sweep_folder_loads_as_one_row_per_point_and_writes_every_sib
     assert R.load_results(folder, keep_lr_unbracketed=True).table["status"].tolist() == ["ok"] * 3
 
 
+def _four_budgets_plan():
+    return _plan((1e11, 3e11, 1e12, 3e12), sizes=((1, 3_000), (2, 10_000), (3, 30_000), (4, 100_000), (5, 300_000)))
+
+
+def _four_budgets_loss(p, m):
+    """Chinchilla's law; the LR valley at 1x the rule, or past 4x at one point."""
+    law = CHINCHILLA_LAW
+    shift = 3.0 if p.point_id == "C1e+12-s3" else 0.0
+    return (law["E"] + law["A"] / p.params ** law["alpha"] + law["B"] / p.tokens ** law["beta"]
+            + 0.1 * (math.log(m) - shift) ** 2)
+
+
 def test_flops_fit_fit_on_a_searched_folder_fits_best_siblings_and_names_the_excluded(tmp_path, capsys):
     from flops_fit.cli import main
 
-    budgets = (1e11, 3e11, 1e12, 3e12)
-    plan = _plan(budgets, sizes=((1, 3_000), (2, 10_000), (3, 30_000), (4, 100_000), (5, 300_000)))
-    law = CHINCHILLA_LAW
-
-    def loss_of(p, m):  # Chinchilla's law; the LR valley at 1x the rule, or past 4x at one point
-        shift = 3.0 if p.point_id == "C1e+12-s3" else 0.0
-        return (law["E"] + law["A"] / p.params ** law["alpha"] + law["B"] / p.tokens ** law["beta"]
-                + 0.1 * (math.log(m) - shift) ** 2)
-
+    plan, loss_of, law = _four_budgets_plan(), _four_budgets_loss, CHINCHILLA_LAW
     folder = tmp_path / "sweep"
     _fake_sweep(folder, loss_of, plan)
     assert main(["fit", str(folder), "--bootstrap", "0"]) == 0
@@ -288,3 +292,35 @@ def test_without_lr_k_the_dry_run_ignores_the_lr():
     point = SweepPoint("C1e+12-s3", 1e12, 3, 100_000, 6e5, 10, 1_000_000, 6e11)
     assert dry_run_loss(point, {}, 0, 1e-2) == dry_run_loss(point, {}, 0, 1.0) == dry_run_loss(point, {}, 0)
     assert dry_run_loss(point, {"lr_k": 0.1}, 0, 1.0) > dry_run_loss(point, {"lr_k": 0.1}, 0, 1e-2)
+
+
+def test_the_cli_keeps_lr_unbracketed_points_when_asked(tmp_path, capsys):
+    from flops_fit.cli import main
+
+    folder = tmp_path / "sweep"
+    _fake_sweep(folder, _four_budgets_loss, _four_budgets_plan())
+    assert main(["fit", str(folder), "--bootstrap", "0"]) == 0
+    assert "excluded rows: 1;" in capsys.readouterr().out
+    assert main(["fit", str(folder), "--bootstrap", "0", "--keep-lr-unbracketed"]) == 0
+    assert "excluded rows: 0;" in capsys.readouterr().out
+    plain = tmp_path / "plain.csv"
+    pd.DataFrame({"params": [1, 2, 3], "tokens": [1, 2, 3], "loss": [1, 2, 3]}).to_csv(plain, index=False)
+    assert main(["fit", str(plain), "--keep-lr-unbracketed"]) == 2
+    assert "--keep-lr-unbracketed takes a sweep folder" in capsys.readouterr().err
+
+
+def test_the_report_names_each_points_best_multiplier_and_draws_optimal_lr(tmp_path, capsys):
+    from flops_fit.sweep_script import lr_search_report
+
+    folder = tmp_path / "sweep"
+    _fake_sweep(folder, _four_budgets_loss, _four_budgets_plan())
+    text, figure = lr_search_report(R.load_results(folder))
+    assert text.count("| C") == 20 and text.count("NO: LR not bracketed") == 1
+    assert "| C1e+12-s3 | lr-not-bracketed | 4 |" in text and "| C1e+11-s1 | ok | 1 |" in text
+    # every bracketed optimum is the rule's 1e-2 (the valley is at 1x): a flat fitted rule
+    import re
+
+    coefficient, exponent = re.search(r"lr_opt = (\S+) N\^(\S+)", text).groups()
+    assert float(coefficient) == pytest.approx(0.01) and abs(float(exponent)) < 1e-6
+    figure.savefig(tmp_path / "optimal_lr.png")
+    assert (tmp_path / "optimal_lr.png").stat().st_size > 0

@@ -63,6 +63,9 @@ def add_run_arguments(p):
     p.add_argument("--max-points", type=int, default=None,
                    help="with --adaptive: the most points trained in all (default: the plan's "
                         "points plus 4 per budget)")
+    p.add_argument("--lr-rule", default=None, metavar="SWEEP",
+                   help="train with the rule lr_opt = c N^-g fitted to the LR-searched sweep in this folder "
+                        "(e.g. --lr-search over the smallest budgets) instead of --lr")
     p.add_argument("--lr-search", type=float, nargs="+", default=None, metavar="MULTIPLIER",
                    help="train every point at these multiples of its learning rate (e.g. 0.25 0.5 1 2 4) "
                         "and keep the best; a point whose best is the smallest or largest is "
@@ -84,9 +87,30 @@ def finish_args(p, argv, smoke: dict, names: tuple):
             args.name += "-adaptive"
         if args.lr_search:  # nor an LR-searched one an unsearched one
             args.name += "-lr"
+        if args.lr_rule:
+            args.name += "-lr-rule"
     if args.max_points is not None and not args.adaptive:
         p.error("--max-points bounds a search: add --adaptive, or leave --max-points out")
     return args
+
+
+def learning_rate(args):
+    """Task.lr from the flags: --lr, or with --lr-rule the rule fitted to that LR-searched
+    sweep (flops_fit.lr_search.fit_lr_law on its points, lr_opt = c N^-g)."""
+    if not args.lr_rule:
+        return args.lr
+    from flops_fit.lr_search import fit_lr_law
+
+    searched = ff.load_results(args.lr_rule)
+    if searched.siblings is None:
+        raise SystemExit(f"--lr-rule: the sweep at {args.lr_rule} has no learning-rate search; "
+                         "give the folder of a sweep run with --lr-search.")
+    try:
+        law = fit_lr_law(searched.table)
+    except ValueError as e:
+        raise SystemExit(f"--lr-rule: {e}") from None
+    print(f"Learning rate from {args.lr_rule}: {law.describe()}", flush=True)
+    return law.rule()
 
 
 def run_settings(args) -> dict:

@@ -324,3 +324,19 @@ def test_the_report_names_each_points_best_multiplier_and_draws_optimal_lr(tmp_p
     assert float(coefficient) == pytest.approx(0.01) and abs(float(exponent)) < 1e-6
     figure.savefig(tmp_path / "optimal_lr.png")
     assert (tmp_path / "optimal_lr.png").stat().st_size > 0
+
+
+def test_lr_rule_takes_the_rule_fitted_to_an_lr_searched_sweep(tmp_path, capsys):
+    import argparse
+
+    from flops_fit.sweep_script import learning_rate
+
+    folder = tmp_path / "sweep"
+    # Each point's LR valley at 1.2e-2 * (N / 1e4)^-0.4: the rule's 1e-2 times a multiplier off 1
+    target = lambda p: 1.2e-2 * (p.params / 1e4) ** -0.4  # noqa: E731
+    _fake_sweep(folder, lambda p, m: 2.0 + 0.2 * math.log(1e-2 * m / target(p)) ** 2, _four_budgets_plan())
+    rule = learning_rate(argparse.Namespace(lr=3e-3, lr_rule=str(folder)))
+    assert isinstance(rule, H.PowerLaw) and rule.exponent == pytest.approx(0.4, abs=0.02)
+    assert rule(1e4, 1e6, 6e10) == pytest.approx(1.2e-2, rel=0.05)
+    assert "Learning rate from" in capsys.readouterr().out
+    assert learning_rate(argparse.Namespace(lr=3e-3, lr_rule=None)) == 3e-3

@@ -208,7 +208,7 @@ def _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu
         print(f"Sweep folder: {sweep_dir}  ({concurrency} point(s) at a time, "
               f"{num_workers} worker(s) each, {resources} per worker)", flush=True)
         if searcher is not None:
-            print(f"Bracket-seeking search: at most {total} points in all"
+            print(f"Bracket-seeking search: at most {bracket_search.max_points} points in all"
                   + (f"; resuming, {len(finished)} finished point(s) kept." if finished else "."), flush=True)
         if multipliers:
             print(f"Learning-rate search: each point at {len(multipliers)} multiples of its rule's LR "

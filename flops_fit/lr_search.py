@@ -151,7 +151,9 @@ def collapse(raw: pd.DataFrame, keep_unbracketed: bool = False) -> tuple[pd.Data
             raw.loc[best, "best_of_point"] = True
             row = raw.loc[best].to_dict()
             first = best
-            rule_lr = float(row["lr"]) / float(row["lr_multiplier"]) if _number(row.get("lr")) else math.nan
+            # The rule's LR at this point, from any sibling that recorded the LR it trained.
+            rules = [float(l) / float(m) for l, m in zip(group["lr"], group["lr_multiplier"]) if _number(l)]
+            rule_lr = rules[0] if rules else math.nan
             raw.loc[group.index, "lr_opt"] = rule_lr * choice.lr_opt_multiplier
             raw.loc[group.index, "lr_bracketed"] = choice.bracketed
             row.update(lr_opt=rule_lr * choice.lr_opt_multiplier, lr_bracketed=choice.bracketed)

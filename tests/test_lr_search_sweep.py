@@ -28,7 +28,7 @@ def test_a_searched_dry_run_trains_each_sibling_once_and_keeps_them_all(ray_sess
     R.write_lr_search(str(sweep), MULTIPLIERS)
     done = sibling_id(point.point_id, 1.0)
     R.write_finished(str(sweep), done, {"point_id": done, "status": "ok", "final": True, "loss": 1.0,
-                                        "tokens": point.tokens, "flops": point.flops})
+                                        "tokens": point.tokens, "flops": point.flops, "peak_lr": 3e-3})
     res = ff.run_sweep(plan, task, name="lr", storage_path=tmp_path / "runs", dry_run=LAW, live_fit=False,
                        verbose=False, lr_search=list(MULTIPLIERS))
     trained = {p.name for p in sweep.iterdir() if p.name.startswith(point.point_id)}
@@ -36,11 +36,13 @@ def test_a_searched_dry_run_trains_each_sibling_once_and_keeps_them_all(ray_sess
     csv = pd.read_csv(res.results_csv)
     assert list(csv.point_id) == [sibling_id(point.point_id, m) for m in MULTIPLIERS]
     assert list(csv.lr_multiplier) == list(MULTIPLIERS)
-    assert csv.lr[csv.lr_multiplier != 1.0].tolist() == pytest.approx([1.5e-3, 6e-3])  # 3e-3 x 0.5, x 2
-    assert (csv.batch_size == 8).all() and (csv.warmup == 0.05).all()
+    assert csv.lr.tolist() == pytest.approx([1.5e-3, 3e-3, 6e-3])  # 3e-3 x 0.5, x 1, x 2
+    trained_rows = csv[csv.lr_multiplier != 1.0]
+    assert (trained_rows.batch_size == 8).all() and (trained_rows.warmup == 0.05).all()
     assert csv.best_of_point.tolist() == [False, True, False]  # the recorded 1.0 beats both
     (row,) = res.table.itertuples()
     assert row.point_id == point.point_id and row.status == "ok" and row.loss == 1.0
+    assert 1.5e-3 < row.lr_opt < 6e-3 and row.lr_bracketed
     # The two trained siblings' losses are the law's, LR term included, at their own LR.
     from flops_fit.train import dry_run_loss
 

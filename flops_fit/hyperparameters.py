@@ -119,9 +119,6 @@ def step_law_batch_tokens() -> PowerLaw:
     return PowerLaw(STEP_LAW_BATCH[0], -STEP_LAW_BATCH[1], "D")
 
 
-NAMED_RULES = {"deepseek": deepseek_lr, "step-law": step_law_lr}
-
-
 def evaluate(rule, params: float, tokens: float, flops: float, what: str) -> float:
     """The value of `rule` at the point (N, D, C): a number as it is, a Rule of (N, D, C),
     any other callable of N alone (the older `lr=lambda n: ...` form). Raises ValueError

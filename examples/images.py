@@ -25,8 +25,8 @@ from flops_fit.data import is_hf_dataset
 from flops_fit.vision import DigitsImages, HFImages, ImageFolder, ViT, classification_loss
 # the flags, planning, running and report every sweep script shares: the report fits,
 # prints and writes the same answer for any modality
-from flops_fit.sweep_script import (add_plan_arguments, add_run_arguments, finish_args, plan_and_run, report,
-                                    run_settings)
+from flops_fit.sweep_script import (add_plan_arguments, add_run_arguments, finish_args, learning_rate,
+                                    plan_and_run, report, run_settings)
 
 # Defaults sized for a 2-core laptop CPU: ViTs of ~1.7k-40k parameters on the digits.
 # The dial is n_layer = size, n_embd = ASPECT * size; at each budget, sizes are centred on
@@ -91,7 +91,7 @@ def make_task(args) -> ff.Task:
         loss_fn=classification_loss,  # nats per image
         tokens_per_sample=patches,  # the law's D counts patches
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=learning_rate(args),  # --lr, or the rule fitted to an LR-searched sweep (--lr-rule)
         # every point is scored on the same held-out images: all of the digits' 20 %
         eval_samples=DIGITS_VAL_IMAGES,
         **run_settings(args),

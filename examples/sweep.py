@@ -20,8 +20,8 @@ import flops_fit as ff
 from flops_fit.data import HFText, TextCorpus, TokenFile, is_hf_dataset
 from flops_fit.models import GPT, lm_loss
 # the flags, planning, running and report every sweep script shares
-from flops_fit.sweep_script import (add_plan_arguments, add_run_arguments, finish_args, plan_and_run, report,
-                                    run_settings)
+from flops_fit.sweep_script import (add_plan_arguments, add_run_arguments, finish_args, learning_rate,
+                                    plan_and_run, report, run_settings)
 
 # Defaults sized for a 2-core laptop CPU: a byte-level GPT of 3k-180k parameters on the
 # .py files of this Python's standard library. Budgets are FLOPs; at each, four sizes of
@@ -88,7 +88,7 @@ def make_task(args) -> ff.Task:
         loss_fn=lm_loss,
         tokens_per_sample=args.seq_len,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=learning_rate(args),  # --lr, or the rule fitted to an LR-searched sweep (--lr-rule)
         **run_settings(args),
     )
 

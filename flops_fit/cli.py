@@ -49,6 +49,19 @@ def _as_flags(message: str) -> str:
     return re.sub(r"^fit\((\w+)=([^)]*)\)", lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
 
 
+def _sweep_keeping_lr_unbracketed(path: str):
+    """The sweep folder at `path` with its LR-not-bracketed points kept (results.load_results)."""
+    from flops_fit.results import load_results
+
+    try:
+        results = load_results(path, keep_lr_unbracketed=True)
+    except (OSError, ValueError) as err:
+        raise FitError(f"--keep-lr-unbracketed takes a sweep folder: {err}") from None
+    if results.siblings is None:
+        raise FitError("--keep-lr-unbracketed: the sweep has no learning-rate search (no lr_search.json)")
+    return results
+
+
 def build_parser():
     parser = _Parser(prog="flops-fit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -80,6 +93,9 @@ def build_parser():
     p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
                    help=f"bootstrap replicates for intervals (0 disables; at most {MAX_BOOTSTRAP})")
     p.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
+    p.add_argument("--keep-lr-unbracketed", action="store_true",
+                   help="a learning-rate searched sweep folder: fit its points whose best LR is the "
+                        "smallest or largest multiplier tried too (left out by default)")
     return parser
 
 
@@ -90,7 +106,10 @@ def main(argv=None):
     except SystemExit as done:  # usage error (one line, status 2) or --help (status 0)
         return done.code
     try:
-        laws = fit(args.path, approach=args.approach, optimum=args.optimum, bootstrap=args.bootstrap,
+        data = args.path
+        if args.keep_lr_unbracketed:
+            data = _sweep_keeping_lr_unbracketed(args.path)
+        laws = fit(data, approach=args.approach, optimum=args.optimum, bootstrap=args.bootstrap,
                    seed=args.seed, columns=_mapping(args.map), where=args.where, holdout=args.holdout,
                    holdout_budgets=args.holdout_budgets,
                    drop_highest_loss=args.drop_highest_loss, budget_rtol=args.budget_rtol,

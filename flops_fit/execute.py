@@ -23,6 +23,7 @@ The pattern of Ray's own `doc_code/train_tune_interop.py`, public API only:
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from ray import tune
 
 from . import checks
 from . import results as R
+from .lr_search import check_lr_search, sibling_id
 from .callbacks import LiveFit, ProgressPrinter, ResultsWriter, SweepMetrics, check_callbacks, point_id
 from .plan import SweepPlan, SweepPoint
 from .task import Task, check_task
@@ -97,6 +99,7 @@ def run_sweep(
     search: str | None = None,
     max_points: int | None = None,
     search_sizes=None,
+    lr_search=None,
 ) -> "R.SweepResults":
     """Run every point of `plan` as a Ray Tune trial (one Ray Train worker group each).
 
@@ -130,6 +133,14 @@ def run_sweep(
             (default: the plan's points plus search.DEFAULT_MAX_ADDED_PER_BUDGET per budget).
         search_sizes: with search, the model dial values it may add (default: the plan's
             sizes and plan.DEFAULT_CANDIDATE_SIZES); each must be a size model_fn accepts.
+        lr_search: multipliers of each point's learning rate (Task.lr's value there), e.g.
+            [0.25, 0.5, 1, 2, 4]: every point is trained once per multiplier, as sibling
+            trials `<point id>-lr<multiplier>` trained exactly like any point, and its loss
+            is its best sibling's (flops_fit/lr_search.py). A point whose best multiplier is
+            the smallest or largest one is marked "lr-not-bracketed" and left out of the fit.
+            No scheduler stops siblings early: the cosine schedule of each sibling spans its
+            own steps, and losses part-way through a decay are not comparable between LRs.
+            A sweep resumes the way it started (the multipliers are recorded in its folder).
     """
     num_workers, max_failures, max_concurrent = _check_arguments(
         plan, task, name, num_workers, max_failures, max_concurrent)
@@ -139,7 +150,8 @@ def run_sweep(
         resources.setdefault("GPU", GPUS_PER_WORKER)
     resources = _check_resources(resources)
     task_pickle = _pickled_task(task)
-    _check_learning_rates(task, plan)
+    multipliers = check_lr_search(lr_search)
+    _check_learning_rates(task, plan, multipliers)
     bracket_search = _make_search(search, plan, task, max_points, search_sizes)
     dry_run = dry_run_law(dry_run)
     if dry_run is None:
@@ -149,15 +161,17 @@ def run_sweep(
     # Refuses another plan or task under this name, and a second live driver of this sweep.
     claim = R.claim_sweep_dir(sweep_dir, plan, task)
     try:
-        return _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, resources,
+        _check_same_lr_search(sweep_dir, multipliers)
+        return _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, resources,
                     max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose,
-                    bracket_search)
+                    bracket_search, multipliers)
     finally:
         claim.release()
 
 
-def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, resources,
-         max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose, bracket_search):
+def _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, resources,
+         max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose, bracket_search,
+         multipliers):
     finished = R.finished_ids(sweep_dir)
     _check_same_search(sweep_dir, bracket_search is not None, finished)
     searcher = None
@@ -165,12 +179,15 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
         from .searcher import BracketSearcher
 
         # Takes in the folder's record: a rerun continues the search where it stopped.
-        searcher = BracketSearcher(bracket_search, sweep_dir, verbose=verbose)
-        if bracket_search.finished:  # the search ended earlier: the table, without starting Ray
+        searcher = BracketSearcher(bracket_search, sweep_dir, verbose=verbose,
+                                   trial_points=lambda p: trial_points(p, task, multipliers))
+        if searcher.finished:  # the search ended earlier: the table, without starting Ray
             return _finish(sweep_dir, verbose)
-        todo, total = [], bracket_search.max_points
+        todo = []
+        total = bracket_search.max_points * (len(multipliers) if multipliers else 1)
     else:
-        todo, total = [p for p in plan if p.point_id not in finished], len(plan)
+        every = [t for p in plan for t in trial_points(dataclasses.asdict(p), task, multipliers)]
+        todo, total = [t for t in every if t["point_id"] not in finished], len(every)
         if not todo:  # every point finished earlier: the table, without starting Ray
             return _finish(sweep_dir, verbose)
     ray_setup.ensure_ray(address, verbose=verbose)
@@ -191,10 +208,13 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
         print(f"Sweep folder: {sweep_dir}  ({concurrency} point(s) at a time, "
               f"{num_workers} worker(s) each, {resources} per worker)", flush=True)
         if searcher is not None:
-            print(f"Bracket-seeking search: at most {total} points in all"
+            print(f"Bracket-seeking search: at most {bracket_search.max_points} points in all"
                   + (f"; resuming, {len(finished)} finished point(s) kept." if finished else "."), flush=True)
-        elif finished:
-            print(f"Resuming sweep {name!r}: {len(plan) - len(todo)} finished point(s) kept, "
+        if multipliers:
+            print(f"Learning-rate search: each point at {len(multipliers)} multiples of its rule's LR "
+                  f"({', '.join(f'{m:g}' for m in multipliers)}), {total} trials", flush=True)
+        if searcher is None and finished:
+            print(f"Resuming sweep {name!r}: {total - len(todo)} finished trial(s) kept, "
                   f"{len(todo)} to run.", flush=True)
     trainable = tune.with_resources(
         # The task travels pickled and is unpickled on the workers only: unpickling
@@ -206,7 +226,7 @@ def _run(plan, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, reso
     tuner = tune.Tuner(
         trainable,
         # A search proposes its own points (its own search space); a plan is a grid.
-        param_space=None if searcher else {"point": tune.grid_search([dataclasses.asdict(p) for p in todo])},
+        param_space=None if searcher else {"point": tune.grid_search(todo)},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             num_samples=-1 if searcher else 1,  # -1: until the searcher says it is finished
@@ -285,6 +305,34 @@ def run_point(config: dict, task_pickle: bytes, settings: PointSettings) -> None
         ),
     )
     trainer.fit()
+
+
+def trial_points(point: dict, task: Task, multipliers) -> list:
+    """The trials of one sweep point (a SweepPoint dict, perhaps with its origin): the
+    point with its own settings resolved from the task's rules (`lr`, `warmup`,
+    `batch_size`), once; with an LR search, one sibling per multiplier, `lr` scaled by it,
+    under the id lr_search.sibling_id(point id, multiplier)."""
+    hp = task.hyperparameters(point["params"], point["tokens"], point["flops"])
+    if not multipliers:
+        return [{**point, **hp}]
+    return [{**point, **hp, "point_id": sibling_id(point["point_id"], m), "lr": hp["lr"] * m,
+             "lr_multiplier": m} for m in multipliers]
+
+
+def _check_same_lr_search(sweep_dir: str, multipliers) -> None:
+    """A sweep resumes with the learning-rate multipliers it started with; the first run
+    records them in the folder (results.LR_SEARCH_FILE)."""
+    recorded = R.read_lr_search(sweep_dir)
+    if recorded is None:
+        if multipliers and R.finished_ids(sweep_dir):
+            raise ValueError(f"The sweep at {sweep_dir} was started without lr_search; resume it without "
+                             "lr_search (--lr-search), or pass another name for a searched sweep.")
+        if multipliers:
+            R.write_lr_search(sweep_dir, multipliers)
+        return
+    if tuple(recorded) != tuple(multipliers or ()):
+        raise ValueError(f"The sweep at {sweep_dir} was started with other lr_search multipliers (see its "
+                         f"{R.LR_SEARCH_FILE}); resume it with those, or pass another name.")
 
 
 def _make_search(search, plan, task, max_points, search_sizes):
@@ -377,13 +425,18 @@ def _pickles(value) -> bool:
         return False
 
 
-def _check_learning_rates(task: Task, plan: SweepPlan) -> None:
-    """lr(N) is finite and > 0 for every planned N (task.learning_rate raises otherwise)."""
+def _check_learning_rates(task: Task, plan: SweepPlan, multipliers=None) -> None:
+    """Every planned point's settings (Task.lr, Task.warmup_fraction, numbers or rules) are
+    usable: lr finite and > 0, times every lr_search multiplier too; warmup in [0, 1]."""
     for p in plan:
         try:
-            task.learning_rate(p.params)
+            hp = task.hyperparameters(p.params, p.tokens, p.flops)
         except (ValueError, ArithmeticError, TypeError) as e:
             raise ValueError(
-                f"Task(lr=...) at point {p.point_id} (N={p.params:,}): {type(e).__name__}: {e}; "
-                "lr must suit every planned N."
+                f"Task(lr=..., warmup_fraction=...) at point {p.point_id} (N={p.params:,}): "
+                f"{type(e).__name__}: {e}; lr must suit every planned N."
             ) from e
+        for m in multipliers or ():
+            if not math.isfinite(hp["lr"] * m):
+                raise ValueError(f"run_sweep(lr_search=...): a multiplier takes the learning rate of point "
+                                 f"{p.point_id} out of the floats; use multipliers near 1.")

@@ -402,3 +402,58 @@ def write_figures(laws, out_dir) -> list:
         paths.append(out / f"{name}.png")
         fig.savefig(paths[-1])
     return paths
+
+
+# --- the learning-rate search (run_sweep(lr_search=...), flops_fit/lr_search.py) ------------
+
+
+def lr_search_text(points: pd.DataFrame, law=None) -> str:
+    """One line per searched point: its best multiplier, the LR it trained, lr_opt (the
+    parabola's vertex in ln lr) and whether the LR was bracketed; then the fitted rule.
+    `points`: a searched sweep's one-row-per-point table (SweepResults.table)."""
+    rows = points[points["lr_multiplier"].notna()] if "lr_multiplier" in points else points.iloc[:0]
+    lines = ["| point | status | best multiplier | peak lr | lr_opt | LR bracketed | loss |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows.itertuples():
+        bracketed = "yes" if r.lr_bracketed is True or r.lr_bracketed == 1 else (
+            "NO: LR not bracketed" if r.lr_bracketed is False or r.lr_bracketed == 0 else "")
+        lines.append(f"| {r.point_id} | {r.status} | {_fmt_any(r.lr_multiplier)} | {_fmt_any(r.lr)} "
+                     f"| {_fmt_any(r.lr_opt)} | {bracketed} | {_fmt_any(r.loss, '.4f')} |")
+    if law is not None:
+        lines.append(f"\nFitted rule: {law.describe()}")
+    return "\n".join(lines)
+
+
+def _fmt_any(x, spec=".3g"):
+    """_fmt of a table cell that may be empty (None) or not a float."""
+    try:
+        return _fmt(float(x), spec)
+    except (TypeError, ValueError):
+        return ""
+
+
+def plot_optimal_lr(points: pd.DataFrame, law=None) -> Figure:
+    """lr_opt against N per budget (log-log), the fitted rule as a line; points whose LR was
+    not bracketed as red crosses (their lr_opt is only a bound)."""
+    fig, ax = _new_figure()
+    rows = points[points["lr_opt"].notna()] if "lr_opt" in points else points.iloc[:0]
+    if len(rows):
+        cmap, norm = _budget_colours(rows["budget"].astype(float).to_numpy())
+        bracketed = rows["lr_bracketed"].astype(bool).to_numpy()
+        colours = [cmap(norm(b)) for b in rows["budget"].astype(float)]
+        ax.scatter(rows["params"][bracketed], rows["lr_opt"][bracketed], s=24,
+                   c=[c for c, k in zip(colours, bracketed) if k], label="lr_opt (bracketed)")
+        ax.scatter(rows["params"][~bracketed], rows["lr_opt"][~bracketed], s=60, marker="X",
+                   facecolor="none", edgecolor="red", label="LR not bracketed (excluded)")
+        _budget_colourbar(fig, cmap, norm, ax, "compute budget C (FLOPs)")
+    if law is not None and len(rows):
+        n = np.geomspace(rows["params"].min(), rows["params"].max(), CURVE_POINTS)
+        ax.plot(n, law(n), color="black", lw=1, label=f"fit: {law.coefficient:.3g} N^-{law.exponent:.3f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("model size N (parameters)")
+    ax.set_ylabel("optimal peak learning rate")
+    ax.set_title("Optimal learning rate by model size")
+    ax.legend(loc="upper right", fontsize=LEGEND_FONT_SIZE)
+    fig.tight_layout()
+    return fig

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import checks
+from .lr_search import LR_NOT_BRACKETED, SIBLING_SEPARATOR, collapse, point_of, sibling_id
 from .plan import SweepPlan
 from .contract import ORIGIN_PLANNED
 
@@ -28,11 +29,16 @@ TASK_FILE = "task.json"
 RESULTS_CSV = "results.csv"
 # "skipped": a planned point a bracket-seeking search chose not to train (the error column
 # says why; search/state.json holds the search's decisions)
-STATUSES = ("ok", "diverged", "failed", "incomplete", "skipped")
+# LR_NOT_BRACKETED: a learning-rate searched point whose best multiplier is the smallest or
+# largest tried (flops_fit/lr_search.py): left out of the fit unless asked.
+STATUSES = ("ok", "diverged", "failed", "incomplete", "skipped", LR_NOT_BRACKETED)
 ENDED_STATUSES = ("ok", "diverged")  # a point that ended with a loss
 # A bracket-seeking search's record: the points it proposed, the planned points it skipped,
 # its decision log. In a subfolder, beside finished/ and away from Tune's experiment files.
 SEARCH_FILE = "search/state.json"
+# A learning-rate searched sweep's multipliers (run_sweep(lr_search=...)), written by its
+# first run: a rerun resumes with the same ones, and loading knows each point's siblings.
+LR_SEARCH_FILE = "lr_search.json"
 
 # The fixed schema: one row per planned point. Units: budget and flops in FLOPs, params in
 # parameters (plan's convention), tokens trained, loss = held-out nats per token at the end.
@@ -48,7 +54,16 @@ COLUMNS = [
     # x tokens/s, all workers) and MFU = that / the devices' dense peak (flops_fit/hardware.py;
     # empty on CPUs and GPUs without a known peak); precision as trained; fp16 steps skipped.
     "model_flops_per_s", "mfu", "precision", "device", "micro_batch_size", "skipped_steps",
+    # The point's own settings, from Task's numbers or rules (flops_fit/hyperparameters.py):
+    # peak AdamW learning rate trained, global batch in samples, warmup as a fraction of the
+    # point's steps. With an LR search (flops_fit/lr_search.py) each sibling trial is a row:
+    # lr_multiplier (its lr / the rule's), best_of_point (True on the sibling whose loss is
+    # the point's), lr_opt (the point's optimal peak LR: parabola in ln lr through the best
+    # three) and lr_bracketed (a worse sibling on each side of the best one).
+    "lr", "batch_size", "warmup", "lr_multiplier", "best_of_point", "lr_opt", "lr_bracketed",
 ]
+# Columns a trial's point dict carries into its row (execute.trial_points).
+POINT_SETTINGS = ("lr", "batch_size", "warmup", "lr_multiplier")
 # hardware_use: FLOP/s are shown in GFLOP/s.
 GIGA = 1e9
 # describe_task: hex digits of a function's bytecode hash, enough to tell two versions apart.
@@ -70,9 +85,11 @@ MARKDOWN_DIGITS = 4
 class SweepResults:
     """The results table of a sweep plus where it lives."""
 
-    table: pd.DataFrame
+    table: pd.DataFrame  # one row per point (an LR-searched point: its best sibling)
     path: str  # the sweep folder (storage_path/name)
     plan: SweepPlan | None = None
+    # An LR-searched sweep: one row per sibling trial (what results.csv holds); else None.
+    siblings: pd.DataFrame | None = None
 
     @property
     def results_csv(self) -> str:
@@ -85,7 +102,8 @@ class SweepResults:
     def status_line(self) -> str:
         counts = self.table["status"].value_counts()
         parts = ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if counts.get(s, 0))
-        return f"Sweep {self.path}: {len(self.table)} points: {parts}. Table: {self.results_csv}"
+        trials = f" ({len(self.siblings)} LR-search trials)" if self.siblings is not None else ""
+        return f"Sweep {self.path}: {len(self.table)} points{trials}: {parts}. Table: {self.results_csv}"
 
     def __repr__(self) -> str:
         return f"SweepResults({self.status_line()})"
@@ -125,8 +143,14 @@ def join(base: str, *parts: str) -> str:
     return str(Path(base, *parts))
 
 
-def load_results(path) -> SweepResults:
-    """Rebuild the results table from a sweep folder (local path or URI), no Ray needed."""
+def load_results(path, keep_lr_unbracketed: bool = False) -> SweepResults:
+    """Rebuild the results table from a sweep folder (local path or URI), no Ray needed.
+
+    An LR-searched sweep's siblings collapse into one row per point, its best sibling
+    (`.table`; `.siblings` keeps every trial); a point whose best learning rate is at the
+    edge of the multipliers has status "lr-not-bracketed" (left out of a fit) unless
+    `keep_lr_unbracketed`.
+    """
     path = str(path)
     fs, root = _filesystem(path)
     if _info(fs, root).type.name == "NotFound":
@@ -135,7 +159,8 @@ def load_results(path) -> SweepResults:
     plan_text = _read_text(fs, _j(root, PLAN_FILE))
     if plan_text is not None:
         plan = _parse_plan(plan_text, _j(root, PLAN_FILE))
-    rows, orphans = {}, {}
+    multipliers = read_lr_search(path)
+    rows, orphans, trial_points = {}, {}, {}
     planned = {p.point_id: p for p in plan.points} if plan is not None else {}
     from pyarrow.fs import FileSelector
 
@@ -158,14 +183,20 @@ def load_results(path) -> SweepResults:
         except (json.JSONDecodeError, KeyError) as e:
             raise ValueError(f"Corrupt trial file {_j(info.path, 'params.json')}: {e}. Delete that trial folder to rerun the point.") from e
         last = _last_result(fs, _j(info.path, "result.json"))
+        trial_points[point["point_id"]] = point
         rows[point["point_id"]] = result_row(point, last, _read_text(fs, _j(info.path, "error.txt")))
     for name, row in orphans.items():
         rows.setdefault(name, row)
     # A finished point's record is the authority: its trial folder may hold the rows of a
     # later, interrupted attempt or the error of an earlier one.
     for pid, metrics in _read_all_finished(fs, root).items():
-        if pid in planned:
+        if pid in trial_points:  # the point as its trial ran it (settings, LR multiplier)
+            point = trial_points[pid]
+        elif pid in planned:
             point = _point_dict(planned[pid])
+        elif multipliers and point_of(pid) in planned:  # a sibling whose trial folder is gone
+            point = _point_dict(planned[point_of(pid)]) | {
+                "point_id": pid, "lr_multiplier": float(pid.rsplit(SIBLING_SEPARATOR, 1)[1])}
         elif pid in rows:  # no plan.json: the point as its trial folder recorded it
             r = rows[pid]
             point = dict(point_id=pid, budget=r["budget"], size=r["size"], params=r["params"],
@@ -177,7 +208,29 @@ def load_results(path) -> SweepResults:
         raise ValueError(f"{path} holds no sweep trials (no */params.json) and no {PLAN_FILE}.")
     search = read_search(path)
     skipped = search.get("skipped", {}) if search else {}
-    return SweepResults(table=make_table(rows, plan, skipped), path=path, plan=plan)
+    table = make_table(rows, plan, skipped, multipliers)
+    if not multipliers:
+        return SweepResults(table=table, path=path, plan=plan)
+    siblings, points = collapse(table, keep_unbracketed=keep_lr_unbracketed)
+    return SweepResults(table=points, path=path, plan=plan, siblings=siblings)
+
+
+def read_lr_search(sweep_dir: str) -> tuple | None:
+    """The LR-search multipliers recorded in the sweep folder (LR_SEARCH_FILE), or None."""
+    fs, root = _filesystem(sweep_dir)
+    text = _read_text(fs, _j(root, LR_SEARCH_FILE))
+    if not text:
+        return None
+    try:
+        return tuple(float(m) for m in json.loads(text)["multipliers"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"Corrupt LR-search record {_j(root, LR_SEARCH_FILE)}: {e}. It is written once, "
+                         "when the sweep starts: restore it or start the sweep under another name.") from e
+
+
+def write_lr_search(sweep_dir: str, multipliers) -> None:
+    write_text_atomic(join(sweep_dir, LR_SEARCH_FILE),
+                      json.dumps({"multipliers": [float(m) for m in multipliers]}, indent=JSON_INDENT))
 
 
 def read_search(sweep_dir: str) -> dict | None:
@@ -254,8 +307,10 @@ def _read_all_finished(fs, root) -> dict:
 
 
 def write_results_csv(results: SweepResults) -> str:
-    """Write results.csv beside the sweep, atomically (temporary file + rename)."""
-    write_text_atomic(results.results_csv, results.table.to_csv(index=False))
+    """Write results.csv beside the sweep, atomically (temporary file + rename); an
+    LR-searched sweep's has one row per sibling trial (best_of_point marks the point's)."""
+    table = results.siblings if results.siblings is not None else results.table
+    write_text_atomic(results.results_csv, table.to_csv(index=False))
     return results.results_csv
 
 
@@ -423,12 +478,15 @@ def result_row(point: dict, last: dict | None, error_text: str | None, started: 
         point_id=point["point_id"], budget=point["budget"], size=point["size"], params=point["params"],
         planned_tokens=point["tokens"], loss=math.nan, status="incomplete", error="",
         origin=point.get("origin", ORIGIN_PLANNED),
+        **{k: point.get(k) for k in POINT_SETTINGS},
     )
     if last:
         for key in ("tokens", "flops", "steps", "train_loss", "tokens_per_s", "attempts", "started_at",
                     "first_step_at", "last_step_at", "finished_at", "num_processes", "shards_disjoint", "node", "node_id",
                     "model_flops_per_s", "mfu", "precision", "device", "micro_batch_size", "skipped_steps"):
             row[key] = last.get(key)
+        if row["lr"] is None:  # the worker's own record of the peak LR it trained with
+            row["lr"] = last.get("peak_lr")
         if ended(last):
             row["status"] = last["status"]
             row["loss"] = last.get("loss", math.nan)
@@ -442,22 +500,29 @@ def result_row(point: dict, last: dict | None, error_text: str | None, started: 
     return row
 
 
-def make_table(rows: dict, plan: SweepPlan | None, skipped: dict | None = None) -> pd.DataFrame:
+def make_table(rows: dict, plan: SweepPlan | None, skipped: dict | None = None,
+               multipliers=None) -> pd.DataFrame:
     """Rows keyed by point id -> the table in plan order, unstarted planned points included.
 
     Without a plan, rows come sorted by (budget, size), the plan's own order, rather than
     in whatever order the storage lists trial folders. Points a search added follow the
     plan's, by (budget, size). `skipped`: planned point id -> why a search chose not to
-    train it (status "skipped").
+    train it (status "skipped"). `multipliers`: an LR-searched sweep's; each planned point
+    not skipped stands for its siblings, one per multiplier.
     """
     skipped = skipped or {}
     if plan is not None:
+        order = []
         for p in plan.points:
-            if p.point_id not in rows:
-                rows[p.point_id] = result_row(_point_dict(p), None, None, started=False)
-                if p.point_id in skipped:
-                    rows[p.point_id].update(status="skipped", error=skipped[p.point_id])
-        order = [p.point_id for p in plan.points]
+            trials = ([(sibling_id(p.point_id, m), m) for m in multipliers]
+                      if multipliers and p.point_id not in skipped else [(p.point_id, None)])
+            for pid, m in trials:
+                if pid not in rows:
+                    point = _point_dict(p) | {"point_id": pid, "lr_multiplier": m}
+                    rows[pid] = result_row(point, None, None, started=False)
+                    if pid in skipped:
+                        rows[pid].update(status="skipped", error=skipped[pid])
+            order += [pid for pid, _ in trials]
         planned = set(order)
         added = sorted((k for k in rows if k not in planned),
                        key=lambda k: (rows[k]["budget"], rows[k]["size"], k))

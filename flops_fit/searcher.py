@@ -9,6 +9,11 @@ records hold the results. A searcher built over a folder that holds a search tak
 finished points are not trained again, and points that were running when the driver died
 are proposed again first, under their own ids (their Ray Train runs resume from their
 checkpoints).
+
+With a learning-rate search each point the search proposes is trained as sibling trials,
+one per multiplier (`execute.trial_points`); the search hears of the point when all its
+siblings have ended, with the best sibling's loss (`lr_search.choose`). Siblings recorded
+as finished are never handed to Tune again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import pickle
 from ray.tune.search import Searcher
 
 from . import results as R
+from .lr_search import choose
 from .search import BracketSearch
 
 POINT_KEY = "point"  # the trial config holds the point under this key (as a planned sweep's)
@@ -27,12 +33,21 @@ POINT_KEY = "point"  # the trial config holds the point under this key (as a pla
 class BracketSearcher(Searcher):
     """Tune searcher proposing the points of a `BracketSearch` over the sweep in `sweep_dir`."""
 
-    def __init__(self, search: BracketSearch, sweep_dir: str, verbose: bool = True):
+    def __init__(self, search: BracketSearch, sweep_dir: str, verbose: bool = True, trial_points=None):
         super().__init__(metric=None, mode=None)
         self.search, self.sweep_dir, self.verbose = search, sweep_dir, verbose
-        self.trials: dict = {}  # Tune trial id -> point id
+        # point dict -> its trial dicts (execute.trial_points: settings resolved, LR siblings)
+        self.trial_points = trial_points or (lambda point: [point])
+        self.trials: dict = {}  # Tune trial id -> trial (sibling) id
+        self.pending: list = []  # trial dicts of proposed points not yet handed to Tune
+        self.siblings: dict = {}  # point id -> {trial id: trial dict} of its trials
+        self.ended: dict = {}  # trial id -> {"status", "loss"} of the trials that ended
         self.max_concurrent = 0  # 0: as many as Tune asks for
         self._sync_from_folder()
+
+    @property
+    def finished(self) -> bool:
+        return not self.pending and self.search.finished
 
     # Tune's hooks ------------------------------------------------------------------------
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -43,43 +58,77 @@ class BracketSearcher(Searcher):
         return True  # limited here (a ConcurrencyLimiter's own bookkeeping is not needed)
 
     def suggest(self, trial_id: str):
-        if self.max_concurrent and len(self.search.live) >= self.max_concurrent:
+        running = [t for t in self.trials.values() if t not in self.ended]
+        if self.max_concurrent and len(running) >= self.max_concurrent:
             return None
-        point = self.search.next_point()
-        self._write()
-        if point is None:
-            return Searcher.FINISHED if self.search.finished else None
-        self.trials[trial_id] = point["point_id"]
-        return {POINT_KEY: point}
+        while not self.pending:  # a point whose trials all ended earlier adds none
+            point = self.search.next_point()
+            self._write()
+            if point is None:
+                return Searcher.FINISHED if self.finished else None
+            self._expand(point)
+        trial = self.pending.pop(0)
+        self.trials[trial_id] = trial["point_id"]
+        return {POINT_KEY: trial}
+
+    def _expand(self, point: dict) -> None:
+        """Queue the trials of a proposed point, less those that ended in an earlier run."""
+        trials = self.trial_points(point)
+        self.siblings[point["point_id"]] = {t["point_id"]: t for t in trials}
+        self.pending += [t for t in trials if t["point_id"] not in self.ended]
+        self._settle(point["point_id"])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        pid = self.trials.get(trial_id)
-        if pid is None:
+        tid = self.trials.get(trial_id)
+        if tid is None:
             return
         result = result or {}
         if not error and R.ended(result):
-            self.search.record(pid, result["status"], result.get("loss"))
+            self.ended[tid] = {"status": result["status"], "loss": result.get("loss")}
         else:
-            self.search.record(pid, "failed")
+            self.ended[tid] = {"status": "failed", "loss": None}
+        for pid, trials in self.siblings.items():
+            if tid in trials:
+                self._settle(pid)
         self._write()
+
+    def _settle(self, pid: str) -> None:
+        """Tell the search about point `pid` once every one of its trials has ended: the
+        best sibling's loss, failed if any sibling failed (a rerun retries it)."""
+        trials = self.siblings.get(pid, {})
+        if pid in self.search.results or not trials or any(t not in self.ended for t in trials):
+            return
+        self.search.record(pid, *_point_result(list(trials.values()), self.ended))
 
     # Tune saves its searcher with each experiment checkpoint; the folder stays the record
     # a rerun resumes from (a rerun builds a fresh Tuner, see execute.py).
     def save(self, checkpoint_path: str):
         with open(checkpoint_path, "wb") as f:
-            pickle.dump({"search": self.search, "trials": self.trials}, f)
+            pickle.dump({"search": self.search, "trials": self.trials, "pending": self.pending,
+                         "siblings": self.siblings, "ended": self.ended}, f)
 
     def restore(self, checkpoint_path: str):
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
         self.search, self.trials = state["search"], state["trials"]
+        self.pending, self.siblings, self.ended = state["pending"], state["siblings"], state["ended"]
         self._sync_from_folder()
 
     # The sweep folder ----------------------------------------------------------------------
     def _sync_from_folder(self):
         saved = R.read_search(self.sweep_dir)
         proposed = saved.get("proposed", []) if saved else []
-        self.search.sync(proposed, R.finished_records(self.sweep_dir))
+        records = R.finished_records(self.sweep_dir)
+        for tid, metrics in records.items():
+            self.ended[tid] = {"status": metrics["status"], "loss": metrics.get("loss")}
+        # A point finished when all its trials did: the search takes in its best sibling.
+        points = {}
+        for p in proposed:
+            trials = self.trial_points(p)
+            if all(t["point_id"] in self.ended for t in trials):
+                status, loss = _point_result(trials, self.ended)
+                points[p["point_id"]] = {"status": status, "loss": loss}
+        self.search.sync(proposed, points)
         if saved:
             self.search.skipped.update(saved.get("skipped", {}))
             # The decision log so far; lines already printed by the earlier run are not
@@ -94,3 +143,21 @@ class BracketSearcher(Searcher):
             for line in self.search.log[self._printed:]:
                 print(f"  search: {line}", flush=True)
             self._printed = len(self.search.log)
+
+
+def _point_result(trials: list, ended: dict) -> tuple:
+    """(status, loss) of a point from its ended trials: the one trial as it ended, or of LR
+    siblings the best finished one (lr_search.choose); failed if any sibling failed."""
+    if len(trials) == 1 and "lr_multiplier" not in trials[0]:
+        res = ended[trials[0]["point_id"]]
+        return res["status"], res.get("loss")
+    rows = sorted(trials, key=lambda t: t["lr_multiplier"])
+    results = [ended[t["point_id"]] for t in rows]
+    if any(r["status"] not in R.ENDED_STATUSES for r in results):
+        return "failed", None
+    choice = choose([t["lr_multiplier"] for t in rows],
+                    [r["loss"] if r.get("loss") is not None else float("nan") for r in results],
+                    [r["status"] for r in results])
+    if choice.best is None:
+        return "diverged", None
+    return "ok", results[choice.best]["loss"]

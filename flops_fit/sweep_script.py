@@ -64,6 +64,13 @@ def add_run_arguments(p):
     p.add_argument("--max-points", type=int, default=None,
                    help="with --adaptive: the most points trained in all (default: the plan's "
                         "points plus 4 per budget)")
+    p.add_argument("--lr-rule", default=None, metavar="SWEEP",
+                   help="train with the rule lr_opt = c N^-g fitted to the LR-searched sweep in this folder "
+                        "(e.g. --lr-search over the smallest budgets) instead of --lr")
+    p.add_argument("--lr-search", type=float, nargs="+", default=None, metavar="MULTIPLIER",
+                   help="train every point at these multiples of its learning rate (e.g. 0.25 0.5 1 2 4) "
+                        "and keep the best; a point whose best is the smallest or largest is "
+                        "flagged 'LR not bracketed' and left out of the fit")
 
 
 def finish_args(p, argv, smoke: dict, names: tuple):
@@ -79,9 +86,32 @@ def finish_args(p, argv, smoke: dict, names: tuple):
         args.name = names[0] if args.smoke else (names[1] if args.dry_run else names[2])
         if args.adaptive:  # a searched sweep never resumes a static one of the same flags
             args.name += "-adaptive"
+        if args.lr_search:  # nor an LR-searched one an unsearched one
+            args.name += "-lr"
+        if args.lr_rule:
+            args.name += "-lr-rule"
     if args.max_points is not None and not args.adaptive:
         p.error("--max-points bounds a search: add --adaptive, or leave --max-points out")
     return args
+
+
+def learning_rate(args):
+    """Task.lr from the flags: --lr, or with --lr-rule the rule fitted to that LR-searched
+    sweep (flops_fit.lr_search.fit_lr_law on its points, lr_opt = c N^-g)."""
+    if not args.lr_rule:
+        return args.lr
+    from flops_fit.lr_search import fit_lr_law
+
+    searched = ff.load_results(args.lr_rule)
+    if searched.siblings is None:
+        raise SystemExit(f"--lr-rule: the sweep at {args.lr_rule} has no learning-rate search; "
+                         "give the folder of a sweep run with --lr-search.")
+    try:
+        law = fit_lr_law(searched.table)
+    except ValueError as e:
+        raise SystemExit(f"--lr-rule: {e}") from None
+    print(f"Learning rate from {args.lr_rule}: {law.describe()}", flush=True)
+    return law.rule()
 
 
 def run_settings(args) -> dict:
@@ -97,8 +127,26 @@ def plan_and_run(task, args):
         plan, task, name=args.name, storage_path=args.storage_path, num_workers=args.num_workers,
         use_gpu=args.gpu, address=args.address, max_concurrent=args.max_concurrent,
         max_failures=args.max_failures, dry_run=args.dry_run,
-        search="bracket" if args.adaptive else None, max_points=args.max_points,
+        search="bracket" if args.adaptive else None, max_points=args.max_points, lr_search=args.lr_search,
     )
+
+
+def lr_search_report(results):
+    """For an LR-searched sweep: print the best multiplier per point and the fitted rule
+    lr_opt(N); return (that text, the optimal_lr figure), or None for a sweep without one."""
+    if results.siblings is None:
+        return None
+    from flops_fit.lr_search import fit_lr_law
+    from flops_fit.report import lr_search_text, plot_optimal_lr
+
+    try:
+        law = fit_lr_law(results.table)
+    except ValueError as e:  # too few bracketed points for a power law: the table alone
+        law = None
+        print(f"\nNo learning-rate rule fitted: {e}")
+    text = lr_search_text(results.table, law)
+    print("\nLearning-rate search (the point's loss is its best sibling's):\n" + text)
+    return text, plot_optimal_lr(results.table, law)
 
 
 def report(results, args, loss_unit: str = "nats/token"):
@@ -108,6 +156,7 @@ def report(results, args, loss_unit: str = "nats/token"):
     --smoke run may be) is still a finished sweep: its table is printed with the reason,
     and `flops-fit fit` can refit results.csv later.
     """
+    lr_lines = lr_search_report(results)
     try:
         laws = ff.fit(results, bootstrap=args.bootstrap)
     except ff.FitError as e:
@@ -137,6 +186,11 @@ def report(results, args, loss_unit: str = "nats/token"):
               f"  D = {row.tokens:,.0f} [{row.tokens_low:,.0f}, {row.tokens_high:,.0f}]"
               f"  loss = {row.loss:.3f} [{row.loss_low:.3f}, {row.loss_high:.3f}] {loss_unit}")
     written = [out / "summary.txt", out / "table.md", out / "prediction.csv", *map(Path, plots)]
+    if lr_lines is not None:
+        text, figure = lr_lines
+        (out / "lr_search.md").write_text(text + "\n")
+        figure.savefig(out / "optimal_lr.png")
+        written += [out / "lr_search.md", out / "optimal_lr.png"]
     if remote:
         import pyarrow.fs
 

@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 from . import checks
+from . import hyperparameters as H
 
 # Hyperparameter defaults: nanoGPT/nanochat-style AdamW with warmup + cosine decay. They
 # are fine for the tiny CPU GPTs of the examples; for a real sweep, tune them at the
-# smallest size and scale the learning rate with N (see `lr`).
-LearningRate = Union[float, Callable[[int], float]]
+# smallest size and scale the learning rate with N (see `lr`), or search it per point
+# (run_sweep(lr_search=...)).
+# A number, a function of N alone, or a rule of the point (N, D, C): flops_fit.hyperparameters.
+LearningRate = Union[float, Callable[[int], float], H.Rule]
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 _SEED_LIMIT = 2**64  # torch.manual_seed takes an unsigned 64-bit seed
@@ -51,8 +54,11 @@ class Task:
     # whose gradients are accumulated and synchronised once per optimizer step, so a GPU holds
     # only micro_batch_size samples of activations; tokens per optimizer step are unchanged.
     micro_batch_size: int = 0
-    lr: LearningRate = 3e-3  # peak AdamW learning rate, or a function params -> lr
-    warmup_fraction: float = 0.05  # linear warmup over this fraction of a point's own steps
+    # peak AdamW learning rate: a number, a function params -> lr, or a rule of the point
+    # (N, D, C) from flops_fit.hyperparameters (power_law, deepseek_lr, step_law_lr, ...)
+    lr: LearningRate = 3e-3
+    # linear warmup over this fraction of a point's own steps: a number or a rule of (N, D, C)
+    warmup_fraction: Union[float, H.Rule] = 0.05
     min_lr_fraction: float = 0.1  # cosine decay ends at this fraction of the peak (Chinchilla: 10x decay)
     weight_decay: float = 0.1  # AdamW decoupled weight decay (nanoGPT default)
     betas: tuple = (0.9, 0.95)  # AdamW betas (nanoGPT / GPT-3)
@@ -79,14 +85,21 @@ class Task:
             raise TypeError("Task(loss_fn=...) must be callable: (model, batch) -> scalar loss tensor.")
         # numpy scalars are accepted and stored as plain numbers: the sweep record compares
         # Tasks field by field, and np.int64(32) must mean what 32 means
+        if isinstance(self.batch_size, H.Rule):
+            # The plan turns each budget into whole optimizer steps of one global batch, and
+            # the bracket search does the same; a batch per point needs both to change.
+            raise ValueError("Task(batch_size=...) takes a number of samples per optimizer step; a rule "
+                             "per point is not supported yet: evaluate the rule at the sweep's scale "
+                             "and pass the number.")
         for name in ("tokens_per_sample", "batch_size", "eval_samples"):
             self._set(name, checks.integer(getattr(self, name), "Task", name))
         for name in ("checkpoint_every", "report_every", "micro_batch_size"):
             self._set(name, checks.integer(getattr(self, name), "Task", name, "0 picks a default", minimum=0))
         if not callable(self.lr):
             self._set("lr", checks.positive_number(self.lr, "Task", "lr", "the peak AdamW learning rate"))
-        self._set("warmup_fraction", checks.fraction(self.warmup_fraction, "Task", "warmup_fraction",
-                                                "the share of a point's steps spent warming up"))
+        if not isinstance(self.warmup_fraction, H.Rule):
+            self._set("warmup_fraction", checks.fraction(self.warmup_fraction, "Task", "warmup_fraction",
+                                                    "the share of a point's steps spent warming up"))
         self._set("min_lr_fraction", checks.fraction(self.min_lr_fraction, "Task", "min_lr_fraction",
                                                 "the share of the peak lr the cosine decay ends at"))
         for name in ("weight_decay", "grad_clip"):  # `value < 0` alone would let a NaN through
@@ -139,11 +152,29 @@ class Task:
             )
         return share // micro
 
-    def learning_rate(self, params: int) -> float:
-        """Peak learning rate for a model of `params` parameters."""
+    def learning_rate(self, params: int, tokens: float | None = None, flops: float | None = None) -> float:
+        """Peak learning rate for a model of `params` parameters trained on `tokens` tokens
+        with `flops` FLOPs (a rule of N alone needs only `params`)."""
         if not callable(self.lr):
             return self.lr  # checked when the Task was built
+        if isinstance(self.lr, H.Rule):
+            if tokens is None or flops is None:
+                raise ValueError("Task(lr=<rule>) is a rule of the point: learning_rate needs tokens and flops too.")
+            value = H.evaluate(self.lr, params, tokens, flops, "Task(lr=<rule>)")
+            return checks.positive_number(value, "Task", f"lr({params})", "lr must suit every planned point")
         return checks.positive_number(self.lr(params), "Task", f"lr({params})", "lr must suit every planned N")
+
+    def hyperparameters(self, params: int, tokens: float, flops: float) -> dict:
+        """The point's own settings: peak `lr`, `warmup` (fraction of its steps) and
+        `batch_size` (samples per optimizer step), each from its number or rule.
+
+        Raises ValueError naming the field when a rule's value is not usable there.
+        """
+        warmup = self.warmup_fraction
+        if isinstance(warmup, H.Rule):
+            warmup = checks.fraction(H.evaluate(warmup, params, tokens, flops, "Task(warmup_fraction=<rule>)"),
+                                     "Task", "warmup_fraction(<point>)", "a share of the point's steps")
+        return {"lr": self.learning_rate(params, tokens, flops), "warmup": warmup, "batch_size": self.batch_size}
 
 
 def check_task(task: Task, plan) -> list:

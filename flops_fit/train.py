@@ -53,6 +53,13 @@ QUEUE_POLL_S = 0.1  # how often a full prefetch queue checks that the loop still
 # produces realistic IsoFLOP valleys and a fit that can be checked against known values.
 CHINCHILLA_LAW = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 DRY_RUN_NOISE = 0.01  # relative (log-normal) noise on dry-run losses
+# The dry run's learning-rate term: L(N, D, lr) = L(N, D) + lr_k * ln(lr / lr*(N))^2 with
+# lr*(N) = lr_c * N^-lr_g (nats per token; lr the point's peak LR). lr_c and lr_g are set
+# to this project's CPU GPTs, whose best peak LR of {1e-3, 3e-3, 1e-2} was 1e-2 at 7e3-3e4
+# parameters and 3e-3 at 1e5-4e5 (budget 3e11, seq 128, batch 32). lr_k is 0 unless a dry
+# run asks for it (dry_run={"lr_k": 0.05}): a rehearsal then keeps measuring the law it
+# was given whatever its learning rate, and the term is a question one asks.
+DRY_RUN_LR_LAW = {"lr_k": 0.0, "lr_c": 0.9, "lr_g": 0.47}
 
 
 def train_point(config: dict) -> dict:
@@ -67,9 +74,19 @@ def train_point(config: dict) -> dict:
 
     point = SweepPoint.from_dict(config["point"])
     task: Task = ray.cloudpickle.loads(config["task_pickle"])
+    settings = point_settings(config["point"], task)
     if config.get("dry_run") is not None:  # {} means "the default law"
-        return _dry_run(point, config["dry_run"], task)
-    return _train(point, task, threads=config.get("threads", 0))
+        return _dry_run(point, config["dry_run"], task, settings)
+    return _train(point, task, settings, threads=config.get("threads", 0))
+
+
+def point_settings(point: dict, task: Task) -> dict:
+    """The point's peak `lr` and `warmup` (fraction of its steps): as the sweep's driver
+    resolved them into the point (rule x LR-search multiplier), else from the task."""
+    if point.get("lr") is not None and point.get("warmup") is not None:
+        return {"lr": float(point["lr"]), "warmup": float(point["warmup"])}
+    hp = task.hyperparameters(point["params"], point["tokens"], point["flops"])
+    return {"lr": hp["lr"] * float(point.get("lr_multiplier") or 1.0), "warmup": hp["warmup"]}
 
 
 def shard_positions(step: int, batch_size: int, rank: int, world_size: int) -> range:
@@ -108,8 +125,8 @@ class _Run:
     meta: dict = field(default_factory=dict)
 
 
-def _train(point: SweepPoint, task: Task, threads: int) -> dict:
-    run = _setup(point, task, threads)
+def _train(point: SweepPoint, task: Task, settings: dict, threads: int) -> dict:
+    run = _setup(point, task, settings, threads)
     _resume(run, _load_checkpoint())
     batches = Prefetcher(run)
     window = _Window(run)
@@ -138,7 +155,7 @@ def _train(point: SweepPoint, task: Task, threads: int) -> dict:
     return metrics
 
 
-def _setup(point: SweepPoint, task: Task, threads: int) -> _Run:
+def _setup(point: SweepPoint, task: Task, settings: dict, threads: int) -> _Run:
     """Accelerator, data, model, optimizer and schedule of a fresh attempt at `point`."""
     import ray
     import ray.train
@@ -155,7 +172,7 @@ def _setup(point: SweepPoint, task: Task, threads: int) -> _Run:
     # node builds it while the node's others wait, then they read it.
     with accelerator.local_main_process_first():
         train_set, val_set = task.data()
-    net, model, optimizer, scheduler = _build(point, task, accelerator)
+    net, model, optimizer, scheduler = _build(point, task, accelerator, settings)
     precision = str(accelerator.mixed_precision)
     device_name = torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else None
     run = _Run(point=point, task=task, rank=rank, world=world, accum=accum, accelerator=accelerator,
@@ -174,20 +191,22 @@ def _setup(point: SweepPoint, task: Task, threads: int) -> _Run:
         "node": socket.gethostname(),
         "node_id": ray.get_runtime_context().get_node_id(),
         "worker_pid": os.getpid(),  # Tune fills "pid" with the trial driver's own
+        "peak_lr": settings["lr"],
     }
     return run
 
 
-def _build(point: SweepPoint, task: Task, accelerator):
+def _build(point: SweepPoint, task: Task, accelerator, settings: dict):
     """The bare model, the model to train (compiled if Task.compile, prepared by Accelerate),
-    its optimizer and its LR schedule, all fresh."""
+    its optimizer and its LR schedule (peak `settings["lr"]`, warmup `settings["warmup"]`),
+    all fresh."""
     import torch
 
     torch.manual_seed(task.seed)
     net = task.model_fn(point.size)
-    optimizer = _adamw(net, task, task.learning_rate(point.params))
+    optimizer = _adamw(net, task, settings["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, point.steps, task.warmup_fraction, task.min_lr_fraction)
+        optimizer, lambda s: lr_multiplier(s, point.steps, settings["warmup"], task.min_lr_fraction)
     )
     # Compiled once per point (a model of another size is another graph); the compiled module
     # shares `net`'s parameters, so checkpoints and evaluation use `net` unchanged.
@@ -436,21 +455,25 @@ class Prefetcher:
             self._thread.join()
 
 
-def dry_run_loss(point: SweepPoint, law: dict | bool, seed: int) -> float:
-    """A dry run's loss for `point`, nats/token: `law` (over CHINCHILLA_LAW) times log-normal noise.
+def dry_run_loss(point: SweepPoint, law: dict | bool, seed: int, lr: float | None = None) -> float:
+    """A dry run's loss for `point`, nats/token: `law` (over CHINCHILLA_LAW and
+    DRY_RUN_LR_LAW) times log-normal noise; with the point's peak `lr` and lr_k > 0, plus
+    lr_k * ln(lr / lr*(N))^2 with lr*(N) = lr_c * N^-lr_g.
 
     The noise is seeded from the point id and the task seed through a stable hash (blake2b):
     Python's hash() of a string is salted per process, so the same dry run would differ
     between runs and between a driver and its rerun.
     """
-    law = {**CHINCHILLA_LAW, **(law if isinstance(law, dict) else {})}
+    law = {**CHINCHILLA_LAW, **DRY_RUN_LR_LAW, **(law if isinstance(law, dict) else {})}
     key = hashlib.blake2b(f"{point.point_id}|{seed}".encode(), digest_size=8).digest()
     rng = np.random.default_rng(int.from_bytes(key, "little"))
     clean = law["E"] + law["A"] / point.params ** law["alpha"] + law["B"] / point.tokens ** law["beta"]
+    if lr is not None and law["lr_k"]:
+        clean += law["lr_k"] * math.log(lr / (law["lr_c"] * point.params ** -law["lr_g"])) ** 2
     return clean * math.exp(law.get("noise", DRY_RUN_NOISE) * rng.standard_normal())
 
 
-def _dry_run(point: SweepPoint, law: dict, task: Task) -> dict:
+def _dry_run(point: SweepPoint, law: dict, task: Task, settings: dict) -> dict:
     """Same Ray path, no training: the loss comes from `law` plus log-normal noise."""
     import ray
     import ray.train
@@ -458,7 +481,7 @@ def _dry_run(point: SweepPoint, law: dict, task: Task) -> dict:
 
     accelerator = Accelerator(cpu=True)
     rank = ray.train.get_context().get_world_rank()
-    loss = dry_run_loss(point, law, task.seed)
+    loss = dry_run_loss(point, law, task.seed, settings["lr"])
     now = time.time()
     metrics = {
         "point_id": point.point_id,
@@ -477,6 +500,7 @@ def _dry_run(point: SweepPoint, law: dict, task: Task) -> dict:
         "status": "ok",
         "loss": loss,
         "dry_run": True,
+        "peak_lr": settings["lr"],
         "finished_at": now,
         "final": True,
     }

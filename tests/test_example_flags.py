@@ -58,3 +58,14 @@ def test_max_points_without_adaptive_is_refused(capsys):
     with pytest.raises(SystemExit):
         load_example("sweep").parse_args(["--max-points", "12"])
     assert "--max-points bounds a search: add --adaptive" in capsys.readouterr().err
+
+
+def test_lr_search_reaches_run_sweep_and_names_the_sweep_apart(monkeypatch):
+    sweep = load_example("sweep")
+    seen = {}
+    monkeypatch.setattr(ff, "run_sweep", lambda plan, task, **kw: seen.update(kw))
+    args = sweep.parse_args(["--smoke", "--lr-search", "0.3", "1", "3"])
+    sweep.plan_and_run(sweep.make_task(args), args)
+    assert seen["lr_search"] == [0.3, 1.0, 3.0]
+    assert args.name == "smoke-lr"  # never resumes the unsearched smoke sweep
+    assert sweep.parse_args(["--smoke"]).lr_search is None

@@ -100,3 +100,60 @@ def test_a_sweep_resumes_only_the_way_it_started_and_search_names_are_checked(tm
     R.write_finished(str(tmp_path / "static"), plan.points[0].point_id, {"status": "ok", "final": True})
     with pytest.raises(ValueError, match="started without a search"):
         ff.run_sweep(plan, task, name="static", storage_path=tmp_path, dry_run=True, search="bracket")
+
+
+def test_a_searcher_with_lr_siblings_hears_of_a_point_once_all_its_siblings_ended(tmp_path):
+    from flops_fit.lr_search import point_of, sibling_id
+
+    multipliers = (0.5, 1.0, 2.0)
+
+    def siblings(point):  # what execute.trial_points makes of a point with lr_search
+        return [{**point, "point_id": sibling_id(point["point_id"], m), "lr": 1e-2 * m, "lr_multiplier": m}
+                for m in multipliers]
+
+    def new(sweep):
+        s = BracketSearcher(BracketSearch(plan, SIZES, max_points=35), str(sweep), verbose=False,
+                            trial_points=siblings)
+        s.set_max_concurrency(2)
+        return s
+
+    def finish_sibling(searcher, trial_id, trial):
+        # the LR valley at 1x: the best sibling is the middle one, its loss the law's
+        m = trial["lr_multiplier"]
+        metrics = {"point_id": trial["point_id"], "status": "ok", "final": True,
+                   "loss": law_loss(trial["params"], trial["tokens"]) + 0.1 * (m != 1.0)}
+        R.write_finished(str(tmp_path), trial["point_id"], metrics)
+        searcher.on_trial_complete(trial_id, metrics)
+
+    plan = make_plan(BUDGETS, prior_sizes(300))
+    first = new(tmp_path)
+    handed, running, n = [], [], 0
+    while len(handed) < 10:  # killed after ten trials were handed out, two still running
+        config = first.suggest(f"a{n}")
+        assert isinstance(config, dict)
+        running.append((f"a{n}", config["point"]))
+        handed.append(config["point"]["point_id"])
+        n += 1
+        if len(running) == 2 and len(handed) < 10:
+            finish_sibling(first, *running.pop(0))
+    point = point_of(handed[0])
+    assert handed[:3] == [sibling_id(point, m) for m in multipliers]  # a point's siblings, together
+    assert first.search.results[point] == {"status": "ok", "loss": law_loss(*[
+        (p["params"], p["tokens"]) for p in first.search.proposed.values() if p["point_id"] == point][0])}
+    finished = {p.stem for p in (tmp_path / "finished").glob("*.json")}
+    assert len(finished) == 8
+
+    again = new(tmp_path)  # a new driver over the folder
+    after, m = [], 0
+    while True:
+        config = again.suggest(f"b{m}")
+        if not isinstance(config, dict):
+            break
+        after.append(config["point"]["point_id"])
+        finish_sibling(again, f"b{m}", config["point"])
+        m += 1
+    assert config == Searcher.FINISHED
+    assert not finished & set(after)  # no finished sibling is trained again
+    assert {t for _, t in [(i, p["point_id"]) for i, p in running]} <= set(after)  # the interrupted ones are
+    every = {point_of(t) for t in finished | set(after)}
+    assert every == set(again.search.results) and all(r["status"] == "ok" for r in again.search.results.values())

@@ -3,10 +3,10 @@
     flops-fit fit PATH [--approach auto|isoflop|parametric] [--optimum parabola|lowest|given]
                   [--predict 1e21 ...] [--plots DIR] [--map COL=SOURCE ...] [--where EXPR ...]
                   [--holdout EXPR] [--drop-highest-loss K] [--budget-rtol R]
-                  [--bootstrap N] [--seed S] [--tie-exponents]
+                  [--bootstrap N] [--seed S] [--tie-exponents] [--huber-delta DELTA]
 
 --map COL=SOURCE sets our column COL (params, tokens, loss, flops, budget, status, error,
-run) from SOURCE, a column of the file or a safe expression over its columns (names with
+run, max_tokens, epochs, unique_tokens) from SOURCE, a column of the file or a safe expression over its columns (names with
 spaces or '/' in backticks; see flops_fit/expressions.py for what is allowed), e.g.
 --map params="Model Size" or --map flops='`throughput/total_gflops` * 1e9'. With no
 tokens column D = C/(6N) is derived (and N = C/(6D) with no params column).
@@ -20,6 +20,7 @@ import re
 import sys
 
 from flops_fit.fitting import APPROACHES, BUDGET_RTOL, MAX_BOOTSTRAP, OPTIMA, FitError, fit
+from flops_fit.law import HUBER_DELTA
 
 EXIT_BAD_INPUT = 2
 DEFAULT_BOOTSTRAP = 1000
@@ -61,6 +62,9 @@ def build_parser():
     p.add_argument("--holdout", metavar="EXPR",
                    help="backtest: fit the other rows, predict these rows' loss, print the errors")
     p.add_argument("--tie-exponents", action="store_true", help="fit L(N, D) with alpha = beta")
+    p.add_argument("--huber-delta", type=float, default=HUBER_DELTA, metavar="DELTA",
+                   help="Huber threshold on residuals of ln loss in the L(N, D) fit (default "
+                        f"{HUBER_DELTA:g}, Hoffmann et al. 2022; residuals far above it make the fit a median fit)")
     p.add_argument("--predict", type=float, nargs="+", metavar="FLOPS",
                    help="compute budgets (FLOPs) for the table instead of the defaults")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots to DIR")
@@ -89,7 +93,7 @@ def main(argv=None):
         laws = fit(args.path, approach=args.approach, optimum=args.optimum, bootstrap=args.bootstrap,
                    seed=args.seed, columns=_mapping(args.map), where=args.where, holdout=args.holdout,
                    drop_highest_loss=args.drop_highest_loss, budget_rtol=args.budget_rtol,
-                   tie_exponents=args.tie_exponents)
+                   tie_exponents=args.tie_exponents, huber_delta=args.huber_delta)
         table = laws.to_markdown(args.predict)
     except FitError as err:
         print(f"flops-fit: error: {_as_flags(' '.join(str(err).split()))}", file=sys.stderr)

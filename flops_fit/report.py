@@ -17,7 +17,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from flops_fit.law import HUBER_DELTA
 from flops_fit.contract import ORIGIN_PLANNED
 
 # Default prediction budgets: the sweep's budgets plus this many powers of ten above the
@@ -137,8 +136,9 @@ def summary_text(laws):
         out += [
             "",
             f"Parametric approach L(N, D) = E + A/N^alpha + B/D^beta "
-            f"({par.n_points} points, Huber delta={HUBER_DELTA:g} on log loss, objective {par.objective:.6g})"
+            f"({par.n_points} points, Huber delta={par.huber_delta:g} on log loss, objective {par.objective:.6g})"
             + (", alpha = beta" if par.tie_exponents else "") + label,
+            *_huber_regime(par),
             f"  E = {par.E}   A = {par.A}   B = {par.B}",
             f"  alpha = {par.alpha}   beta = {par.beta}",
             f"  N_opt ~ C^a   a = {par.a}   (a = beta/(alpha+beta))",
@@ -170,6 +170,22 @@ def summary_text(laws):
                 value = ", ".join(f"{k}={v!r}" for k, v in value.items())
             out.append(f"  {key}: {value}")
     return "\n".join(out)
+
+
+# Median |residual of ln loss| above this many Huber deltas: nearly every point sits on the
+# linear arm of the Huber loss, so the fit is in effect a least-absolute-deviations (median)
+# fit, not the least-squares fit a small delta is often read as.
+HUBER_L1_FACTOR = 10.0
+
+
+def _huber_regime(par):
+    """One line when the residuals dwarf the Huber threshold, else nothing."""
+    ratio = par.residual_median / par.huber_delta
+    if not ratio > HUBER_L1_FACTOR:
+        return []
+    return [f"  median |residual of ln loss| = {par.residual_median:.3g}, {ratio:.0f}x the Huber delta: "
+            "the Huber loss acts as L1 here (a median fit, robust to outliers); a larger --huber-delta "
+            "weighs the residuals by their squares"]
 
 
 def backtest_text(laws):

@@ -27,6 +27,7 @@ from flops_fit.fitting.isoflop import budget_optima, isoflop_law
 from flops_fit.fitting.parametric import parametric_law
 from flops_fit.fitting.prepare import BUDGET_RTOL, prepare
 from flops_fit.fitting.result import INTERVAL_LEVEL, ScalingLaws
+from flops_fit.law import HUBER_DELTA
 
 OPTIMA = ("parabola", "lowest", "given")
 APPROACHES = ("auto", "isoflop", "parametric")
@@ -37,7 +38,7 @@ EXCLUDED_COLUMNS = ["kind", "row", "budget", "params", "tokens", "flops", "loss"
 
 def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, columns=None,
         where=None, holdout=None, drop_highest_loss=0, budget_rtol=BUDGET_RTOL,
-        level=INTERVAL_LEVEL, tie_exponents=False) -> ScalingLaws:
+        level=INTERVAL_LEVEL, tie_exponents=False, huber_delta=HUBER_DELTA) -> ScalingLaws:
     """Fit IsoFLOP power laws (Approach 2) and/or the parametric L(N, D) (Approach 3).
 
     data: DataFrame, list of dicts, path or URI of a CSV/JSON/JSONL table, a stored sweep
@@ -62,6 +63,8 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
     budget_rtol: relative FLOPs tolerance for grouping when there is no budget column.
     level: bootstrap interval level (two-sided percentile).
     tie_exponents: fit L(N, D) with alpha = beta (as e.g. Muennighoff et al. 2023 do).
+    huber_delta: Huber threshold on the residual of ln loss in the parametric fit; the
+        default 1e-3 is Hoffmann et al. 2022 App. D.2's (and reproduces Besiroglu et al. 2024).
     """
     import pandas as pd
     checks.one_of(approach, "fit", "approach", APPROACHES, error=FitError)
@@ -75,6 +78,8 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
                        open_high=True, error=FitError)
     budget_rtol = checks.positive_number(budget_rtol, "fit", "budget_rtol", "the relative FLOPs tolerance of a group",
                                     error=FitError)
+    huber_delta = checks.positive_number(huber_delta, "fit", "huber_delta",
+                                         "the Huber threshold on ln-loss residuals, e.g. 1e-3", error=FitError)
     drop_highest_loss = checks.integer(drop_highest_loss, "fit", "drop_highest_loss", "rows to drop", minimum=0,
                                   error=FitError)
     prep = prepare(data, columns=columns, where=where, drop_highest_loss=drop_highest_loss,
@@ -120,7 +125,7 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
         ran.append(f"isoflop: not run ({iso_reason or 'approach=parametric'})")
     par = None
     if want_par:
-        par = parametric_law(points, k, bootstrap, rng, level, tie_exponents)
+        par = parametric_law(points, k, bootstrap, rng, level, tie_exponents, huber_delta)
         ran.append(f"parametric: ran on {par.n_points} points" + (" with alpha = beta" if tie_exponents else ""))
     else:
         ran.append(f"parametric: not run ({par_reason or ('optimum=given: the rows are optima, not runs' if optimum == 'given' else 'approach=isoflop')})")
@@ -136,7 +141,8 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
     provenance = _provenance(data, prep, columns=columns, where=where, holdout=holdout,
                              excluded=excl, approach=approach, optimum=optimum, bootstrap=bootstrap,
                              seed=seed, level=level, budget_rtol=budget_rtol,
-                             drop_highest_loss=drop_highest_loss, tie_exponents=tie_exponents)
+                             drop_highest_loss=drop_highest_loss, tie_exponents=tie_exponents,
+                             huber_delta=huber_delta)
     return ScalingLaws(iso, par, points, excl, prep.notes, bootstrap, seed, level, source,
                        warnings, ran, verdict, held, provenance)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from flops_fit.fitting.bootstrap import MAX_DROPPED_SHARE, MAX_THIN_SHARE, percentile_interval
 from flops_fit.fitting.inputs import FitError
-from flops_fit.law import compute_optimal_allocation, parametric_loss
+from flops_fit.law import HUBER_DELTA, compute_optimal_allocation, parametric_loss
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -118,6 +118,10 @@ class ParametricLaw:
     a, b: implied compute-optimal exponents of N_opt and D_opt (a = beta/(alpha+beta));
     G: Chinchilla eq. 4 coefficient, N_opt = G (C/k)^a, D_opt = G^-1 (C/k)^b.
     `samples`: bootstrap draws of (E, A, B, alpha, beta), (R, 5).
+    huber_delta: the Huber threshold on the residual of ln loss the fit used;
+    residual_median: median |ln L_fit - ln L_observed| over the fitted rows;
+    local_optima: the distinct polished optima of the start grid, best first, as rows
+    (ln A, ln B, ln E, alpha, beta).
     """
 
     E: Estimate
@@ -134,6 +138,9 @@ class ParametricLaw:
     samples: np.ndarray | None = None
     bootstrap_dropped: int = 0
     tie_exponents: bool = False
+    huber_delta: float = HUBER_DELTA
+    residual_median: float = math.nan
+    local_optima: np.ndarray | None = None
 
     def loss(self, params, tokens):
         """Predicted loss in nats per token for N parameters trained on D tokens."""
@@ -147,7 +154,12 @@ class ParametricLaw:
 
         def at(E, A, B, alpha, beta):
             n, d = compute_optimal_allocation(c, A, B, alpha, beta, k)
-            return n, d, parametric_loss(n, d, E, A, B, alpha, beta)
+            with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+                loss = parametric_loss(n, d, E, A, B, alpha, beta)
+            # A law with no finite allocation at C (exponents near zero) predicts nothing
+            # there: NaN, which the fit's warnings state, not inf or 0.
+            lost = ~(np.isfinite(n) & np.isfinite(d) & (n > 0) & (d > 0) & np.isfinite(loss))
+            return tuple(np.where(lost, np.nan, v) for v in (n, d, loss))
 
         point = at(self.E.value, self.A.value, self.B.value, self.alpha.value, self.beta.value)
         if self.samples is None or len(self.samples) < 2:

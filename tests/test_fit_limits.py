@@ -3,10 +3,11 @@ warnings of issue 23 (unidentified parameters, checkpoints fitted as final losse
 repeated beyond ~4 epochs, optima snapped to the grid)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from flops_fit import FitError, cli, fit
-from tests.conftest import TRUE_LAW, synthetic_sweep
+from tests.conftest import TRUE_LAW
 
 
 def _with_outliers(sweep, factor=1.3, every=9):
@@ -63,3 +64,103 @@ def test_cli_huber_delta_flag(sweep, tmp_path, capsys):
     assert cli.main(["fit", str(path), "--bootstrap", "0", "--huber-delta", "-1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("flops-fit: error: --huber-delta -1.0 must be") and err.count("\n") == 1
+
+
+# --- checkpoints fitted as final losses ---------------------------------------------------
+
+def _checkpoint_rows(sweep, count=4):
+    """`count` rows of the sweep again at half their tokens, 5% above their loss: earlier
+    checkpoints of the same runs."""
+    early = sweep.iloc[:count].copy()
+    early["tokens"] /= 2
+    early["loss"] *= 1.05
+    return early
+
+
+def test_rows_below_their_planned_tokens_warn_as_checkpoints(sweep):
+    final = sweep.assign(max_tokens=sweep["tokens"])
+    assert not [w for w in fit(final, bootstrap=0).warnings if "checkpoints" in w]
+    mixed = pd.concat([final, _checkpoint_rows(final)], ignore_index=True)
+    found = [w for w in fit(mixed, bootstrap=0).warnings if "checkpoints" in w]
+    assert len(found) == 1
+    assert found[0].startswith(f"4 of {len(mixed)} rows have fewer tokens than their run's planned max_tokens")
+    assert "where='tokens >= max_tokens'" in found[0]
+
+
+def test_rows_below_their_runs_last_row_warn_as_checkpoints(sweep):
+    runs = sweep.assign(run=[f"r{i}" for i in range(len(sweep))])
+    assert not [w for w in fit(runs, bootstrap=0).warnings if "checkpoints" in w]
+    mixed = pd.concat([runs, _checkpoint_rows(runs, 3)], ignore_index=True)
+    found = [w for w in fit(mixed, bootstrap=0).warnings if "checkpoints" in w]
+    assert found and found[0].startswith(f"3 of {len(mixed)} rows have fewer tokens than their run's last row")
+
+
+def test_max_tokens_can_be_mapped_from_the_cli(sweep, tmp_path, capsys):
+    table = pd.concat([sweep, _checkpoint_rows(sweep)], ignore_index=True)
+    table["planned"] = np.r_[sweep["tokens"], sweep["tokens"].iloc[:4]]
+    table.to_csv(tmp_path / "s.csv", index=False)
+    assert cli.main(["fit", str(tmp_path / "s.csv"), "--bootstrap", "0", "--map", "max_tokens=planned"]) == 0
+    assert "WARNING: 4 of 67 rows have fewer tokens than their run's planned max_tokens" in capsys.readouterr().out
+
+
+# --- data repeated beyond ~4 epochs -------------------------------------------------------
+
+def test_published_data_constrained_runs_warn_of_repeated_data(data_dir):
+    path = data_dir / "muennighoff2023_datablations_c4_runs.csv"
+    every = fit(path, bootstrap=0)
+    found = [w for w in every.warnings if "repeat their data" in w]
+    table = pd.read_csv(path)
+    assert len(found) == 1
+    assert found[0].startswith(f"{int((table['epochs'] > 4).sum())} of {len(table)} rows repeat their data "
+                               "more than 4 times")
+    single = fit(path, bootstrap=0, where="epochs <= 2")
+    assert not [w for w in single.warnings if "repeat their data" in w]
+
+
+def test_repeated_data_is_read_from_unique_tokens_or_a_mapped_epochs_column(sweep, tmp_path, capsys):
+    fresh = sweep.assign(unique_tokens=sweep["tokens"])
+    assert not [w for w in fit(fresh, bootstrap=0).warnings if "repeat their data" in w]
+    repeated = fresh.copy()
+    repeated.loc[:5, "unique_tokens"] /= 10  # six rows saw their data 10 times
+    found = [w for w in fit(repeated, bootstrap=0).warnings if "repeat their data" in w]
+    assert found and found[0].startswith(f"6 of {len(sweep)} rows repeat") and "up to 10 epochs" in found[0]
+    sweep.assign(n_epochs=np.where(np.arange(len(sweep)) < 2, 8.0, 1.0)).to_csv(tmp_path / "e.csv", index=False)
+    assert cli.main(["fit", str(tmp_path / "e.csv"), "--bootstrap", "0", "--map", "epochs=n_epochs"]) == 0
+    assert f"WARNING: 2 of {len(sweep)} rows repeat their data more than 4 times (up to 8 epochs)" in \
+        capsys.readouterr().out
+
+
+# --- optima snapped to the grid -----------------------------------------------------------
+
+def test_lowest_optimum_says_it_is_snapped_to_the_grid(sweep):
+    snapped = [w for w in fit(sweep, bootstrap=0, optimum="lowest").warnings if "sampled sizes" in w]
+    assert len(snapped) == 1
+    # conftest: 9 sizes over +-0.8 decades, a step of 0.2 decades
+    assert "(median spacing 0.2 decades of N)" in snapped[0]
+    assert not [w for w in fit(sweep, bootstrap=0).warnings if "sampled sizes (" in w]
+
+
+# --- parametric parameters the rows do not identify ---------------------------------------
+
+def _collinear(seed=0):
+    """Tokens = 20 x params at every point: the rows cannot tell the N term from the D term."""
+    rng = np.random.default_rng(seed)
+    n = np.repeat(10 ** np.linspace(7, 9, 7), 7) * 10 ** rng.uniform(-0.05, 0.05, 49)
+    d = 20 * n
+    law = TRUE_LAW
+    loss = (law["E"] + law["A"] / n ** law["alpha"] + law["B"] / d ** law["beta"]) * np.exp(rng.normal(0, 0.003, 49))
+    return pd.DataFrame({"params": n, "tokens": d, "loss": loss})
+
+
+def test_collinear_n_and_d_warn_that_the_parameters_are_not_identified():
+    laws = fit(_collinear(), bootstrap=0, approach="parametric")
+    tied = [w for w in laws.warnings if w.startswith("parametric law not identified: two local optima")]
+    assert len(tied) == 1 and "the data cannot choose between them" in tied[0]
+    wide = fit(_collinear(), bootstrap=40, approach="parametric").warnings
+    assert any(w.startswith("parametric ") and "is not identified by these rows: its bootstrap interval" in w
+               for w in wide)
+
+
+def test_an_isoflop_design_identifies_the_parameters(sweep):
+    laws = fit(sweep, bootstrap=100, seed=2)
+    assert not [w for w in laws.warnings if "not identified" in w]

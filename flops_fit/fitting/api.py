@@ -67,21 +67,8 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
         default 1e-3 is Hoffmann et al. 2022 App. D.2's (and reproduces Besiroglu et al. 2024).
     """
     import pandas as pd
-    checks.one_of(approach, "fit", "approach", APPROACHES, error=FitError)
-    checks.one_of(optimum, "fit", "optimum", OPTIMA, error=FitError)
-    if approach == "parametric" and optimum == "given":
-        raise FitError("optimum='given' fits power laws to per-budget optima; use approach='isoflop' or 'auto'")
-    bootstrap = checks.integer(bootstrap, "fit", "bootstrap", "1000 replicates give stable 95% intervals; 0 disables",
-                          minimum=0, maximum=MAX_BOOTSTRAP, error=FitError)
-    seed = checks.integer(seed, "fit", "seed", "the seed of the bootstrap's random generator", minimum=0, error=FitError)
-    level = checks.fraction(level, "fit", "level", "the two-sided interval level, e.g. 0.95", open_low=True,
-                       open_high=True, error=FitError)
-    budget_rtol = checks.positive_number(budget_rtol, "fit", "budget_rtol", "the relative FLOPs tolerance of a group",
-                                    error=FitError)
-    huber_delta = checks.positive_number(huber_delta, "fit", "huber_delta",
-                                         "the Huber threshold on ln-loss residuals, e.g. 1e-3", error=FitError)
-    drop_highest_loss = checks.integer(drop_highest_loss, "fit", "drop_highest_loss", "rows to drop", minimum=0,
-                                  error=FitError)
+    bootstrap, seed, level, budget_rtol, huber_delta, drop_highest_loss = _checked_options(
+        approach, optimum, bootstrap, seed, level, budget_rtol, huber_delta, drop_highest_loss)
     prep = prepare(data, columns=columns, where=where, drop_highest_loss=drop_highest_loss,
                    budget_rtol=budget_rtol, holdout=holdout)
     points = prep.points
@@ -125,7 +112,14 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
         ran.append(f"isoflop: not run ({iso_reason or 'approach=parametric'})")
     par = None
     if want_par:
-        par = parametric_law(points, k, bootstrap, rng, level, tie_exponents, huber_delta)
+        try:
+            par = parametric_law(points, k, bootstrap, rng, level, tie_exponents, huber_delta)
+        except FitError as err:  # a law that left the floats: the IsoFLOP laws stand alone
+            if approach == "parametric" or holdout is not None or iso is None:
+                raise
+            par_reason = str(err)
+            warnings.append(par_reason)
+    if par is not None:
         ran.append(f"parametric: ran on {par.n_points} points" + (" with alpha = beta" if tie_exponents else ""))
     else:
         ran.append(f"parametric: not run ({par_reason or ('optimum=given: the rows are optima, not runs' if optimum == 'given' else 'approach=isoflop')})")
@@ -145,6 +139,27 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
                              huber_delta=huber_delta)
     return ScalingLaws(iso, par, points, excl, prep.notes, bootstrap, seed, level, source,
                        warnings, ran, verdict, held, provenance)
+
+
+def _checked_options(approach, optimum, bootstrap, seed, level, budget_rtol, huber_delta, drop_highest_loss):
+    """fit's numeric options, validated (FitError naming the argument and the fix)."""
+    checks.one_of(approach, "fit", "approach", APPROACHES, error=FitError)
+    checks.one_of(optimum, "fit", "optimum", OPTIMA, error=FitError)
+    if approach == "parametric" and optimum == "given":
+        raise FitError("optimum='given' fits power laws to per-budget optima; use approach='isoflop' or 'auto'")
+    return (
+        checks.integer(bootstrap, "fit", "bootstrap", "1000 replicates give stable 95% intervals; 0 disables",
+                       minimum=0, maximum=MAX_BOOTSTRAP, error=FitError),
+        checks.integer(seed, "fit", "seed", "the seed of the bootstrap's random generator", minimum=0,
+                       error=FitError),
+        checks.fraction(level, "fit", "level", "the two-sided interval level, e.g. 0.95", open_low=True,
+                        open_high=True, error=FitError),
+        checks.positive_number(budget_rtol, "fit", "budget_rtol", "the relative FLOPs tolerance of a group",
+                               error=FitError),
+        checks.positive_number(huber_delta, "fit", "huber_delta",
+                               "the Huber threshold on ln-loss residuals, e.g. 1e-3", error=FitError),
+        checks.integer(drop_highest_loss, "fit", "drop_highest_loss", "rows to drop", minimum=0, error=FitError),
+    )
 
 
 def isoflop_inputs(points, excluded, prep, optimum, budget_rtol, strict):

@@ -8,6 +8,7 @@ from flops_fit.contract import MIN_POINTS_PER_BUDGET
 from flops_fit.law import parametric_loss
 from flops_fit.optimize import EXPONENT_MIN
 from flops_fit.fitting.bootstrap import MAX_DROPPED_SHARE, MAX_THIN_SHARE, percentile_interval
+from flops_fit.fitting.limits import limit_warnings
 from flops_fit.fitting.result import EXTRAPOLATION_FACTOR
 
 # Below this share of the variance of ln loss explained, the parametric law describes
@@ -52,7 +53,7 @@ def domain_warnings(points, iso, par, bootstrap):
                 out.append(f"{label} intervals are UNRELIABLE: {dropped} of {bootstrap} bootstrap "
                            "replicates were dropped (no fit on the resample); the interval comes from "
                            "the rest. Sample more sizes per budget, or more budgets")
-    return out
+    return out + limit_warnings(points, iso, par)
 
 
 def agreement(iso, par):

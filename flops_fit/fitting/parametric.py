@@ -12,7 +12,11 @@ import numpy as np
 from flops_fit.law import HUBER_DELTA, huber_lse_objective
 from flops_fit.optimize import (BOOTSTRAP_CHUNK_ELEMENTS, BOOTSTRAP_ITERATIONS, batched_lbfgs, domain_bounds,
                                 fit_parametric_params, tie)
+from flops_fit.fitting.inputs import FitError
 from flops_fit.fitting.result import ParametricLaw, estimate
+
+# ln of the largest float: a fitted ln A or ln B beyond it has no value as a number.
+LOG_FLOAT_MAX = math.log(np.finfo(float).max)
 
 
 def parametric_law(points, k, bootstrap, rng, level, tie_exponents=False, huber_delta=HUBER_DELTA):
@@ -23,12 +27,13 @@ def parametric_law(points, k, bootstrap, rng, level, tie_exponents=False, huber_
     log_l = np.log(points["loss"].to_numpy())
     theta, fbest, local = fit_parametric_params(log_n, log_d, log_l, delta=huber_delta,
                                                 tie_exponents=tie_exponents)
+    _check_finite(theta, fbest)
     samples, dropped = None, 0
     if bootstrap:
         run_of_row = _run_of_row(points)
         best = _bootstrap_thetas(np.vstack([theta[None, :], local]), log_n, log_d, log_l, run_of_row,
                                  bootstrap, rng, tie_exponents, huber_delta)
-        ok = np.all(np.isfinite(best), axis=1)
+        ok = np.all(np.isfinite(best), axis=1) & np.all(best[:, :3] < LOG_FLOAT_MAX, axis=1)
         dropped = int((~ok).sum())
         best = best[ok]
         samples = np.column_stack([np.exp(best[:, 2]), np.exp(best[:, 0]), np.exp(best[:, 1]),
@@ -50,6 +55,17 @@ def parametric_law(points, k, bootstrap, rng, level, tie_exponents=False, huber_
         tie_exponents=tie_exponents, huber_delta=float(huber_delta),
         residual_median=float(np.median(np.abs(model - log_l))), local_optima=local,
     )
+
+
+def _check_finite(theta, objective):
+    """FitError when the best fit left the floats: the rows do not follow L(N, D)."""
+    names = ("A", "B", "E")
+    off = [f"{n} = e^{v:.4g}" for n, v in zip(names, theta[:3]) if not v < LOG_FLOAT_MAX]
+    if off or not (np.isfinite(objective) and np.all(np.isfinite(theta))):
+        raise FitError(f"parametric: the fit ran off to {', '.join(off) or 'a non-finite objective'}, "
+                       "beyond a float: the loss does not follow E + A/N^alpha + B/D^beta in these rows "
+                       "(random or mislabelled losses?); check the loss column, or fit the IsoFLOP laws "
+                       "alone (approach='isoflop')")
 
 
 def _allocation(alpha, beta, log_a, log_b):

@@ -117,6 +117,8 @@ def prepare(data, *, columns=None, where=None, drop_highest_loss=0, budget_rtol=
 
 
 FITTED = ("params", "tokens", "flops", "loss")  # the numeric columns every fitted row carries
+# What a row says of its run's data: planned tokens, epochs over the unique tokens.
+RUN_HISTORY_COLUMNS = {"max_tokens", "epochs", "unique_tokens"}
 
 
 def _map_columns(rows, columns):
@@ -227,11 +229,14 @@ def _collapse_duplicates(rows):
 
 
 def _fitted_points(rows, fitted):
+    import pandas as pd
     frame = rows.frame
     pts = frame.loc[fitted, list(FITTED)].astype(float).copy()
     pts["row"] = np.flatnonzero(fitted)
     if "run" in rows.present:
         pts["run"] = frame.loc[fitted, "run"].astype(str).to_numpy()
+    for col in sorted(RUN_HISTORY_COLUMNS & rows.present):  # read by limits.py's warnings
+        pts[col] = pd.to_numeric(frame.loc[fitted, col], errors="coerce").to_numpy(float)
     if "origin" in frame.columns:  # why each point exists (a sweep's results): the plots mark added ones
         pts["origin"] = frame.loc[fitted, "origin"].fillna(ORIGIN_PLANNED).astype(str).to_numpy()
     if pts.empty:

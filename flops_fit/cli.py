@@ -95,15 +95,16 @@ def main(argv=None):
                    drop_highest_loss=args.drop_highest_loss, budget_rtol=args.budget_rtol,
                    tie_exponents=args.tie_exponents, huber_delta=args.huber_delta)
         table = laws.to_markdown(args.predict)
+        summary = laws.summary()
+        written = laws.plot(args.plots) if args.plots else []
     except FitError as err:
         print(f"flops-fit: error: {_as_flags(' '.join(str(err).split()))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(laws.summary())
+    print(summary)
     print()
     print(table)
-    if args.plots:
-        for path in laws.plot(args.plots):
-            print(f"wrote {path}")
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

@@ -9,6 +9,7 @@ canvas so no global pyplot state or rcParams are touched.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,11 @@ CURVE_POINTS = 200  # samples along each drawn curve
 LEGEND_FONT_SIZE = 8  # points: the legends sit inside the axes and must not hide the data
 NARROW_LEGEND_FONT_SIZE = 7  # points: the three narrow panels of optima vs compute
 EXCLUDED_ROWS_SHOWN = 12  # the summary lists this many excluded row numbers per reason, then "..."
+LARGEST_DECADE = math.floor(math.log10(sys.float_info.max))  # 308: 10^308 is a float, 10^309 is not
+# A log axis puts ticks at 10^k out to its limits plus a margin of 5% of its span, so values
+# beyond 1e+-250 could put a tick past the largest float (1.8e308, an OverflowError inside
+# matplotlib). Fitted values out there are not drawn; fitted rows out there are refused.
+DRAWABLE_DECADES = 250
 PLOT_NAMES = ("isoflop_curves", "optima_vs_compute", "parametric_residuals", "backtest")
 PLOT_FILES = tuple(f"{name}.png" for name in PLOT_NAMES)  # what write_figures writes
 
@@ -44,8 +50,17 @@ def default_budgets(laws):
         if not sweep.size:
             sweep = np.array([float(f.max())])
     top = math.floor(math.log10(sweep.max()))
-    extra = [10.0 ** (top + i) for i in range(1, DEFAULT_EXTRA_DECADES + 1)]
+    # Decades past the largest float are no budget (10.0 ** 309 raises OverflowError).
+    extra = [10.0 ** (top + i) for i in range(1, DEFAULT_EXTRA_DECADES + 1) if top + i <= LARGEST_DECADE]
     return np.concatenate([sweep, extra])
+
+
+def drawable(values):
+    """values as floats, with those a log axis cannot hold (beyond 1e+-DRAWABLE_DECADES,
+    not positive, NaN) set to NaN, which matplotlib leaves out."""
+    v = np.asarray(values, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.abs(np.log10(v)) <= DRAWABLE_DECADES, v, np.nan)
 
 
 def _fmt(x, spec=".3g"):
@@ -250,10 +265,10 @@ def plot_isoflop_curves(laws) -> Figure:
             ax.plot(np.exp(x + rec.log_n_centre), rec.c0 + rec.c1 * x + rec.c2 * x * x,
                     color=colour, lw=1)
         if rec.bracketed:
-            ax.scatter([rec.params_opt], [rec.loss_opt], marker="*", s=120, color=colour,
+            ax.scatter(drawable([rec.params_opt]), [rec.loss_opt], marker="*", s=120, color=colour,
                        edgecolor="black", zorder=3)
         else:
-            ax.scatter([rec.params_opt], [rec.loss_opt], marker="X", s=90, facecolor="none",
+            ax.scatter(drawable([rec.params_opt]), [rec.loss_opt], marker="X", s=90, facecolor="none",
                        edgecolor="red", zorder=3)
     ax.scatter([], [], marker="*", s=120, color="grey", edgecolor="black", label="optimum (used)")
     ax.scatter([], [], marker="X", s=90, facecolor="none", edgecolor="red",
@@ -283,6 +298,9 @@ def plot_optima_vs_compute(laws) -> Figure:
     budgets = opt["budget"].to_numpy()
     grid = np.logspace(math.log10(budgets.min()), math.log10(budgets.max()) + 1, CURVE_POINTS)
     pred = laws.predict(grid)
+    for col in pred.columns.drop(["approach", "flops", "extrapolated"]):
+        pred[col] = drawable(pred[col])
+    opt = opt.assign(**{c: drawable(opt[c]) for c in ("params_opt", "tokens_opt", "loss_opt")})
     specs = [("params", "params_opt", "N_opt (parameters)"),
              ("tokens", "tokens_opt", "D_opt (tokens)"),
              ("loss", "loss_opt", "L_opt (nats/token)")]

@@ -56,6 +56,8 @@ ADVERSARIAL = {
     "everything x 1e30": lambda t, rng: t.assign(params=t["params"] * 1e30, tokens=t["tokens"] * 1e30,
                                                  budget=t["budget"] * 1e60),
     "flops beyond a float": lambda t, rng: t.assign(params=t["params"] * 1e150, tokens=t["tokens"] * 1e150),
+    "flops near the largest float": lambda t, rng: t.assign(params=t["params"] * 1e143, tokens=t["tokens"] * 1e143,
+                                                            budget=t["budget"] * 1e286),
     "a NaN loss": _set("loss", np.nan),
     "an infinite loss": _set("loss", np.inf),
     "an infinite size": _set("params", np.inf),
@@ -94,7 +96,8 @@ def _everything(laws, plots=False):
 
 def _live_fit(table, folder):
     """What flops_fit.callbacks.LiveFit._fit_once does with a sweep's table (without Ray):
-    fit, then the plots, table and summary it writes to the sweep's live/ folder."""
+    fit, then the plots, table and summary it writes to the sweep's live/ folder; it
+    catches FitError from the fit and from the plots, nothing else."""
     laws = _only_fit_errors(lambda: fit(table, bootstrap=BOOTSTRAP))
     if laws is not None:
         _only_fit_errors(lambda: laws.plot(folder))
@@ -199,3 +202,15 @@ def test_cli_on_binary_and_garbage_files_exits_2_without_a_traceback(tmp_path, c
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("flops-fit: error: data: ") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_rows_no_log_axis_can_draw_refuse_the_plots_in_one_line(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    _table("flops near the largest float").to_csv(path, index=False)
+    assert cli.main(["fit", str(path), "--bootstrap", "0", "--approach", "isoflop"]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("|") and "| isoflop | 1.00e+308 |" in out  # the decades stop at 1e308
+    assert cli.main(["fit", str(path), "--bootstrap", "0", "--approach", "isoflop", "--plots", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flops-fit: error: plot: the fitted rows' flops reach beyond 1e+-250") and err.count("\n") == 1
+    assert not list(tmp_path.glob("*.png"))

@@ -284,6 +284,10 @@ class ScalingLaws:
         nothing is written); with out_dir, PNG files written there, and their paths."""
         from flops_fit import report
 
+        for col in ("params", "tokens", "flops", "loss"):
+            if np.isnan(report.drawable(self.points[col])).any():
+                raise FitError(f"plot: the fitted rows' {col} reach beyond 1e+-{report.DRAWABLE_DECADES}, "
+                               "past what a log-scale axis can draw; check that column's units")
         if out_dir is None:
             return report.figures(self)
         return report.write_figures(self, out_dir)

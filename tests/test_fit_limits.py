@@ -164,3 +164,20 @@ def test_collinear_n_and_d_warn_that_the_parameters_are_not_identified():
 def test_an_isoflop_design_identifies_the_parameters(sweep):
     laws = fit(sweep, bootstrap=100, seed=2)
     assert not [w for w in laws.warnings if "not identified" in w]
+
+
+# --- a law with no compute-optimal allocation ---------------------------------------------
+
+def test_a_law_with_no_finite_allocation_predicts_nan_and_says_so(sweep):
+    # Loss falling linearly in ln N and barely in ln D: the fit takes exponents near zero,
+    # and G = (alpha A / (beta B))^(1/(alpha+beta)) is e^2000 (an OverflowError before).
+    creeping = sweep.assign(loss=10 - 0.02 * np.log(sweep["params"]) - 0.0002 * np.log(sweep["tokens"]))
+    laws = fit(creeping, bootstrap=0, approach="parametric")
+    assert not np.isfinite(laws.parametric.G.value)
+    assert any(w.startswith("the parametric law has no finite compute-optimal allocation") for w in laws.warnings)
+    pred = laws.predict([1e20, 1e30])
+    assert pred[["params", "tokens", "loss"]].isna().all().all()
+    assert "| parametric | 1.00e+20 | nan | nan |" in laws.to_markdown([1e20])
+    healthy = fit(sweep, bootstrap=0, approach="parametric")
+    assert not [w for w in healthy.warnings if "allocation" in w]
+    assert np.isfinite(healthy.predict([1e20])[["params", "tokens", "loss"]].to_numpy()).all()

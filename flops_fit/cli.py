@@ -6,10 +6,12 @@
                   [--bootstrap N] [--seed S] [--tie-exponents] [--huber-delta DELTA]
 
 --map COL=SOURCE sets our column COL (params, tokens, loss, flops, budget, status, error,
-run, max_tokens, epochs, unique_tokens) from SOURCE, a column of the file or a safe expression over its columns (names with
-spaces or '/' in backticks; see flops_fit/expressions.py for what is allowed), e.g.
---map params="Model Size" or --map flops='`throughput/total_gflops` * 1e9'. With no
-tokens column D = C/(6N) is derived (and N = C/(6D) with no params column).
+run, max_tokens, epochs, unique_tokens) from SOURCE, a column of the file or a safe
+expression over its columns (names with spaces or '/' in backticks; see
+flops_fit/expressions.py for what is allowed), e.g. --map params="Model Size" or
+--map flops='`throughput/total_gflops` * 1e9'. With no tokens column D = C/(6N) is
+derived (and N = C/(6D) with no params column); max_tokens (the run's planned tokens),
+epochs and unique_tokens only feed warnings (checkpoints, data repeated beyond 4 epochs).
 Bad input exits with status 2 and a one-line message.
 """
 

@@ -214,3 +214,38 @@ def test_rows_no_log_axis_can_draw_refuse_the_plots_in_one_line(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("flops-fit: error: plot: the fitted rows' flops reach beyond 1e+-250") and err.count("\n") == 1
     assert not list(tmp_path.glob("*.png"))
+
+
+# Seeds of plausible-looking random tables (sizes 1e6..1e9, tokens 1e8..1e11, loss 2..4)
+# whose parametric fit sends ln A or ln B past the largest float: math.exp raised
+# OverflowError inside fit() until that became a FitError.
+DIVERGING_SEEDS = (27, 30)
+
+
+def _plausible(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(6, 40))
+    return pd.DataFrame({"params": 10 ** rng.uniform(6, 9, n), "tokens": 10 ** rng.uniform(8, 11, n),
+                         "loss": rng.uniform(2, 4, n)})
+
+
+@pytest.mark.parametrize("seed", DIVERGING_SEEDS)
+def test_a_parametric_law_beyond_the_floats_is_a_fit_error(seed):
+    for approach in ("parametric", "auto"):  # auto: no IsoFLOP budgets here to stand alone
+        with pytest.raises(FitError, match=r"^parametric: the fit ran off to [AB] = e\^[0-9.e+]+, beyond a float"):
+            fit(_plausible(seed), bootstrap=5, approach=approach)
+
+
+def test_with_isoflop_laws_a_diverged_parametric_law_is_a_warning(sweep, monkeypatch):
+    from flops_fit.fitting import api
+
+    def diverged(*args, **kwargs):
+        raise FitError("parametric: the fit ran off to A = e^1486, beyond a float")
+
+    monkeypatch.setattr(api, "parametric_law", diverged)
+    laws = fit(sweep, bootstrap=0)
+    assert laws.parametric is None and laws.isoflop is not None
+    assert "parametric: not run (parametric: the fit ran off to A = e^1486, beyond a float)" in laws.approaches
+    assert "parametric: the fit ran off to A = e^1486, beyond a float" in laws.warnings
+    with pytest.raises(FitError, match="^parametric: the fit ran off"):
+        fit(sweep, bootstrap=0, holdout="params > 1e9")  # the backtest needs the parametric law

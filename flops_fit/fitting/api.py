@@ -45,7 +45,8 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
         folder, or an object with a `.table` DataFrame. Columns params (parameters), tokens,
         loss (nats per token); optional flops (FLOPs, default 6ND), budget (nominal FLOPs of
         the IsoFLOP group), status (only 'ok' rows are used), error, run (rows of one run,
-        e.g. its checkpoints, are resampled together by the bootstrap).
+        e.g. its checkpoints, are resampled together by the bootstrap), and for the warnings
+        only: max_tokens (tokens the run was planned for), epochs, unique_tokens.
     approach: "auto" fits L(N, D) whenever there are enough points and the IsoFLOP laws
         where budgets have enough sizes, and says which ran and why; "isoflop" or
         "parametric" fit only that one and refuse when the data cannot support it.
@@ -110,19 +111,15 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
                    f"{MIN_POINTS_PER_BUDGET} sizes and a bracketed optimum (optimum={optimum})")
     else:
         ran.append(f"isoflop: not run ({iso_reason or 'approach=parametric'})")
-    par = None
     if want_par:
-        try:
-            par = parametric_law(points, k, bootstrap, rng, level, tie_exponents, huber_delta)
-        except FitError as err:  # a law that left the floats: the IsoFLOP laws stand alone
-            if approach == "parametric" or holdout is not None or iso is None:
-                raise
-            par_reason = str(err)
-            warnings.append(par_reason)
-    if par is not None:
-        ran.append(f"parametric: ran on {par.n_points} points" + (" with alpha = beta" if tie_exponents else ""))
+        par, par_reason = _parametric(points, k, bootstrap, rng, level, tie_exponents, huber_delta,
+                                      alone=approach == "parametric" or holdout is not None or iso is None)
+        warnings += [par_reason] if par_reason else []
     else:
-        ran.append(f"parametric: not run ({par_reason or ('optimum=given: the rows are optima, not runs' if optimum == 'given' else 'approach=isoflop')})")
+        par, par_reason = None, par_reason or ("optimum=given: the rows are optima, not runs"
+                                               if optimum == "given" else "approach=isoflop")
+    ran.append(f"parametric: not run ({par_reason})" if par is None else
+               f"parametric: ran on {par.n_points} points" + (" with alpha = beta" if tie_exponents else ""))
 
     warnings += domain_warnings(points, iso, par, bootstrap)
     verdict = agreement(iso, par)
@@ -139,6 +136,17 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
                              huber_delta=huber_delta)
     return ScalingLaws(iso, par, points, excl, prep.notes, bootstrap, seed, level, source,
                        warnings, ran, verdict, held, provenance)
+
+
+def _parametric(points, k, bootstrap, rng, level, tie_exponents, huber_delta, alone):
+    """(ParametricLaw, "") or, when its fit leaves the floats and the IsoFLOP laws stand
+    without it (not alone), (None, why); alone, that FitError is raised."""
+    try:
+        return parametric_law(points, k, bootstrap, rng, level, tie_exponents, huber_delta), ""
+    except FitError as err:
+        if alone:
+            raise
+        return None, str(err)
 
 
 def _checked_options(approach, optimum, bootstrap, seed, level, budget_rtol, huber_delta, drop_highest_loss):

@@ -14,8 +14,8 @@ from flops_fit.law import huber_lse_objective
 
 # A and B trade off against alpha and beta (the rows pin down A/N^alpha near their sizes,
 # not A), so their bootstrap intervals span up to a decade even on well-measured published
-# sets (Epoch's refit of Chinchilla: B within a factor 8); an interval spanning more than
-# two decades (high / low) leaves the parameter unknown: the rows do not identify it.
+# sets (Epoch's refit of Chinchilla: B within a factor of about 8); an interval spanning
+# more than two decades (high / low) leaves the parameter unknown to the rows.
 SCALE_MAX_SPREAD = 100.0
 # E is an additive loss in nats: an interval whose high end is more than twice its low end
 # cannot say whether half the loss of the largest runs is irreducible (published sets pin
@@ -32,9 +32,9 @@ OBJECTIVE_TIE_RTOL = 0.01
 # A finished run's tokens match its planned tokens to within a few steps' worth; a row
 # further below them is a checkpoint on the way.
 CHECKPOINT_RTOL = 0.01
-# Muennighoff et al. 2023 (arXiv:2305.16264, Sec. 5-6): up to ~4 epochs repeated tokens are
-# worth almost as much as fresh ones, beyond that they are worth rapidly less, so the
-# single-epoch L(N, D) overstates what D tokens of repeated data buy.
+# Muennighoff et al. 2023 (arXiv:2305.16264, abstract): up to 4 epochs of repeated data
+# change the loss negligibly against unique data; with more repetition the value of more
+# compute decays towards zero, so the single-epoch L(N, D) overstates what D tokens buy.
 MAX_USEFUL_EPOCHS = 4.0
 
 

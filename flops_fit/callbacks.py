@@ -130,7 +130,11 @@ class LiveFit(tune.Callback):
         live = R.join(self.sweep_dir, "live")
         if "://" in live:
             return  # plots are drawn on local disk; fit a remote sweep with `flops-fit fit URI`
-        laws.plot(live)
+        try:
+            laws.plot(live)
+        except FitError as err:  # rows a log axis cannot draw: the table and summary still stand
+            if self.verbose:
+                print(f"  live fit: no plots ({err})", flush=True)
         R.write_text_atomic(R.join(live, "table.md"), laws.to_markdown() + "\n")
         R.write_text_atomic(R.join(live, "summary.txt"), laws.summary() + "\n")
         if self.verbose:

@@ -3,13 +3,15 @@
     flops-fit fit PATH [--approach auto|isoflop|parametric] [--optimum parabola|lowest|given]
                   [--predict 1e21 ...] [--plots DIR] [--map COL=SOURCE ...] [--where EXPR ...]
                   [--holdout EXPR] [--drop-highest-loss K] [--budget-rtol R]
-                  [--bootstrap N] [--seed S] [--tie-exponents]
+                  [--bootstrap N] [--seed S] [--tie-exponents] [--huber-delta DELTA]
 
 --map COL=SOURCE sets our column COL (params, tokens, loss, flops, budget, status, error,
-run) from SOURCE, a column of the file or a safe expression over its columns (names with
-spaces or '/' in backticks; see flops_fit/expressions.py for what is allowed), e.g.
---map params="Model Size" or --map flops='`throughput/total_gflops` * 1e9'. With no
-tokens column D = C/(6N) is derived (and N = C/(6D) with no params column).
+run, max_tokens, epochs, unique_tokens) from SOURCE, a column of the file or a safe
+expression over its columns (names with spaces or '/' in backticks; see
+flops_fit/expressions.py for what is allowed), e.g. --map params="Model Size" or
+--map flops='`throughput/total_gflops` * 1e9'. With no tokens column D = C/(6N) is
+derived (and N = C/(6D) with no params column); max_tokens (the run's planned tokens),
+epochs and unique_tokens only feed warnings (checkpoints, data repeated beyond 4 epochs).
 Bad input exits with status 2 and a one-line message.
 """
 
@@ -21,6 +23,7 @@ import re
 import sys
 
 from flops_fit.fitting import APPROACHES, BUDGET_RTOL, MAX_BOOTSTRAP, OPTIMA, FitError, fit
+from flops_fit.law import HUBER_DELTA
 
 EXIT_BAD_INPUT = 2
 DEFAULT_BOOTSTRAP = 1000
@@ -78,6 +81,9 @@ def build_parser():
     p.add_argument("--holdout-budgets", type=int, default=0, metavar="K",
                    help="backtest: leave the K largest budgets out of both approaches, predict their "
                         "optima, print the errors against prediction intervals")
+    p.add_argument("--huber-delta", type=float, default=HUBER_DELTA, metavar="DELTA",
+                   help="Huber threshold on residuals of ln loss in the L(N, D) fit (default "
+                        f"{HUBER_DELTA:g}, Hoffmann et al. 2022; residuals far above it make the fit a median fit)")
     p.add_argument("--predict", type=float, nargs="+", metavar="FLOPS",
                    help="compute budgets (FLOPs) for the table instead of the defaults")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots to DIR")
@@ -113,19 +119,21 @@ def main(argv=None):
                    seed=args.seed, columns=_mapping(args.map), where=args.where, holdout=args.holdout,
                    holdout_budgets=args.holdout_budgets,
                    drop_highest_loss=args.drop_highest_loss, budget_rtol=args.budget_rtol,
-                   tie_exponents=args.tie_exponents)
+                   tie_exponents=args.tie_exponents, huber_delta=args.huber_delta)
         if args.predict:  # judge the approaches where the user will use them
             laws = dataclasses.replace(laws, agreement=laws.compare(args.predict))
+
         table = laws.to_markdown(args.predict)
+        summary = laws.summary()
+        written = laws.plot(args.plots) if args.plots else []
     except FitError as err:
         print(f"flops-fit: error: {_as_flags(' '.join(str(err).split()))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(laws.summary())
+    print(summary)
     print()
     print(table)
-    if args.plots:
-        for path in laws.plot(args.plots):
-            print(f"wrote {path}")
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

@@ -13,8 +13,10 @@ OK_STATUS = "ok"
 ORIGIN_PLANNED = "planned"
 
 # The columns a fitted table must have, and those it may have (units in the fit's docstring).
+# max_tokens (tokens the run was planned for), epochs and unique_tokens only feed warnings:
+# a row below its run's planned tokens is a checkpoint, and repeated data is worth less.
 REQUIRED_COLUMNS = ("params", "tokens", "loss")
-OPTIONAL_COLUMNS = ("flops", "budget", "status", "error", "run")
+OPTIONAL_COLUMNS = ("flops", "budget", "status", "error", "run", "max_tokens", "epochs", "unique_tokens")
 
 # Minimum data for each law.
 MIN_BUDGETS = 3  # a line through log C needs at least 3 points to have a residual

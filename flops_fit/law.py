@@ -45,13 +45,16 @@ def compute_optimal_allocation(flops, A, B, alpha, beta,
     """N_opt and D_opt minimising L(N, D) subject to C = k*N*D (Hoffmann et al. 2022 eq. 4).
 
     N_opt = G (C/k)^a, D_opt = G^-1 (C/k)^b, G = (alpha A / (beta B))^(1/(alpha+beta)),
-    a = beta/(alpha+beta), b = alpha/(alpha+beta). Returns (parameters, tokens).
+    a = beta/(alpha+beta), b = alpha/(alpha+beta). Returns (parameters, tokens) as float
+    arrays. Taken in logs: exponents near zero put G beyond a float, and a law that gives
+    no finite allocation returns inf or 0 there (callers state it), never an OverflowError.
     """
-    a_exp = beta / (alpha + beta)
-    b_exp = alpha / (alpha + beta)
-    g = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
-    c_over_k = np.asarray(flops, float) / flops_per_param_token
-    return g * c_over_k**a_exp, c_over_k**b_exp / g
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        alpha, beta, A, B = (np.asarray(v, float) for v in (alpha, beta, A, B))
+        s = alpha + beta
+        log_g = (np.log(alpha) + np.log(A) - np.log(beta) - np.log(B)) / s
+        log_c = np.log(np.asarray(flops, float) / flops_per_param_token)
+        return np.exp(log_g + beta / s * log_c), np.exp(alpha / s * log_c - log_g)
 
 
 def huber(residual, delta=HUBER_DELTA):

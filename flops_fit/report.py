@@ -9,6 +9,7 @@ canvas so no global pyplot state or rcParams are touched.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from flops_fit.law import HUBER_DELTA
 from flops_fit.contract import ORIGIN_PLANNED
 
 # Default prediction budgets: the sweep's budgets plus this many powers of ten above the
@@ -30,6 +30,11 @@ CURVE_POINTS = 200  # samples along each drawn curve
 LEGEND_FONT_SIZE = 8  # points: the legends sit inside the axes and must not hide the data
 NARROW_LEGEND_FONT_SIZE = 7  # points: the three narrow panels of optima vs compute
 EXCLUDED_ROWS_SHOWN = 12  # the summary lists this many excluded row numbers per reason, then "..."
+LARGEST_DECADE = math.floor(math.log10(sys.float_info.max))  # 308: 10^308 is a float, 10^309 is not
+# A log axis puts ticks at 10^k out to its limits plus a margin of 5% of its span, so values
+# beyond 1e+-250 could put a tick past the largest float (1.8e308, an OverflowError inside
+# matplotlib). Fitted values out there are not drawn; fitted rows out there are refused.
+DRAWABLE_DECADES = 250
 PLOT_NAMES = ("isoflop_curves", "optima_vs_compute", "parametric_residuals", "backtest")
 PLOT_FILES = tuple(f"{name}.png" for name in PLOT_NAMES)  # what write_figures writes
 
@@ -45,8 +50,17 @@ def default_budgets(laws):
         if not sweep.size:
             sweep = np.array([float(f.max())])
     top = math.floor(math.log10(sweep.max()))
-    extra = [10.0 ** (top + i) for i in range(1, DEFAULT_EXTRA_DECADES + 1)]
+    # Decades past the largest float are no budget (10.0 ** 309 raises OverflowError).
+    extra = [10.0 ** (top + i) for i in range(1, DEFAULT_EXTRA_DECADES + 1) if top + i <= LARGEST_DECADE]
     return np.concatenate([sweep, extra])
+
+
+def drawable(values):
+    """values as floats, with those a log axis cannot hold (beyond 1e+-DRAWABLE_DECADES,
+    not positive, NaN) set to NaN, which matplotlib leaves out."""
+    v = np.asarray(values, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.abs(np.log10(v)) <= DRAWABLE_DECADES, v, np.nan)
 
 
 def _fmt(x, spec=".3g"):
@@ -137,8 +151,9 @@ def summary_text(laws):
         out += [
             "",
             f"Parametric approach L(N, D) = E + A/N^alpha + B/D^beta "
-            f"({par.n_points} points, Huber delta={HUBER_DELTA:g} on log loss, objective {par.objective:.6g})"
+            f"({par.n_points} points, Huber delta={par.huber_delta:g} on log loss, objective {par.objective:.6g})"
             + (", alpha = beta" if par.tie_exponents else "") + label,
+            *_huber_regime(par),
             f"  E = {par.E}   A = {par.A}   B = {par.B}",
             f"  alpha = {par.alpha}   beta = {par.beta}",
             f"  N_opt ~ C^a   a = {par.a}   (a = beta/(alpha+beta))",
@@ -172,6 +187,22 @@ def summary_text(laws):
                 value = ", ".join(f"{k}={v!r}" for k, v in value.items())
             out.append(f"  {key}: {value}")
     return "\n".join(out)
+
+
+# Median |residual of ln loss| above this many Huber deltas: nearly every point sits on the
+# linear arm of the Huber loss, so the fit is in effect a least-absolute-deviations (median)
+# fit, not the least-squares fit a small delta is often read as.
+HUBER_L1_FACTOR = 10.0
+
+
+def _huber_regime(par):
+    """One line when the residuals dwarf the Huber threshold, else nothing."""
+    ratio = par.residual_median / par.huber_delta
+    if not ratio > HUBER_L1_FACTOR:
+        return []
+    return [f"  median |residual of ln loss| = {par.residual_median:.3g}, {ratio:.0f}x the Huber delta: "
+            "the Huber loss acts as L1 here (a median fit, robust to outliers); a larger --huber-delta "
+            "weighs the residuals by their squares"]
 
 
 def backtest_text(laws):
@@ -256,10 +287,10 @@ def plot_isoflop_curves(laws) -> Figure:
             ax.plot(np.exp(x + rec.log_n_centre), rec.c0 + rec.c1 * x + rec.c2 * x * x,
                     color=colour, lw=1)
         if rec.bracketed:
-            ax.scatter([rec.params_opt], [rec.loss_opt], marker="*", s=120, color=colour,
+            ax.scatter(drawable([rec.params_opt]), [rec.loss_opt], marker="*", s=120, color=colour,
                        edgecolor="black", zorder=3)
         else:
-            ax.scatter([rec.params_opt], [rec.loss_opt], marker="X", s=90, facecolor="none",
+            ax.scatter(drawable([rec.params_opt]), [rec.loss_opt], marker="X", s=90, facecolor="none",
                        edgecolor="red", zorder=3)
     ax.scatter([], [], marker="*", s=120, color="grey", edgecolor="black", label="optimum (used)")
     ax.scatter([], [], marker="X", s=90, facecolor="none", edgecolor="red",
@@ -289,6 +320,9 @@ def plot_optima_vs_compute(laws) -> Figure:
     budgets = opt["budget"].to_numpy()
     grid = np.logspace(math.log10(budgets.min()), math.log10(budgets.max()) + 1, CURVE_POINTS)
     pred = laws.predict(grid)
+    for col in pred.columns.drop(["approach", "flops", "extrapolated"]):
+        pred[col] = drawable(pred[col])
+    opt = opt.assign(**{c: drawable(opt[c]) for c in ("params_opt", "tokens_opt", "loss_opt")})
     specs = [("params", "params_opt", "N_opt (parameters)"),
              ("tokens", "tokens_opt", "D_opt (tokens)"),
              ("loss", "loss_opt", "L_opt (nats/token)")]

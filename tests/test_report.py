@@ -74,7 +74,7 @@ def test_plots_with_lowest_optimum_and_no_bootstrap(tmp_path):
 
 
 def test_every_predict_is_a_frame_of_the_same_columns(laws):
-    from flops_fit.fitting.result import PREDICTION_COLUMNS
+    from flops_fit.fitting.estimate import PREDICTION_COLUMNS
 
     c = np.array([1e21, 1e22])
     iso, par = laws.isoflop.predict(c), laws.parametric.predict(c)

@@ -14,7 +14,8 @@ from flops_fit.fitting.bootstrap import MAX_BOOTSTRAP
 from flops_fit.fitting.inputs import FitError
 from flops_fit.fitting.isoflop import budget_optima, valley_vertex
 from flops_fit.fitting.prepare import BUDGET_RTOL
-from flops_fit.fitting.result import Estimate, IsoflopLaw, ParametricLaw, ScalingLaws
+from flops_fit.fitting.estimate import Estimate
+from flops_fit.fitting.result import IsoflopLaw, ParametricLaw, ScalingLaws
 
 __all__ = ["fit", "ScalingLaws", "IsoflopLaw", "ParametricLaw", "Estimate", "FitError", "valley_vertex",
            "budget_optima", "APPROACHES", "OPTIMA", "MAX_BOOTSTRAP", "BUDGET_RTOL", "MIN_BUDGETS",

@@ -19,16 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from flops_fit import checks
-from flops_fit.contract import MIN_BUDGETS, MIN_PARAMETRIC_POINTS, MIN_POINTS_PER_BUDGET
+from flops_fit.contract import MIN_PARAMETRIC_POINTS, MIN_POINTS_PER_BUDGET
 from flops_fit.fitting.backtest import backtest_budgets, split_top_budgets
 from flops_fit.fitting.bootstrap import MAX_BOOTSTRAP
 from flops_fit.fitting.agreement import DISAGREE, compare
 from flops_fit.fitting.diagnostics import backtest, domain_warnings
 from flops_fit.fitting.inputs import FitError
-from flops_fit.fitting.isoflop import budget_optima, isoflop_law
+from flops_fit.fitting.isoflop import isoflop_inputs, isoflop_law
 from flops_fit.fitting.parametric import parametric_law
 from flops_fit.fitting.prepare import BUDGET_RTOL, prepare
 from flops_fit.fitting.result import EXTRAPOLATION_FACTOR, INTERVAL_LEVEL, ScalingLaws
+from flops_fit.law import HUBER_DELTA
 
 OPTIMA = ("parabola", "lowest", "given")
 APPROACHES = ("auto", "isoflop", "parametric")
@@ -39,14 +40,15 @@ EXCLUDED_COLUMNS = ["kind", "row", "budget", "params", "tokens", "flops", "loss"
 
 def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, columns=None,
         where=None, holdout=None, holdout_budgets=0, drop_highest_loss=0, budget_rtol=BUDGET_RTOL,
-        level=INTERVAL_LEVEL, tie_exponents=False) -> ScalingLaws:
+        level=INTERVAL_LEVEL, tie_exponents=False, huber_delta=HUBER_DELTA) -> ScalingLaws:
     """Fit IsoFLOP power laws (Approach 2) and/or the parametric L(N, D) (Approach 3).
 
     data: DataFrame, list of dicts, path or URI of a CSV/JSON/JSONL table, a stored sweep
         folder, or an object with a `.table` DataFrame. Columns params (parameters), tokens,
         loss (nats per token); optional flops (FLOPs, default 6ND), budget (nominal FLOPs of
         the IsoFLOP group), status (only 'ok' rows are used), error, run (rows of one run,
-        e.g. its checkpoints, are resampled together by the bootstrap).
+        e.g. its checkpoints, are resampled together by the bootstrap), and for the warnings
+        only: max_tokens (tokens the run was planned for), epochs, unique_tokens.
     approach: "auto" fits L(N, D) whenever there are enough points and the IsoFLOP laws
         where budgets have enough sizes, and says which ran and why; "isoflop" or
         "parametric" fit only that one and refuse when the data cannot support it.
@@ -67,11 +69,13 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
     budget_rtol: relative FLOPs tolerance for grouping when there is no budget column.
     level: two-sided interval level of every interval (e.g. 0.95).
     tie_exponents: fit L(N, D) with alpha = beta (as e.g. Muennighoff et al. 2023 do).
+    huber_delta: Huber threshold on the residual of ln loss in the parametric fit; the
+        default 1e-3 is Hoffmann et al. 2022 App. D.2's (and reproduces Besiroglu et al. 2024).
     """
     import pandas as pd
     opts = _checked_options(approach=approach, optimum=optimum, bootstrap=bootstrap, seed=seed, level=level,
                             budget_rtol=budget_rtol, drop_highest_loss=drop_highest_loss,
-                            holdout_budgets=holdout_budgets, tie_exponents=tie_exponents)
+                            holdout_budgets=holdout_budgets, tie_exponents=tie_exponents, huber_delta=huber_delta)
     prep = prepare(data, columns=columns, where=where, drop_highest_loss=opts["drop_highest_loss"],
                    budget_rtol=opts["budget_rtol"], holdout=holdout)
     points, held_budgets, excluded = prep.points, None, list(prep.excluded)
@@ -82,11 +86,16 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
     want_par, par_reason = _parametric_wanted(opts, points, holdout)
     optima, iso_reason = _isoflop_optima(points, excluded, prep, opts, want_par)
     k = prep.flops_per_param_token
-    par = (parametric_law(points, k, opts["bootstrap"], np.random.default_rng(opts["seed"]), opts["level"],
-                          opts["tie_exponents"]) if want_par else None)
+    par = None
+    if want_par:
+        par, why_not = _parametric(points, k, opts, alone=opts["approach"] == "parametric" or holdout is not None
+                                   or optima is None)
+        par_reason = why_not or par_reason
+    warnings_par = [par_reason] if want_par and par is None else []
     iso = (isoflop_law(optima, opts["optimum"], k, opts["level"], None if par is None else par.E.value)
            if optima is not None else None)
-    warnings = list(prep.warnings) + domain_warnings(points, iso, par, opts["bootstrap"]) + _isoflop_warnings(iso)
+    warnings = (list(prep.warnings) + warnings_par + domain_warnings(points, iso, par, opts["bootstrap"])
+                + _isoflop_warnings(iso))
     verdict = compare(iso, par, agreement_budgets(iso), opts["level"])
     if verdict.verdict == DISAGREE:
         warnings.append(f"the two approaches {verdict}")
@@ -120,9 +129,23 @@ def _checked_options(**o):
                                               "the relative FLOPs tolerance of a group", error=FitError)
     o["drop_highest_loss"] = checks.integer(o["drop_highest_loss"], "fit", "drop_highest_loss", "rows to drop",
                                             minimum=0, error=FitError)
+    o["huber_delta"] = checks.positive_number(o["huber_delta"], "fit", "huber_delta",
+                                              "the Huber threshold on ln-loss residuals, e.g. 1e-3", error=FitError)
     o["holdout_budgets"] = checks.integer(o["holdout_budgets"], "fit", "holdout_budgets",
                                           "the number of largest budgets to predict", minimum=0, error=FitError)
     return o
+
+
+def _parametric(points, k, opts, alone):
+    """(ParametricLaw, "") or, when its fit leaves the floats and the IsoFLOP laws stand
+    without it (not alone), (None, why); alone, that FitError is raised."""
+    try:
+        return parametric_law(points, k, opts["bootstrap"], np.random.default_rng(opts["seed"]), opts["level"],
+                              opts["tie_exponents"], opts["huber_delta"]), ""
+    except FitError as err:
+        if alone:
+            raise
+        return None, str(err)
 
 
 def _parametric_wanted(opts, points, holdout):
@@ -186,55 +209,6 @@ def agreement_budgets(iso):
         return []
     top = float(iso.optima.loc[iso.optima["bracketed"], "budget"].max())
     return [top, EXTRAPOLATION_FACTOR * top]
-
-
-def isoflop_inputs(points, excluded, prep, optimum, budget_rtol, strict):
-    """(points of the usable budgets, per-budget optima, new exclusions) or FitError."""
-    import pandas as pd
-    new = []
-    sizes = points.groupby("budget")["params"].nunique()
-    need = 1 if optimum == "given" else MIN_POINTS_PER_BUDGET
-    small = sizes[sizes < need]
-    # A budget planned with too few sizes is a design error (refused when only the IsoFLOP
-    # approach is asked for); one left short because some of its runs diverged, failed or
-    # are unfinished is data: it is excluded and reported.
-    lost = pd.Series([e.get("budget") for e in excluded if e.get("kind") == "row"], dtype=float).value_counts()
-    designed_small = small[[n + int(lost.get(b, 0)) < need for b, n in small.items()]]
-    if strict and prep.budget_given and len(designed_small):
-        listing = ", ".join(f"{b:.3g} ({n} size{'s' if n != 1 else ''})" for b, n in designed_small.items())
-        raise FitError(
-            f"budget: {len(designed_small)} budget(s) have fewer than {MIN_POINTS_PER_BUDGET} model sizes "
-            f"for a parabola: {listing}. Drop them, e.g. where='budget != {designed_small.index[0]:.3g}', "
-            "or run more sizes at those budgets"
-        )
-    for b, n in small.items():
-        why = (f"only {n} usable model size(s) (need {MIN_POINTS_PER_BUDGET})"
-               if prep.budget_given else
-               # Groups formed by FLOPs tolerance are not planned budgets; small ones are noted.
-               f"only {n} model size(s) at this FLOPs (need {MIN_POINTS_PER_BUDGET})")
-        new.append({"kind": "budget", "budget": float(b), "reason": why})
-    enough = sizes[sizes >= need]
-    if len(enough) < MIN_BUDGETS:
-        raise FitError(
-            f"budget: only {len(enough)} budget(s) with at least {need} model "
-            f"size(s); a power law needs {MIN_BUDGETS}. "
-            + ("Add budgets to the sweep." if prep.budget_given else
-               f"Points are grouped by FLOPs within budget_rtol={budget_rtol:g}; give a budget "
-               "column or a larger budget_rtol (CLI: --budget-rtol), or fit L(N, D) alone "
-               "(approach='parametric').")
-        )
-    iso_points = points[points["budget"].isin(enough.index)]
-    optima = budget_optima(iso_points, optimum, prep.flops_per_param_token)
-    for rec in optima[~optima["bracketed"]].itertuples():
-        new.append({"kind": "budget", "budget": rec.budget, "params": rec.params_opt,
-                    "loss": rec.loss_opt, "reason": f"optimum not bracketed: {rec.reason}"})
-    if optima["bracketed"].sum() < MIN_BUDGETS:
-        raise FitError(
-            f"optimum={optimum!r}: only {int(optima['bracketed'].sum())} budget(s) have a bracketed "
-            f"optimum; a power law needs {MIN_BUDGETS}. Sample sizes on both sides of the "
-            "minimum" + (" or try optimum='lowest'" if optimum == "parabola" else "")
-        )
-    return iso_points, optima, new
 
 
 def _provenance(data, prep, **options):

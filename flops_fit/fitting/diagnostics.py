@@ -7,6 +7,7 @@ import numpy as np
 from flops_fit.law import parametric_loss
 from flops_fit.optimize import EXPONENT_MIN
 from flops_fit.fitting.bootstrap import MAX_DROPPED_SHARE, percentile_interval
+from flops_fit.fitting.limits import limit_warnings
 from flops_fit.fitting.result import EXTRAPOLATION_FACTOR
 
 # Below this share of the variance of ln loss explained, the parametric law describes
@@ -44,7 +45,7 @@ def domain_warnings(points, iso, par, bootstrap):
         out.append(f"parametric intervals are UNRELIABLE: {par.bootstrap_dropped} of {bootstrap} bootstrap "
                    "replicates were dropped (no fit on the resample); the interval comes from "
                    "the rest. Sample more sizes per budget, or more budgets")
-    return out
+    return out + limit_warnings(points, iso, par)
 
 
 def backtest(par, held, level, max_flops):

@@ -8,10 +8,11 @@ import math
 
 import numpy as np
 
-from flops_fit.contract import MIN_POINTS_PER_BUDGET
+from flops_fit.contract import MIN_BUDGETS, MIN_POINTS_PER_BUDGET
 from flops_fit.fitting.regression import floor_fit, line_fit, t_quantile
 from flops_fit.fitting.inputs import FitError
-from flops_fit.fitting.result import Estimate, IsoflopLaw
+from flops_fit.fitting.estimate import Estimate
+from flops_fit.fitting.result import IsoflopLaw
 
 # The parabola is fitted to the points within this many decades of N on either side of
 # the lowest-loss point: far from the valley an IsoFLOP profile is not quadratic in
@@ -122,11 +123,62 @@ def budget_optima(points, optimum, k):
             edge = log_n[j] <= log_n.min() or log_n[j] >= log_n.max()
             rec.update(bracketed=not edge,
                        reason="lowest loss at the smallest or largest size sampled" if edge else "")
-        rec.update(params_opt=n_opt, tokens_opt=float(budget) / (k * n_opt), loss_opt=l_opt)
+        with np.errstate(divide="ignore", over="ignore"):  # a far unbracketed vertex: N_opt 0 or inf
+            tokens_opt = float(np.float64(budget) / (k * n_opt))
+        rec.update(params_opt=n_opt, tokens_opt=tokens_opt, loss_opt=l_opt)
         if optimum == "given":
             rec["tokens_opt"] = rec.pop("tokens_given")
         rows.append(rec)
     return pd.DataFrame(rows)
+
+
+def isoflop_inputs(points, excluded, prep, optimum, budget_rtol, strict):
+    """(points of the usable budgets, per-budget optima, new exclusions) or FitError."""
+    import pandas as pd
+    new = []
+    sizes = points.groupby("budget")["params"].nunique()
+    need = 1 if optimum == "given" else MIN_POINTS_PER_BUDGET
+    small = sizes[sizes < need]
+    # A budget planned with too few sizes is a design error (refused when only the IsoFLOP
+    # approach is asked for); one left short because some of its runs diverged, failed or
+    # are unfinished is data: it is excluded and reported.
+    lost = pd.Series([e.get("budget") for e in excluded if e.get("kind") == "row"], dtype=float).value_counts()
+    designed_small = small[[n + int(lost.get(b, 0)) < need for b, n in small.items()]]
+    if strict and prep.budget_given and len(designed_small):
+        listing = ", ".join(f"{b:.3g} ({n} size{'s' if n != 1 else ''})" for b, n in designed_small.items())
+        raise FitError(
+            f"budget: {len(designed_small)} budget(s) have fewer than {MIN_POINTS_PER_BUDGET} model sizes "
+            f"for a parabola: {listing}. Drop them, e.g. where='budget != {designed_small.index[0]:.3g}', "
+            "or run more sizes at those budgets"
+        )
+    for b, n in small.items():
+        why = (f"only {n} usable model size(s) (need {MIN_POINTS_PER_BUDGET})"
+               if prep.budget_given else
+               # Groups formed by FLOPs tolerance are not planned budgets; small ones are noted.
+               f"only {n} model size(s) at this FLOPs (need {MIN_POINTS_PER_BUDGET})")
+        new.append({"kind": "budget", "budget": float(b), "reason": why})
+    enough = sizes[sizes >= need]
+    if len(enough) < MIN_BUDGETS:
+        raise FitError(
+            f"budget: only {len(enough)} budget(s) with at least {need} model "
+            f"size(s); a power law needs {MIN_BUDGETS}. "
+            + ("Add budgets to the sweep." if prep.budget_given else
+               f"Points are grouped by FLOPs within budget_rtol={budget_rtol:g}; give a budget "
+               "column or a larger budget_rtol (CLI: --budget-rtol), or fit L(N, D) alone "
+               "(approach='parametric').")
+        )
+    iso_points = points[points["budget"].isin(enough.index)]
+    optima = budget_optima(iso_points, optimum, prep.flops_per_param_token)
+    for rec in optima[~optima["bracketed"]].itertuples():
+        new.append({"kind": "budget", "budget": rec.budget, "params": rec.params_opt,
+                    "loss": rec.loss_opt, "reason": f"optimum not bracketed: {rec.reason}"})
+    if optima["bracketed"].sum() < MIN_BUDGETS:
+        raise FitError(
+            f"optimum={optimum!r}: only {int(optima['bracketed'].sum())} budget(s) have a bracketed "
+            f"optimum; a power law needs {MIN_BUDGETS}. Sample sizes on both sides of the "
+            "minimum" + (" or try optimum='lowest'" if optimum == "parabola" else "")
+        )
+    return iso_points, optima, new
 
 
 def isoflop_law(optima, optimum, k, level, parametric_floor=None):

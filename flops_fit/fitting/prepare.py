@@ -1,4 +1,4 @@
-"""Preparing a table for the fit: map, filter, validate, group into budgets.
+"""Preparing a table for the fit: map, filter, validate, then group into budgets (grouping.py).
 
 The rows a fit uses (params, tokens, flops, loss, budget, row), with every row left out
 recorded with its reason, the notes on how the table was read and the warnings on units.
@@ -13,16 +13,12 @@ import numpy as np
 
 from flops_fit.contract import OK_STATUS, OPTIONAL_COLUMNS, ORIGIN_PLANNED, REQUIRED_COLUMNS
 from flops_fit.expressions import ExpressionError, evaluate
+from flops_fit.fitting.grouping import BUDGET_RTOL, budgets
 from flops_fit.fitting.inputs import FitError, read_table
 from flops_fit.law import FLOPS_PER_PARAM_TOKEN, training_flops
 
 if TYPE_CHECKING:
     import pandas as pd
-
-# When the table has no `budget` column, points whose FLOPs agree within this relative
-# tolerance form one IsoFLOP group. Planned sweeps hit their budget to well under 1%;
-# 5% still separates budgets that are a factor 1.5 or more apart.
-BUDGET_RTOL = 0.05
 
 # A measured flops/(N*D) ratio further than this from 6 is reported as a different
 # FLOP convention (e.g. counted attention FLOPs, forward-only FLOPs).
@@ -36,12 +32,6 @@ FLOPS_UNIT_SLIP_FACTOR = 4.0
 # over-training ~1e4); outside it N or D is in other units (millions, billions).
 MIN_TOKENS_PER_PARAM = 1e-2
 MAX_TOKENS_PER_PARAM = 1e6
-# A budget column more than this factor away from the rows' FLOPs is in other units.
-BUDGET_FLOPS_MAX_RATIO = 1.5
-# Values of a budget column within this relative distance are one budget (float noise).
-BUDGET_COLUMN_RTOL = 1e-6
-# A FLOP group (no budget column) whose FLOPs span more than this is not one budget.
-GROUP_SPAN_WARN = 0.05
 
 
 
@@ -117,7 +107,7 @@ def prepare(data, *, columns=None, where=None, drop_highest_loss=0, budget_rtol=
     points = _fitted_points(rows, rows.usable & ~held)
     k = _flops_convention(rows, points)
     _check_tokens_per_param(rows, points)
-    points["budget"] = _budgets(rows, points, rows.usable & ~held, budget_rtol)
+    points["budget"] = budgets(rows, points, rows.usable & ~held, budget_rtol)
     held_pts = None
     if held.any():
         held_pts = rows.frame.loc[held & rows.usable, list(FITTED)].astype(float).copy()
@@ -127,6 +117,8 @@ def prepare(data, *, columns=None, where=None, drop_highest_loss=0, budget_rtol=
 
 
 FITTED = ("params", "tokens", "flops", "loss")  # the numeric columns every fitted row carries
+# What a row says of its run's data: planned tokens, epochs over the unique tokens.
+RUN_HISTORY_COLUMNS = {"max_tokens", "epochs", "unique_tokens"}
 
 
 def _map_columns(rows, columns):
@@ -237,11 +229,14 @@ def _collapse_duplicates(rows):
 
 
 def _fitted_points(rows, fitted):
+    import pandas as pd
     frame = rows.frame
     pts = frame.loc[fitted, list(FITTED)].astype(float).copy()
     pts["row"] = np.flatnonzero(fitted)
     if "run" in rows.present:
         pts["run"] = frame.loc[fitted, "run"].astype(str).to_numpy()
+    for col in sorted(RUN_HISTORY_COLUMNS & rows.present):  # read by limits.py's warnings
+        pts[col] = pd.to_numeric(frame.loc[fitted, col], errors="coerce").to_numpy(float)
     if "origin" in frame.columns:  # why each point exists (a sweep's results): the plots mark added ones
         pts["origin"] = frame.loc[fitted, "origin"].fillna(ORIGIN_PLANNED).astype(str).to_numpy()
     if pts.empty:
@@ -275,54 +270,3 @@ def _check_tokens_per_param(rows, pts):
             f"tokens per parameter range from {ratio_dn.min():.3g} to {ratio_dn.max():.3g}, outside "
             f"[{MIN_TOKENS_PER_PARAM:g}, {MAX_TOKENS_PER_PARAM:g}]: a unit slip (parameters in "
             "millions, tokens in billions)? Map both as plain counts, e.g. --map 'params=n_M * 1e6'")
-
-
-def _budgets(rows, pts, fitted, budget_rtol):
-    """Each point's IsoFLOP budget: the budget column, or FLOP groups within budget_rtol."""
-    if "budget" in rows.present:
-        given = rows.frame.loc[fitted, "budget"].astype(float).to_numpy()
-        ratio = given / pts["flops"].to_numpy()
-        off = (ratio > BUDGET_FLOPS_MAX_RATIO) | (ratio < 1 / BUDGET_FLOPS_MAX_RATIO)
-        if off.any():
-            rows.warnings.append(
-                f"budget column disagrees with the FLOPs in {int(off.sum())} of {off.size} rows "
-                f"(budget / flops from {ratio.min():.3g} to {ratio.max():.3g}): a unit slip "
-                "(PF-days, GFLOPs) or a different FLOP convention? Map budget in FLOPs")
-        # Float noise (1 ulp) in a budget column must not split a budget in two.
-        return group_by_flops(given, BUDGET_COLUMN_RTOL, representative="first")
-    budget = group_by_flops(pts["flops"].to_numpy(), budget_rtol)
-    rows.notes.append(f"no budget column: grouped points whose FLOPs agree within "
-                      f"{budget_rtol:.0%} (budget_rtol); budget C = mean FLOPs of the group")
-    grouped = pts.assign(budget=budget).groupby("budget")
-    span = grouped["flops"].agg(lambda f: f.max() / f.min() - 1)
-    wide = span[span > GROUP_SPAN_WARN]
-    if len(wide) and (grouped["params"].nunique()[wide.index] >= 3).any():
-        rows.warnings.append(
-            f"{len(wide)} FLOP group(s) formed with budget_rtol={budget_rtol:g} span up to "
-            f"{wide.max():.0%} of their FLOPs: their points were not trained at one budget, "
-            "so the IsoFLOP minima are approximate; give a budget column or a smaller --budget-rtol")
-    return budget
-
-
-def group_by_flops(flops, rtol=BUDGET_RTOL, representative="mean"):
-    """IsoFLOP groups: sort by FLOPs, start a new group when a point exceeds the group's
-    smallest FLOPs by more than rtol. Returns each point's group value: the mean FLOPs of
-    the group, or (representative="first") its most common value."""
-    flops = np.asarray(flops, float)
-    order = np.argsort(flops, kind="stable")
-    label = np.empty(flops.size, int)
-    group, first = -1, None
-    for i in order:
-        if first is None or flops[i] > first * (1 + rtol):
-            group += 1
-            first = flops[i]
-        label[i] = group
-    if representative == "first":
-        reps = []
-        for g in range(group + 1):
-            vals, counts = np.unique(flops[label == g], return_counts=True)
-            reps.append(vals[np.argmax(counts)])
-        return np.array(reps)[label]
-    means = np.array([flops[label == g].mean() for g in range(group + 1)])
-    return means[label]
-

@@ -14,8 +14,9 @@ import numpy as np
 
 from flops_fit.fitting.agreement import Agreement
 from flops_fit.fitting.bootstrap import MAX_DROPPED_SHARE, percentile_interval
+from flops_fit.fitting.estimate import Estimate, prediction_frame
 from flops_fit.fitting.inputs import FitError
-from flops_fit.law import compute_optimal_allocation, parametric_loss
+from flops_fit.law import HUBER_DELTA, compute_optimal_allocation, parametric_loss
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,49 +25,6 @@ if TYPE_CHECKING:
 INTERVAL_LEVEL = 0.95
 # A prediction more than this factor beyond the largest fitted FLOPs is an extrapolation.
 EXTRAPOLATION_FACTOR = 100.0
-
-
-# What every predict returns, one row per compute budget C: flops (C, FLOPs), then
-# params (N_opt), tokens (D_opt) and loss (nats per token), each with its bootstrap
-# interval (*_low, *_high; NaN without bootstrap).
-PREDICTED = ("params", "tokens", "loss")
-PREDICTION_COLUMNS = ["flops"] + [f"{q}{end}" for q in PREDICTED for end in ("", "_low", "_high")]
-
-
-def prediction_frame(flops, point, intervals) -> pd.DataFrame:
-    """PREDICTION_COLUMNS from the point predictions and their (low, high) intervals."""
-    import pandas as pd
-    columns = {"flops": flops}
-    for j, name in enumerate(PREDICTED):
-        low, high = intervals[j] if intervals is not None else (np.full_like(point[j], np.nan),) * 2
-        columns.update({name: point[j], f"{name}_low": low, f"{name}_high": high})
-    return pd.DataFrame(columns, columns=PREDICTION_COLUMNS)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A fitted number and its bootstrap percentile interval (NaN when bootstrap=0)."""
-
-    value: float
-    low: float = math.nan
-    high: float = math.nan
-
-    def __float__(self):
-        return float(self.value)
-
-    def __format__(self, spec):
-        spec = spec or ".4g"
-        if np.isfinite(self.low):
-            return f"{self.value:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
-        return f"{self.value:{spec}}"
-
-    def __str__(self):
-        return format(self, "")
-
-
-def estimate(value, samples, level):
-    lo, hi = percentile_interval(samples, level) if samples is not None else (math.nan, math.nan)
-    return Estimate(float(value), lo, hi)
 
 
 @dataclass
@@ -122,6 +80,10 @@ class ParametricLaw:
     a, b: implied compute-optimal exponents of N_opt and D_opt (a = beta/(alpha+beta));
     G: Chinchilla eq. 4 coefficient, N_opt = G (C/k)^a, D_opt = G^-1 (C/k)^b.
     `samples`: bootstrap draws of (E, A, B, alpha, beta), (R, 5).
+    huber_delta: the Huber threshold on the residual of ln loss the fit used;
+    residual_median: median |ln L_fit - ln L_observed| over the fitted rows;
+    local_optima: the distinct polished optima of the start grid, best first, as rows
+    (ln A, ln B, ln E, alpha, beta).
     """
 
     E: Estimate
@@ -138,6 +100,9 @@ class ParametricLaw:
     samples: np.ndarray | None = None
     bootstrap_dropped: int = 0
     tie_exponents: bool = False
+    huber_delta: float = HUBER_DELTA
+    residual_median: float = math.nan
+    local_optima: np.ndarray | None = None
 
     def loss(self, params, tokens):
         """Predicted loss in nats per token for N parameters trained on D tokens."""
@@ -151,7 +116,12 @@ class ParametricLaw:
 
         def at(E, A, B, alpha, beta):
             n, d = compute_optimal_allocation(c, A, B, alpha, beta, k)
-            return n, d, parametric_loss(n, d, E, A, B, alpha, beta)
+            with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+                loss = parametric_loss(n, d, E, A, B, alpha, beta)
+            # A law with no finite allocation at C (exponents near zero) predicts nothing
+            # there: NaN, which the fit's warnings state, not inf or 0.
+            lost = ~(np.isfinite(n) & np.isfinite(d) & (n > 0) & (d > 0) & np.isfinite(loss))
+            return tuple(np.where(lost, np.nan, v) for v in (n, d, loss))
 
         point = at(self.E.value, self.A.value, self.B.value, self.alpha.value, self.beta.value)
         if self.samples is None or len(self.samples) < 2:
@@ -286,6 +256,10 @@ class ScalingLaws:
         nothing is written); with out_dir, PNG files written there, and their paths."""
         from flops_fit import report
 
+        for col in ("params", "tokens", "flops", "loss"):
+            if np.isnan(report.drawable(self.points[col])).any():
+                raise FitError(f"plot: the fitted rows' {col} reach beyond 1e+-{report.DRAWABLE_DECADES}, "
+                               "past what a log-scale axis can draw; check that column's units")
         if out_dir is None:
             return report.figures(self)
         return report.write_figures(self, out_dir)

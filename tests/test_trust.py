@@ -331,3 +331,14 @@ def test_uris_are_read_through_pyarrow_filesystems(sweep, tmp_path):
     assert remote.provenance["content"].startswith("sha256 of the rows fitted:")
     with pytest.raises(FitError, match=r"data: no such file or folder: file://"):
         fit(f"file://{tmp_path / 'missing.csv'}", bootstrap=0)
+
+
+def test_a_floor_the_optima_cannot_identify_is_said_and_its_interval_stays_non_negative():
+    # a law without an irreducible term, at 4 budgets: the floor fit meets its bound E = 0
+    data = synthetic_sweep(seed=3, law=dict(E=0.0, A=400.0, B=1500.0, alpha=0.34, beta=0.28), noise=0.01)
+    data = data[data["budget"].isin([1e18, 1e19, 1e20, 1e21])]
+    laws = fit(data, bootstrap=0, approach="isoflop")
+    assert laws.isoflop.E.value == 0 and laws.isoflop.E.low == 0 < laws.isoflop.E.high
+    assert any(w.startswith("isoflop loss floor E sits at its bound 0") for w in laws.warnings)
+    clean = fit(synthetic_sweep(seed=3), bootstrap=0, approach="isoflop")
+    assert clean.isoflop.E.value > 1 and not any("floor E sits" in w for w in clean.warnings)

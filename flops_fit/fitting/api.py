@@ -196,10 +196,18 @@ def _what_ran(iso, par, optima, opts, iso_reason, par_reason):
 
 
 def _isoflop_warnings(iso):
-    if iso is None or iso.fits["loss"]["dof"] > 0:
+    """What the IsoFLOP loss law cannot tell: no residual left, or a floor at its bound 0."""
+    if iso is None:
         return []
-    return [f"isoflop loss law rests on {int(iso.optima['bracketed'].sum())} budgets: E + k C^-c has no "
-            "residual left, so its loss has no interval; add budgets (or let L(N, D) run)"]
+    budgets = int(iso.optima["bracketed"].sum())
+    if iso.fits["loss"]["dof"] <= 0:
+        return [f"isoflop loss law rests on {budgets} budgets: E + k C^-c has no residual left, so its loss "
+                "has no interval; add budgets (or let L(N, D) run)"]
+    if iso.floor == "fitted" and iso.E.value <= 0:
+        return [f"isoflop loss floor E sits at its bound 0: the optimal losses of {budgets} budgets do not "
+                "identify an irreducible loss, and the loss far beyond them is unknown (its interval says "
+                "so); add budgets to read a floor"]
+    return []
 
 
 def agreement_budgets(iso):

@@ -216,7 +216,8 @@ def isoflop_law(optima, optimum, k, level, parametric_floor=None):
     if floor == "parametric":
         e_est = Estimate(float(parametric_floor))
     else:
-        e_est = Estimate(float(lf["E"][0]), float(lf["E"][0] - t["loss"] * sd[0]), float(lf["E"][0] + t["loss"] * sd[0]))
+        e_val = float(lf["E"][0])  # cross-entropy is never negative: the interval stops at 0
+        e_est = Estimate(e_val, max(0.0, e_val - t["loss"] * sd[0]), e_val + t["loss"] * sd[0])
     with np.errstate(over="ignore"):
         k_l = Estimate(float(lf["k"][0] * np.exp(c_val * lf["log_c_ref"])))
     exponent = Estimate(-c_val, -c_val - t["loss"] * c_sd, -c_val + t["loss"] * c_sd)

@@ -200,7 +200,8 @@ def test_prefetched_batches_are_the_planned_sample_positions(depth):
 def test_compiled_model_trains_like_the_eager_one():
     eager, compiled = _run(_task()), _run(_task(compile=True))
     for run in (eager, compiled):  # as _setup builds them
-        run.net, run.model, run.optimizer, run.scheduler = T._build(run.point, run.task, run.accelerator)
+        settings = {"lr": 1e-2, "warmup": run.task.warmup_fraction}  # the peak LR _run uses
+        run.net, run.model, run.optimizer, run.scheduler = T._build(run.point, run.task, run.accelerator, settings)
     assert type(compiled.model).__name__ == "OptimizedModule" and compiled.model is not compiled.net
     assert _train_steps(compiled, 3) == pytest.approx(_train_steps(eager, 3), rel=1e-5)
     # The bare module holds the trained weights (what checkpoints and evaluation use).

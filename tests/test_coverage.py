@@ -52,6 +52,23 @@ def simulate(sizes, seed):
     return log_n, loss
 
 
+def a_coverage(log_n, level):
+    """Share of sweeps whose `level` interval of the N_opt exponent covers the true a."""
+    fit = line_fit(np.log(BUDGETS), log_n)
+    half = t_quantile(level, fit["dof"]) * fit["s"] / np.sqrt(fit["sxx"])
+    return np.mean(np.abs(fit["slope"] - A_TRUE) <= half)
+
+
+def loss_coverage(loss, level):
+    """Share of sweeps whose `level` interval of the loss at the largest budget covers the
+    true compute-optimal loss there; also the predicted losses (positive, nats per token)."""
+    top = BUDGETS[-1]
+    truth = loss_law(n_opt(top), top / (6 * n_opt(top)))
+    value, low_end, high_end = (v[:, 0] for v in floor_interval(floor_fit(np.log(BUDGETS), loss),
+                                                                  np.log(BUDGETS[-1:]), level))
+    return np.mean((low_end <= truth) & (truth <= high_end)), value
+
+
 @pytest.fixture(scope="module", params=[3, 4, 5, 7], ids=lambda n: f"{n}-sizes")
 def sweeps(request):
     return simulate(request.param, seed=request.param)
@@ -59,22 +76,14 @@ def sweeps(request):
 
 @pytest.mark.parametrize("level", sorted(BOUNDS))
 def test_interval_of_the_n_opt_exponent_covers_the_truth(sweeps, level):
-    log_n, _ = sweeps
-    fit = line_fit(np.log(BUDGETS), log_n)
-    half = t_quantile(level, fit["dof"]) * fit["s"] / np.sqrt(fit["sxx"])
-    covered = np.mean(np.abs(fit["slope"] - A_TRUE) <= half)
+    covered = a_coverage(sweeps[0], level)
     low, high = BOUNDS[level]
     assert low <= covered <= high, f"{covered:.3f} of nominal {level}"
 
 
 @pytest.mark.parametrize("level", sorted(BOUNDS))
 def test_interval_of_the_loss_at_the_largest_budget_covers_the_truth(sweeps, level):
-    _, loss = sweeps
-    top = BUDGETS[-1]
-    truth = loss_law(n_opt(top), top / (6 * n_opt(top)))
-    value, low_end, high_end = (v[:, 0] for v in floor_interval(floor_fit(np.log(BUDGETS), loss),
-                                                                  np.log(BUDGETS[-1:]), level))
-    covered = np.mean((low_end <= truth) & (truth <= high_end))
+    covered, value = loss_coverage(sweeps[1], level)
     low, high = BOUNDS[level]
     assert low <= covered <= high, f"{covered:.3f} of nominal {level}"
     assert np.all(value > 0)
@@ -84,16 +93,10 @@ def coverage_table():
     """The coverage of every design and level as a markdown table (benchmarks/RESULTS.md)."""
     lines = ["| sizes per budget | a, 95 % | a, 80 % | loss at the largest budget, 95 % | same, 80 % |",
              "|---|---|---|---|---|"]
-    top = BUDGETS[-1]
-    truth = loss_law(n_opt(top), top / (6 * n_opt(top)))
     for sizes in (3, 4, 5, 7):
         log_n, loss = simulate(sizes, seed=sizes)
-        line, floor = line_fit(np.log(BUDGETS), log_n), floor_fit(np.log(BUDGETS), loss)
-        cells = [np.mean(np.abs(line["slope"] - A_TRUE) <= t_quantile(level, line["dof"]) * line["s"]
-                         / np.sqrt(line["sxx"])) for level in (0.95, 0.80)]
-        for level in (0.95, 0.80):
-            _, low_end, high_end = (v[:, 0] for v in floor_interval(floor, np.log(BUDGETS[-1:]), level))
-            cells.append(np.mean((low_end <= truth) & (truth <= high_end)))
+        cells = [a_coverage(log_n, level) for level in (0.95, 0.80)]
+        cells += [loss_coverage(loss, level)[0] for level in (0.95, 0.80)]
         lines.append(f"| {sizes} | " + " | ".join(f"{c:.1%}" for c in cells) + " |")
     return "\n".join(lines)
 

@@ -5,8 +5,8 @@ it. The difference of the two predictions (in ln) is compared with the combined 
 their intervals, sqrt(h_iso^2 + h_par^2) for half-widths h in ln: for two independent
 estimates with roughly normal errors this is the interval of their difference. Every
 comparison is made at level 1 - (1 - level) / n (Bonferroni), so that the chance of a false
-alarm over all of them stays below 1 - level (tests/test_agreement.py counts false alarms
-over simulated sweeps).
+alarm over all of them stays below 1 - level (benchmarks/agreement_false_alarms.py counts
+false alarms over simulated sweeps).
 """
 
 from __future__ import annotations

@@ -213,10 +213,7 @@ def _isoflop_warnings(iso):
 def agreement_budgets(iso):
     """Where the approaches are compared by default: the largest budget in the IsoFLOP laws
     and EXTRAPOLATION_FACTOR times beyond it (where a prediction is first an extrapolation)."""
-    if iso is None:
-        return []
-    top = float(iso.optima.loc[iso.optima["bracketed"], "budget"].max())
-    return [top, EXTRAPOLATION_FACTOR * top]
+    return [] if iso is None else [iso.largest_budget, EXTRAPOLATION_FACTOR * iso.largest_budget]
 
 
 def _provenance(data, prep, **options):

@@ -53,6 +53,11 @@ class IsoflopLaw:
     floor: str = "fitted"
     fits: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def largest_budget(self) -> float:
+        """The largest budget (FLOPs) in the laws: the last one with a bracketed optimum."""
+        return float(self.optima.loc[self.optima["bracketed"], "budget"].max())
+
     def predict(self, flops, level=INTERVAL_LEVEL, new_observation=False) -> pd.DataFrame:
         """N_opt, D_opt, L_opt for compute C in FLOPs: one row per C, PREDICTION_COLUMNS.
 
@@ -189,20 +194,15 @@ class ScalingLaws:
         `flops` (FLOPs), e.g. the budget a prediction is made for."""
         from flops_fit.fitting.agreement import compare
 
-        c = np.atleast_1d(np.asarray(flops, float))
-        if not (np.all(np.isfinite(c)) and np.all(c > 0)):
-            raise FitError("compare: compute budgets must be positive finite FLOPs")
-        budgets = [float(self.isoflop.optima.loc[self.isoflop.optima["bracketed"], "budget"].max())] \
-            if self.isoflop is not None else []
-        return compare(self.isoflop, self.parametric, budgets + [float(v) for v in c], self.level)
+        c = _budgets(flops, "compare")
+        largest = [self.isoflop.largest_budget] if self.isoflop is not None else []
+        return compare(self.isoflop, self.parametric, largest + [float(v) for v in c], self.level)
 
     def predict(self, flops) -> pd.DataFrame:
         """One row per approach per C (FLOPs): params, tokens, loss (nats/token) with
         bootstrap interval columns *_low, *_high."""
         import pandas as pd
-        c = np.atleast_1d(np.asarray(flops, float))
-        if not (np.all(np.isfinite(c)) and np.all(c > 0)):
-            raise FitError("predict: compute budgets must be positive finite FLOPs, e.g. predict([1e21, 1e23])")
+        c = _budgets(flops, "predict")
         frames = []
         for name, law in ((APPROACH_ISOFLOP, self.isoflop), (APPROACH_PARAMETRIC, self.parametric)):
             if law is not None:
@@ -266,3 +266,11 @@ class ScalingLaws:
 
     def __str__(self):
         return self.summary()
+
+
+def _budgets(flops, call):
+    """Compute budgets as a 1-d float array, or FitError naming `call` and the fix."""
+    c = np.atleast_1d(np.asarray(flops, float))
+    if not (np.all(np.isfinite(c)) and np.all(c > 0)):
+        raise FitError(f"{call}: compute budgets must be positive finite FLOPs, e.g. {call}([1e21, 1e23])")
+    return c

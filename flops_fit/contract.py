@@ -7,6 +7,10 @@ a fit needs, so that the modules that write a table and those that read it agree
 # What a point's row says of how it ended (results.csv, column `status`); only rows whose
 # status is OK_STATUS enter a fit.
 OK_STATUS = "ok"
+# A learning-rate searched point whose best multiplier is the smallest or largest tried
+# (flops_fit/lr_search.py): its loss is an upper bound of the tuned loss, so the fit leaves
+# it out unless asked, and the plots mark it.
+LR_NOT_BRACKETED = "lr-not-bracketed"
 
 # Why each point exists (column `origin`): planned, or added by the bracket-seeking
 # search (flops_fit/search.py). A row without one was planned.

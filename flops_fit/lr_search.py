@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import checks
+from .contract import LR_NOT_BRACKETED
 
 # A minimum inside the grid needs a multiplier on each side of the best one.
 MIN_MULTIPLIERS = 3
@@ -31,9 +32,6 @@ MIN_MULTIPLIERS = 3
 # "C1e+12-s4-lr0.25": stable (resume finds a sibling's own trial folder and record) and
 # never a planned point's id (those end in "-s<size>" or the search's "-add").
 SIBLING_SEPARATOR = "-lr"
-# Status of a point whose best multiplier is the smallest or largest of the grid: its loss
-# is an upper bound of the tuned loss, and the fit leaves it out unless asked.
-LR_NOT_BRACKETED = "lr-not-bracketed"
 # How a point's loss is chosen among its siblings: the lowest held-out loss of a trained
 # sibling (a real run; a parabola's vertex would extrapolate the noise of three runs).
 # The parabola in ln(lr) through the best sibling and its two neighbours gives `lr_opt`.

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from flops_fit.contract import ORIGIN_PLANNED
+from flops_fit.contract import LR_NOT_BRACKETED, ORIGIN_PLANNED
 
 # Default prediction budgets: the sweep's budgets plus this many powers of ten above the
 # largest one (Chinchilla Table 3 extrapolates several decades past the sweep).
@@ -295,6 +295,7 @@ def plot_isoflop_curves(laws) -> Figure:
     ax.scatter([], [], marker="*", s=120, color="grey", edgecolor="black", label="optimum (used)")
     ax.scatter([], [], marker="X", s=90, facecolor="none", edgecolor="red",
                label="not bracketed (excluded)")
+    _mark_lr_not_bracketed(ax, laws, cmap, norm)
     if "origin" in pts and (pts["origin"] != ORIGIN_PLANNED).any():
         ax.scatter([], [], marker="D", s=22, color="grey", edgecolor="black", linewidth=0.5,
                    label="added by the search")
@@ -306,6 +307,22 @@ def plot_isoflop_curves(laws) -> Figure:
     _budget_colourbar(fig, cmap, norm, ax, "compute budget C (FLOPs)")
     fig.tight_layout()
     return fig
+
+
+def _mark_lr_not_bracketed(ax, laws, cmap, norm) -> None:
+    """Points of an LR search whose best learning rate was at the grid's edge (left out of
+    the fit: their loss is only an upper bound of the tuned one): hollow circles."""
+    ex = laws.excluded
+    if "status" not in ex or not len(ex):
+        return
+    rows = ex[(ex["status"] == LR_NOT_BRACKETED) & np.isfinite(pd.to_numeric(ex["loss"], errors="coerce"))]
+    if not len(rows):
+        return
+    for rec in rows.itertuples():
+        ax.scatter(drawable([rec.params]), [rec.loss], s=40, facecolor="none", linewidth=1.2,
+                   edgecolor=cmap(norm(rec.budget)) if np.isfinite(rec.budget) else "grey")
+    ax.scatter([], [], s=40, facecolor="none", edgecolor="grey", linewidth=1.2,
+               label="LR not bracketed (excluded)")
 
 
 def plot_optima_vs_compute(laws) -> Figure:

@@ -20,7 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import checks
-from .lr_search import LR_NOT_BRACKETED, SIBLING_SEPARATOR, collapse, point_of, sibling_id
+from .contract import LR_NOT_BRACKETED
+from .lr_search import SIBLING_SEPARATOR, collapse, point_of, sibling_id
 from .plan import SweepPlan
 from .contract import ORIGIN_PLANNED
 

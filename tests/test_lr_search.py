@@ -309,6 +309,27 @@ def test_the_cli_keeps_lr_unbracketed_points_when_asked(tmp_path, capsys):
     assert "--keep-lr-unbracketed takes a sweep folder" in capsys.readouterr().err
 
 
+def test_the_isoflop_plot_marks_lr_unbracketed_points_where_they_are(tmp_path):
+    from flops_fit import report
+
+    folder = tmp_path / "sweep"
+    _fake_sweep(folder, _four_budgets_loss, _four_budgets_plan())
+    ax = report.plot_isoflop_curves(ff.fit(str(folder), bootstrap=0)).axes[0]
+    assert "LR not bracketed (excluded)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    # the one unbracketed point (C1e+12-s3, 30k params) is drawn hollow at its best sibling's loss
+    best = min(_four_budgets_loss(p, m) for p in _four_budgets_plan() if p.point_id == "C1e+12-s3"
+               for m in MULTIPLIERS)
+    hollow = [tuple(xy) for c in ax.collections if len(c.get_offsets()) and not c.get_facecolors().any()
+              and c.get_sizes()[0] == 40 for xy in c.get_offsets()]
+    assert hollow == [pytest.approx((30_000, best))]
+    plain = tmp_path / "plain"
+    law = CHINCHILLA_LAW
+    _fake_sweep(plain, lambda p, m: (law["E"] + law["A"] / p.params ** law["alpha"] + law["B"] / p.tokens ** law["beta"]
+                                     + 0.1 * math.log(m) ** 2), _four_budgets_plan())
+    legend = report.plot_isoflop_curves(ff.fit(str(plain), bootstrap=0)).axes[0].get_legend()
+    assert "LR not bracketed (excluded)" not in [t.get_text() for t in legend.get_texts()]
+
+
 def test_the_report_names_each_points_best_multiplier_and_draws_optimal_lr(tmp_path, capsys):
     from flops_fit.sweep_script import lr_search_report
 

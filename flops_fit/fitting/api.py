@@ -35,7 +35,7 @@ OPTIMA = ("parabola", "lowest", "given")
 APPROACHES = ("auto", "isoflop", "parametric")
 
 
-EXCLUDED_COLUMNS = ["kind", "row", "budget", "params", "tokens", "flops", "loss", "reason"]
+EXCLUDED_COLUMNS = ["kind", "row", "budget", "params", "tokens", "flops", "loss", "status", "reason"]
 
 
 def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, columns=None,

@@ -73,7 +73,7 @@ class _Rows:
 
     def exclude(self, i, reason):
         rec = {"kind": "row", "row": int(i), "reason": reason}
-        for col in ("budget", "params", "tokens", "flops", "loss"):
+        for col in ("budget", "params", "tokens", "flops", "loss", "status"):
             if col in self.frame.columns:
                 v = self.frame.at[i, col]
                 rec[col] = float(v) if isinstance(v, (int, float, np.number)) else v

@@ -25,8 +25,8 @@ from flops_fit.data import is_hf_dataset
 from flops_fit.vision import DigitsImages, HFImages, ImageFolder, ViT, classification_loss
 # the flags, planning, running and report every sweep script shares: the report fits,
 # prints and writes the same answer for any modality
-from flops_fit.sweep_script import (add_plan_arguments, add_run_arguments, finish_args, learning_rate,
-                                    plan_and_run, report, run_settings)
+from flops_fit.sweep_script import (add_plan_arguments, add_run_arguments, exit_status, finish_args,
+                                    learning_rate, plan_and_run, report, run_settings)
 
 # Defaults sized for a 2-core laptop CPU: ViTs of ~1.7k-40k parameters on the digits.
 # The dial is n_layer = size, n_embd = ASPECT * size; at each budget, sizes are centred on
@@ -98,12 +98,13 @@ def make_task(args) -> ff.Task:
     )
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     args = parse_args(argv)
     task = make_task(args)
     print(task.data.describe())
-    return report(plan_and_run(task, args), args, loss_unit="nats/image")
+    results = plan_and_run(task, args)
+    return exit_status(results, report(results, args, loss_unit="nats/image"))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -20,8 +20,8 @@ import flops_fit as ff
 from flops_fit.data import HFText, TextCorpus, TokenFile, is_hf_dataset
 from flops_fit.models import GPT, lm_loss
 # the flags, planning, running and report every sweep script shares
-from flops_fit.sweep_script import (add_plan_arguments, add_run_arguments, finish_args, learning_rate,
-                                    plan_and_run, report, run_settings)
+from flops_fit.sweep_script import (add_plan_arguments, add_run_arguments, exit_status, finish_args,
+                                    learning_rate, plan_and_run, report, run_settings)
 
 # Defaults sized for a 2-core laptop CPU: a byte-level GPT of 3k-180k parameters on the
 # .py files of this Python's standard library. Budgets are FLOPs; at each, four sizes of
@@ -93,10 +93,13 @@ def make_task(args) -> ff.Task:
     )
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """Run the sweep the flags describe and report it; the exit code: 0 when every point
+    finished and the laws were fitted, else 1."""
     args = parse_args(argv)
-    return report(plan_and_run(make_task(args), args), args)
+    results = plan_and_run(make_task(args), args)
+    return exit_status(results, report(results, args))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -11,7 +11,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -68,6 +68,12 @@ class SweepPlan:
 
     def __len__(self) -> int:
         return len(self.points)
+
+    def of_budgets(self, budgets) -> "SweepPlan":
+        """The part of this plan at `budgets` (FLOPs): its points and dropped sizes there."""
+        keep = {float(b) for b in budgets}
+        return replace(self, points=tuple(p for p in self.points if p.budget in keep),
+                       dropped=tuple(d for d in self.dropped if float(d["budget"]) in keep))
 
     def __iter__(self):
         return iter(self.points)

@@ -19,6 +19,10 @@ from flops_fit.plan import DEFAULT_SIZE_SPREAD
 from flops_fit.task import PRECISIONS
 
 SMOKE_BOOTSTRAP = 200  # --smoke: fewer bootstrap resamples, a quicker fit
+FITTED_RULE = "fitted"  # --lr-rule fitted: the rule learned by this run's own LR search
+# Point statuses that make a finished sweep exit non-zero: points that did not train to the
+# end (diverged, skipped and lr-not-bracketed are results of a point, not failures).
+UNFINISHED_STATUSES = ("failed", "incomplete")
 PREDICTION_FACTOR = 100  # the report predicts for this many times the largest budget
 
 
@@ -64,9 +68,13 @@ def add_run_arguments(p):
     p.add_argument("--max-points", type=int, default=None,
                    help="with --adaptive: the most points trained in all (default: the plan's "
                         "points plus 4 per budget)")
-    p.add_argument("--lr-rule", default=None, metavar="SWEEP",
+    p.add_argument("--lr-rule", default=None, metavar="SWEEP|fitted",
                    help="train with the rule lr_opt = c N^-g fitted to the LR-searched sweep in this folder "
-                        "(e.g. --lr-search over the smallest budgets) instead of --lr")
+                        "instead of --lr; 'fitted' (with --lr-search): search the smallest budgets, then "
+                        "train the others once per point with the rule fitted to them")
+    p.add_argument("--lr-search-budgets", type=int, default=None, metavar="K",
+                   help="with --lr-rule fitted: how many of the smallest budgets are LR-searched "
+                        "(default: the smaller half, rounded up)")
     p.add_argument("--lr-search", type=float, nargs="+", default=None, metavar="MULTIPLIER",
                    help="train every point at these multiples of its learning rate (e.g. 0.25 0.5 1 2 4) "
                         "and keep the best; a point whose best is the smallest or largest is "
@@ -86,31 +94,70 @@ def finish_args(p, argv, smoke: dict, names: tuple):
         args.name = names[0] if args.smoke else (names[1] if args.dry_run else names[2])
         if args.adaptive:  # a searched sweep never resumes a static one of the same flags
             args.name += "-adaptive"
-        if args.lr_search:  # nor an LR-searched one an unsearched one
+        if args.lr_rule == FITTED_RULE:
+            args.name += "-lr-fitted"
+        elif args.lr_search:  # nor an LR-searched one an unsearched one
             args.name += "-lr"
-        if args.lr_rule:
+        if args.lr_rule and args.lr_rule != FITTED_RULE:
             args.name += "-lr-rule"
     if args.max_points is not None and not args.adaptive:
         p.error("--max-points bounds a search: add --adaptive, or leave --max-points out")
+    _check_fitted_rule(p, args)
     return args
+
+
+def _check_fitted_rule(p, args) -> None:
+    """--lr-rule fitted and --lr-search-budgets: refused before any compute unless they can work."""
+    fitted = args.lr_rule == FITTED_RULE
+    if args.lr_search_budgets is not None and not fitted:
+        p.error("--lr-search-budgets chooses the budgets searched before --lr-rule fitted: add "
+                "--lr-rule fitted, or leave --lr-search-budgets out")
+    if not fitted:
+        return
+    if not args.lr_search:
+        p.error("--lr-rule fitted learns the rule from an LR search: add --lr-search, e.g. "
+                "--lr-search 0.3 1 3")
+    n = len(set(args.budgets))
+    if n < 2:
+        p.error("--lr-rule fitted searches the smallest budgets and trains the others with the fitted "
+                "rule: give at least 2 --budgets")
+    k = args.lr_search_budgets
+    if k is not None and not 1 <= k < n:
+        p.error(f"--lr-search-budgets must be between 1 and {n - 1} (the number of --budgets less one), "
+                "so that some budgets are searched and some use the fitted rule")
+
+
+def split_budgets(budgets, searched: int | None) -> tuple[list, list]:
+    """(the budgets to LR-search, the budgets to train with the fitted rule): the `searched`
+    smallest ones (default the smaller half, rounded up), the rest. Small budgets are the
+    cheap ones, so learning the rule there and reusing it on the large ones saves most of a
+    searched sweep's cost."""
+    budgets = sorted(set(float(b) for b in budgets))
+    k = searched if searched is not None else (len(budgets) + 1) // 2
+    return budgets[:k], budgets[k:]
 
 
 def learning_rate(args):
     """Task.lr from the flags: --lr, or with --lr-rule the rule fitted to that LR-searched
     sweep (flops_fit.lr_search.fit_lr_law on its points, lr_opt = c N^-g)."""
-    if not args.lr_rule:
+    if not args.lr_rule or args.lr_rule == FITTED_RULE:  # fitted: --lr centres the search
         return args.lr
+    return _fitted_lr_rule(ff.load_results(args.lr_rule), args.lr_rule)
+
+
+def _fitted_lr_rule(searched, where: str):
+    """The Task rule lr_opt = c N^-g fitted to the LR-searched sweep `searched`; SystemExit
+    with the fix when it has no search or too few bracketed points."""
     from flops_fit.lr_search import fit_lr_law
 
-    searched = ff.load_results(args.lr_rule)
     if searched.siblings is None:
-        raise SystemExit(f"--lr-rule: the sweep at {args.lr_rule} has no learning-rate search; "
+        raise SystemExit(f"--lr-rule: the sweep at {where} has no learning-rate search; "
                          "give the folder of a sweep run with --lr-search.")
     try:
         law = fit_lr_law(searched.table)
     except ValueError as e:
         raise SystemExit(f"--lr-rule: {e}") from None
-    print(f"Learning rate from {args.lr_rule}: {law.describe()}", flush=True)
+    print(f"Learning rate from {where}: {law.describe()}", flush=True)
     return law.rule()
 
 
@@ -120,15 +167,52 @@ def run_settings(args) -> dict:
 
 
 def plan_and_run(task, args):
-    """Plan the sweep the flags describe and run it on Ray; the SweepResults."""
+    """Plan the sweep the flags describe and run it on Ray; the SweepResults.
+
+    With --lr-rule fitted, one plan run as two sweeps: its smallest budgets LR-searched
+    (sweep `<name>-lr-search`), then its other budgets trained once per point with the
+    rule lr_opt = c N^-g fitted to the first (sweep `<name>`); the results hold both tables.
+    """
     plan = ff.plan_sweep(task, args.budgets, sizes=args.sizes, points_per_budget=args.points_per_budget,
                          tokens_per_param=args.tokens_per_param, size_spread=args.size_spread)
+    if args.lr_rule != FITTED_RULE:
+        return _run(plan, task, args, args.name, args.lr_search)
+    searched_budgets, rule_budgets = split_budgets(args.budgets, args.lr_search_budgets)
+    search_name = f"{args.name}-lr-search"
+    print(f"Learning-rate search on budgets {', '.join(f'{b:.3g}' for b in searched_budgets)} (sweep "
+          f"{search_name!r}), then the fitted rule on {', '.join(f'{b:.3g}' for b in rule_budgets)} "
+          f"(sweep {args.name!r}).", flush=True)
+    searched = _run(plan.of_budgets(searched_budgets), task, args, search_name, args.lr_search)
+    if (searched.table["status"].isin(UNFINISHED_STATUSES)).any():
+        raise SystemExit(f"--lr-rule fitted: {searched.status_line()} Rerun the same command to resume "
+                         "the search; the rest of the budgets start once every searched point has finished.")
+    rule = _fitted_lr_rule(searched, searched.path)
+    rest = _run(plan.of_budgets(rule_budgets), dataclasses.replace(task, lr=rule), args, args.name, None)
+    import pandas as pd
+
+    table = pd.concat([searched.table, rest.table], ignore_index=True)
+    print(f"Results: {searched.results_csv} (LR search), {rest.results_csv} (fitted rule)", flush=True)
+    return dataclasses.replace(rest, table=table, plan=None, siblings=searched.siblings)
+
+
+def _run(plan, task, args, name, lr_search):
     return ff.run_sweep(
-        plan, task, name=args.name, storage_path=args.storage_path, num_workers=args.num_workers,
+        plan, task, name=name, storage_path=args.storage_path, num_workers=args.num_workers,
         use_gpu=args.gpu, address=args.address, max_concurrent=args.max_concurrent,
         max_failures=args.max_failures, dry_run=args.dry_run,
-        search="bracket" if args.adaptive else None, max_points=args.max_points, lr_search=args.lr_search,
+        search="bracket" if args.adaptive else None, max_points=args.max_points, lr_search=lr_search,
     )
+
+
+def exit_status(results, laws) -> int:
+    """The sweep script's exit code: 0 when every point finished and the laws were fitted,
+    1 otherwise (points failed or unfinished, or no law could be fitted), so that a job
+    runner or CI sees a sweep that did not give an answer."""
+    unfinished = results.table["status"].isin(UNFINISHED_STATUSES).sum()
+    if unfinished:
+        print(f"\n{unfinished} point(s) failed or did not finish (see their error column in "
+              f"{results.results_csv}); rerun the same command to retry them.", flush=True)
+    return 1 if unfinished or laws is None else 0
 
 
 def lr_search_report(results):
@@ -139,14 +223,16 @@ def lr_search_report(results):
     from flops_fit.lr_search import fit_lr_law
     from flops_fit.report import lr_search_text, plot_optimal_lr
 
+    # the searched points only (with --lr-rule fitted the table also holds the rule's points)
+    searched = results.table[results.table["lr_multiplier"].notna()]
     try:
-        law = fit_lr_law(results.table)
+        law = fit_lr_law(searched)
     except ValueError as e:  # too few bracketed points for a power law: the table alone
         law = None
         print(f"\nNo learning-rate rule fitted: {e}")
-    text = lr_search_text(results.table, law)
+    text = lr_search_text(searched, law)
     print("\nLearning-rate search (the point's loss is its best sibling's):\n" + text)
-    return text, plot_optimal_lr(results.table, law)
+    return text, plot_optimal_lr(searched, law)
 
 
 def report(results, args, loss_unit: str = "nats/token"):

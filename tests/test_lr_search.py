@@ -6,6 +6,7 @@ flops_fit/hyperparameters.py, train.dry_run_loss)."""
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -361,3 +362,94 @@ def test_lr_rule_takes_the_rule_fitted_to_an_lr_searched_sweep(tmp_path, capsys)
     assert rule(1e4, 1e6, 6e10) == pytest.approx(1.2e-2, rel=0.05)
     assert "Learning rate from" in capsys.readouterr().out
     assert learning_rate(argparse.Namespace(lr=3e-3, lr_rule=None)) == 3e-3
+
+
+# --- --lr-rule fitted: search the smallest budgets, then the fitted rule on the rest ------
+
+def _in_process_run_sweep(calls, law):
+    """A stand-in for ff.run_sweep with the dry run's losses (train.dry_run_loss at each trial's
+    peak LR, as the Ray dry run draws them): the point of these tests is the flow between
+    the two sweeps, not Ray (tests/test_lr_search_sweep.py runs the searched sweep on Ray)."""
+    from flops_fit.execute import trial_points
+
+    def run_sweep(plan, task, name, storage_path, lr_search=None, **_):
+        calls.append({"budgets": sorted({p.budget for p in plan}), "name": name, "lr_search": lr_search,
+                      "lr": task.lr})
+        rows = []
+        for p in plan:
+            for trial in trial_points(p.__dict__, task, lr_search):
+                point = SweepPoint(trial["point_id"], p.budget, p.size, p.params, p.flops_per_token, p.steps,
+                                   p.tokens, p.flops)
+                rows.append({**trial, "loss": dry_run_loss(point, law, task.seed, trial["lr"]), "status": "ok",
+                             "error": ""})
+        raw = pd.DataFrame(rows)
+        if not lr_search:
+            return R.SweepResults(raw, str(Path(storage_path) / name), plan)
+        raw, points = L.collapse(raw)
+        return R.SweepResults(points, str(Path(storage_path) / name), plan, siblings=raw)
+
+    return run_sweep
+
+
+def test_lr_rule_fitted_searches_the_small_budgets_then_trains_the_rest_with_the_fitted_rule(
+        tmp_path, monkeypatch, capsys):
+    from flops_fit.sweep_script import lr_search_report, plan_and_run
+    from flops_fit.train import DRY_RUN_LR_LAW
+    from toy import load_example, tiny_task
+
+    calls = []
+    monkeypatch.setattr(ff, "run_sweep", _in_process_run_sweep(calls, RECOVERY_LAW))
+    sweep = load_example("sweep")
+    args = sweep.parse_args(["--budgets", "1e11", "3e11", "1e12", "3e12", "--sizes", "1", "2", "3", "4", "5",
+                             "--lr", "1e-2", "--lr-search", *map(str, WIDE_SEARCH), "--lr-rule", "fitted",
+                             "--storage-path", str(tmp_path), "--name", "tuned"])
+    results = plan_and_run(tiny_task(tmp_path, lr=args.lr), args)
+    searched, rest = calls
+    assert searched["budgets"] == [1e11, 3e11] and searched["name"] == "tuned-lr-search"
+    assert list(searched["lr_search"]) == list(WIDE_SEARCH) and searched["lr"] == 1e-2
+    assert rest["budgets"] == [1e12, 3e12] and rest["name"] == "tuned" and rest["lr_search"] is None
+    # the larger budgets train with the rule lr_opt = c N^-g fitted to the searched points,
+    # which follows the dry run's LR valley lr*(N) = 0.9 N^-0.47 (within the noise of 10
+    # tiny points, whose loss noise is of the size of the LR term)
+    law = L.fit_lr_law(results.table[results.table["budget"] < 1e12])
+    assert isinstance(rest["lr"], H.PowerLaw)
+    assert (rest["lr"].coefficient, rest["lr"].exponent) == pytest.approx((law.coefficient, law.exponent))
+    assert rest["lr"].exponent == pytest.approx(DRY_RUN_LR_LAW["lr_g"], abs=0.1)
+    table = results.table
+    assert sorted(table["budget"].unique()) == [1e11, 3e11, 1e12, 3e12] and len(table) == 20
+    assert table.loc[table["budget"] >= 1e12, "lr_multiplier"].isna().all()
+    assert results.path == str(tmp_path / "tuned") and len(results.siblings) == 10 * len(WIDE_SEARCH)
+    text, _ = lr_search_report(results)  # the report lists the searched points only
+    assert text.count("| C") == 10
+    assert "(LR search)" in capsys.readouterr().out
+
+
+def test_lr_rule_fitted_stops_before_the_rest_when_a_searched_point_failed(tmp_path, monkeypatch):
+    from flops_fit.sweep_script import plan_and_run
+    from toy import load_example, tiny_task
+
+    calls = []
+    inner = _in_process_run_sweep(calls, RECOVERY_LAW)
+
+    def failing(plan, task, **kw):
+        res = inner(plan, task, **kw)
+        res.table.loc[0, "status"] = "failed"
+        return res
+
+    monkeypatch.setattr(ff, "run_sweep", failing)
+    args = load_example("sweep").parse_args(["--budgets", "1e11", "1e12", "--sizes", "1", "2", "3",
+                                             "--lr-search", "0.5", "1", "2", "--lr-rule", "fitted",
+                                             "--storage-path", str(tmp_path)])
+    with pytest.raises(SystemExit, match="Rerun the same command to resume"):
+        plan_and_run(tiny_task(tmp_path), args)
+    assert len(calls) == 1  # the rule's budgets never started
+
+
+def test_the_sweep_script_exits_non_zero_on_failed_points_or_no_fit():
+    from flops_fit.sweep_script import exit_status
+
+    table = pd.DataFrame({"status": ["ok", "diverged", "lr-not-bracketed", "skipped"]})
+    assert exit_status(R.SweepResults(table, "/x"), laws=object()) == 0
+    assert exit_status(R.SweepResults(table, "/x"), laws=None) == 1
+    for bad in ("failed", "incomplete"):
+        assert exit_status(R.SweepResults(table.assign(status=["ok", bad, "ok", "ok"]), "/x"), object()) == 1

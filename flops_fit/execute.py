@@ -313,6 +313,8 @@ def trial_points(point: dict, task: Task, multipliers) -> list:
     `batch_size`), once; with an LR search, one sibling per multiplier, `lr` scaled by it,
     under the id lr_search.sibling_id(point id, multiplier)."""
     hp = task.hyperparameters(point["params"], point["tokens"], point["flops"])
+    if point.get("batch_size"):  # a batch rule's value was fixed by the plan (it set the steps)
+        hp["batch_size"] = point["batch_size"]
     if not multipliers:
         return [{**point, **hp}]
     return [{**point, **hp, "point_id": sibling_id(point["point_id"], m), "lr": hp["lr"] * m,
@@ -347,11 +349,12 @@ def _make_search(search, plan, task, max_points, search_sizes):
         raise ValueError(f"run_sweep(search={search!r}): use None (the plan as it is) or 'bracket' "
                          "(add sizes where a budget's optimum is not bracketed).")
     from .plan import DEFAULT_CANDIDATE_SIZES, _check_sizes
-    from .search import BracketSearch, size_table
+    from .search import BracketSearch, batch_table, size_table
 
     given = DEFAULT_CANDIDATE_SIZES if search_sizes is None else search_sizes
     candidates = sorted(set(_check_sizes(given, "search_sizes", call="run_sweep")) | {p.size for p in plan})
-    return BracketSearch(plan, size_table(task, plan, candidates), max_points=max_points)
+    sizes = size_table(task, plan, candidates)
+    return BracketSearch(plan, sizes, max_points=max_points, batches=batch_table(task, plan, sizes))
 
 
 def _check_same_search(sweep_dir: str, search: bool, finished: set) -> None:
@@ -371,15 +374,17 @@ def _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent
         raise TypeError(f"run_sweep(plan=...) needs a SweepPlan from flops_fit.plan_sweep, got {type(plan).__name__}.")
     if not isinstance(task, Task):
         raise TypeError(f"run_sweep(task=...) needs a flops_fit.Task, got {type(task).__name__}.")
-    if plan.batch_tokens != task.batch_tokens:
+    if task.batch_rule != (plan.batch_tokens == 0) or (not task.batch_rule and plan.batch_tokens != task.batch_tokens):
         raise ValueError(
-            f"The plan rounds D to steps of {plan.batch_tokens} tokens but the task's global batch is "
-            f"{task.batch_tokens} tokens (batch_size x tokens_per_sample); plan with the same Task."
+            "The plan's global batch is not the task's (batch_size x tokens_per_sample, or a batch "
+            "rule per point); plan with the same Task."
         )
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise ValueError(f"run_sweep(name={name!r}): give a plain folder name such as 'gpt-cpu-sweep'.")
     num_workers = checks.integer(num_workers, "run_sweep", "num_workers", "workers per point")
-    task.accumulation_steps(num_workers)  # the global batch splits into equal micro-batches
+    # the global batch (each point's, under a batch rule) splits into equal micro-batches
+    for batch in sorted({p.batch_size for p in plan}) if task.batch_rule else [None]:
+        task.accumulation_steps(num_workers, batch)
     max_failures = checks.integer(max_failures, "run_sweep", "max_failures", "or -1 to retry without limit",
                              minimum=RETRY_FOREVER)
     if max_concurrent is not None:

@@ -119,6 +119,30 @@ def step_law_batch_tokens() -> PowerLaw:
     return PowerLaw(STEP_LAW_BATCH[0], -STEP_LAW_BATCH[1], "D")
 
 
+@dataclass(frozen=True)
+class InSamples(Rule):
+    """A batch rule in tokens per optimizer step (deepseek_batch_tokens, step_law_batch_tokens)
+    as samples per step, the unit of Task.batch_size: its value / tokens_per_sample."""
+
+    tokens_rule: Rule
+    tokens_per_sample: int
+
+    def __post_init__(self):
+        if not isinstance(self.tokens_rule, Rule):
+            raise ValueError("batch_in_samples(rule, ...): rule must be a rule of the point, e.g. "
+                             "hyperparameters.deepseek_batch_tokens().")
+        checks.integer(self.tokens_per_sample, "batch_in_samples", "tokens_per_sample", "Task.tokens_per_sample")
+
+    def __call__(self, params, tokens, flops):
+        return self.tokens_rule(params, tokens, flops) / self.tokens_per_sample
+
+
+def batch_in_samples(rule: Rule, tokens_per_sample: int) -> InSamples:
+    """`rule` (a batch in tokens) as a Task.batch_size rule (samples per optimizer step),
+    e.g. Task(batch_size=batch_in_samples(deepseek_batch_tokens(), 128), tokens_per_sample=128)."""
+    return InSamples(rule, tokens_per_sample)
+
+
 def evaluate(rule, params: float, tokens: float, flops: float, what: str) -> float:
     """The value of `rule` at the point (N, D, C): a number as it is, a Rule of (N, D, C),
     any other callable of N alone (the older `lr=lambda n: ...` form). Raises ValueError

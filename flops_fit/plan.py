@@ -11,6 +11,7 @@ import json
 import math
 import os
 from collections import defaultdict
+import dataclasses
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -31,7 +32,9 @@ class SweepPoint:
     """One training run of the sweep.
 
     budget and flops are FLOPs; params is N under the plan's parameter convention; tokens
-    is D (= steps x the global batch in tokens); flops_per_token is training FLOPs per token.
+    is D (= steps x the global batch in tokens); flops_per_token is training FLOPs per token;
+    batch_size is the point's own global batch in samples when Task.batch_size is a rule
+    (0: the Task's number).
     """
 
     point_id: str
@@ -42,10 +45,12 @@ class SweepPoint:
     steps: int
     tokens: int
     flops: float
+    batch_size: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> "SweepPoint":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        fields = cls.__dataclass_fields__
+        return cls(**{k: d[k] for k in fields if k in d or fields[k].default is dataclasses.MISSING})
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class SweepPlan:
     """The points of a sweep plus the conventions that give their numbers meaning."""
 
     points: tuple
-    batch_tokens: int  # tokens per optimizer step (global batch)
+    batch_tokens: int  # tokens per optimizer step (global batch); 0: per point (a batch rule)
     param_convention: str
     flops_convention: str
     dropped: tuple = field(default_factory=tuple)  # dicts: budget, size, reason
@@ -83,7 +88,9 @@ class SweepPlan:
             f"IsoFLOP sweep plan: {len(self.points)} points over {len(self.budgets)} budgets, "
             f"total {self.total_flops:.3g} FLOPs",
             f"  N = {self.param_convention} parameters; FLOPs per token = {self.flops_convention}; "
-            f"global batch = {self.batch_tokens} tokens",
+            f"global batch = {self.batch_tokens} tokens" if self.batch_tokens else
+            "global batch per point (a Task.batch_size rule): " + ", ".join(
+                f"{p.point_id} {p.batch_size}" for p in self.points) + " samples",
             f"  {'point_id':<22} {'budget':>10} {'size':>5} {'params':>11} {'tokens':>12} "
             f"{'steps':>7} {'tok/param':>9} {'flops':>10}",
         ]
@@ -179,10 +186,22 @@ def steps_for(budget: float, flops_per_token: float, batch_tokens: int) -> int:
 
 
 def sweep_point(pid: str, budget: float, size: int, params: int, flops_per_token: float, steps: int,
-                batch_tokens: int) -> SweepPoint:
-    """The point training `size` for `steps` optimizer steps: D = steps x batch_tokens tokens."""
+                batch_tokens: int, batch_size: int = 0) -> SweepPoint:
+    """The point training `size` for `steps` optimizer steps: D = steps x batch_tokens tokens
+    (batch_size: the point's own batch in samples under a batch rule, else 0)."""
     tokens = steps * batch_tokens
-    return SweepPoint(pid, budget, size, params, flops_per_token, steps, tokens, flops_per_token * tokens)
+    return SweepPoint(pid, budget, size, params, flops_per_token, steps, tokens, flops_per_token * tokens,
+                      batch_size)
+
+
+def point_batch(task, params: int, budget: float, flops_per_token: float) -> tuple[int, int]:
+    """(batch in samples recorded on the point, tokens per optimizer step) at (N, budget):
+    (0, the Task's batch in tokens) for a number batch_size; for a rule, its value at the
+    point's target D = budget / flops_per_token (the D that whole steps then round)."""
+    if not task.batch_rule:
+        return 0, task.batch_tokens
+    batch = task.batch_at(params, F.tokens_for_budget(budget, flops_per_token), budget)
+    return batch, batch * task.tokens_per_sample
 
 
 def _is_file(text: str) -> bool:
@@ -256,7 +275,8 @@ def plan_sweep(
                 )
         for size in chosen:
             params, fpt = probe.params(size), probe.flops_per_token(size)
-            steps = steps_for(budget, fpt, task.batch_tokens)
+            batch, batch_tokens = point_batch(task, params, budget, fpt)
+            steps = steps_for(budget, fpt, batch_tokens)
             if steps < min_steps:
                 dropped.append(
                     {
@@ -267,7 +287,7 @@ def plan_sweep(
                     }
                 )
                 continue
-            points.append(sweep_point(point_id(budget, size), budget, size, params, fpt, steps, task.batch_tokens))
+            points.append(sweep_point(point_id(budget, size), budget, size, params, fpt, steps, batch_tokens, batch))
     if not points:
         raise ValueError(
             "plan_sweep: every point has fewer than min_steps optimizer steps; raise `budgets` "
@@ -276,7 +296,9 @@ def plan_sweep(
         )
     _check_unique_ids(points)
     _check_design(points, budgets, dropped)
-    return SweepPlan(tuple(points), task.batch_tokens, param_convention, flops_per_token, tuple(dropped))
+    # batch_tokens 0: each point has its own batch (a Task.batch_size rule)
+    return SweepPlan(tuple(points), 0 if task.batch_rule else task.batch_tokens, param_convention,
+                     flops_per_token, tuple(dropped))
 
 
 class PlanWarning(UserWarning):

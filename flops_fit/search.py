@@ -285,9 +285,13 @@ def short_of_sizes_each_side(params, params_opt: float, each_side: int) -> bool:
     return min(sizes_each_side(params, params_opt)) < each_side
 
 
-def usable_sizes(budget, sizes: dict, batch_tokens: int, min_steps: int) -> list:
-    """Dial values that can train at `budget`: at least `min_steps` optimizer steps."""
-    return sorted(s for s, (_, fpt) in sizes.items() if steps_for(budget, fpt, batch_tokens) >= min_steps)
+def usable_sizes(budget, sizes: dict, batch_tokens, min_steps: int) -> list:
+    """Dial values that can train at `budget`: at least `min_steps` optimizer steps of
+    `batch_tokens` tokens (a number, or a dict size -> tokens per step under a batch rule;
+    a size missing from it cannot train at this budget)."""
+    per_size = batch_tokens if isinstance(batch_tokens, dict) else dict.fromkeys(sizes, batch_tokens)
+    return sorted(s for s, (_, fpt) in sizes.items()
+                  if s in per_size and steps_for(budget, fpt, per_size[s]) >= min_steps)
 
 
 def extension_sizes(valley: Valley, ok_sizes, tried_sizes, usable, sizes: dict, room: int) -> list:
@@ -414,6 +418,9 @@ class BracketSearch:
     queue: list = field(default_factory=list)  # point dicts decided, not yet proposed
     skipped: dict = field(default_factory=dict)  # planned point id -> why it is not trained
     log: list = field(default_factory=list)  # one line per decision, for people
+    # Under a Task.batch_size rule (plan.batch_tokens == 0): (budget, size) -> (batch in
+    # samples, tokens per step) of every size the search may use there (`batch_table`).
+    batches: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.max_points, self.max_added_per_budget, self.min_steps = check_search_arguments(
@@ -540,7 +547,7 @@ class BracketSearch:
         room = min(self._room(), self.max_added_per_budget - added)
         tried = {p["size"] for p in self._points_of(b)}
         ok_sizes = [p["size"] for p in self._ok(b)]
-        usable = usable_sizes(b.budget, self.sizes, self.plan.batch_tokens, self.min_steps)
+        usable = usable_sizes(b.budget, self.sizes, self._batch_tokens(b.budget), self.min_steps)
         new = extension_sizes(valley, ok_sizes, tried, usable, self.sizes, room)
         if not new and valley.fit_bracketed and valley.edge is not None:
             # Bracketed, wanting precision: a size past the other edge serves too.
@@ -581,7 +588,7 @@ class BracketSearch:
             each_side = len(logs) // 2 if imprecise else min(self.min_sizes_each_side, len(logs) // 2)
             if (imprecise or abs(math.log(predicted) - centre) > RECENTRE_TOLERANCE * span
                     or short_of_sizes_each_side([p.params for p in b.planned], predicted, each_side)):
-                usable = usable_sizes(b.budget, self.sizes, self.plan.batch_tokens, self.min_steps)
+                usable = usable_sizes(b.budget, self.sizes, self._batch_tokens(b.budget), self.min_steps)
                 # As many sizes as the plan's fullest budget (a coarse dial can give a budget
                 # fewer distinct sizes than asked for).
                 count = max(len(x.planned) for x in self._budgets.values())
@@ -630,10 +637,17 @@ class BracketSearch:
                     out[b.budget] = v.params_opt
         return out
 
+    def _batch_tokens(self, budget: float):
+        """Tokens per optimizer step at `budget`: the plan's, or per size under a batch rule."""
+        if self.plan.batch_tokens:
+            return self.plan.batch_tokens
+        return {s: bt for (b, s), (_, bt) in self.batches.items() if b == budget}
+
     def _point(self, budget: float, size: int, origin: str) -> dict:
         params, fpt = self.sizes[size]
+        batch, batch_tokens = (0, self.plan.batch_tokens) if self.plan.batch_tokens else self.batches[(budget, size)]
         point = sweep_point(point_id(budget, size) + ADDED_ID_SUFFIX, budget, size, params, fpt,
-                            steps_for(budget, fpt, self.plan.batch_tokens), self.plan.batch_tokens)
+                            steps_for(budget, fpt, batch_tokens), batch_tokens, batch)
         return asdict(point) | {"origin": origin}
 
     # -- persistence ----------------------------------------------------------------------
@@ -660,6 +674,24 @@ def size_table(task, plan: SweepPlan, candidate_sizes) -> dict:
     table = {int(s): (int(probe.params(s)), float(probe.flops_per_token(s))) for s in candidate_sizes}
     for p in plan.points:  # the plan's own numbers win (a counted FLOP probe is not re-run)
         table[p.size] = (p.params, p.flops_per_token)
+    return table
+
+
+def batch_table(task, plan: SweepPlan, sizes: dict) -> dict:
+    """Under a Task.batch_size rule: (budget, size) -> (batch in samples, tokens per step)
+    for every plan budget and size of `sizes` (as plan_sweep resolves them); a size whose
+    batch the rule cannot give there is left out (the search never adds it). {} otherwise."""
+    from .plan import point_batch
+
+    if not task.batch_rule:
+        return {}
+    table = {}
+    for budget in plan.budgets:
+        for size, (params, fpt) in sizes.items():
+            try:
+                table[(budget, size)] = point_batch(task, params, budget, fpt)
+            except ValueError:
+                continue
     return table
 
 

@@ -48,7 +48,10 @@ class Task:
     data: Callable[[], tuple]
     loss_fn: Callable[[Any, Any], Any]
     tokens_per_sample: int
-    batch_size: int = 32  # samples per optimizer step, summed over all workers (global batch)
+    # samples per optimizer step, summed over all workers (global batch): a number, or a rule
+    # of the point (N, D, C) from flops_fit.hyperparameters (its value rounded to whole
+    # micro-batches; a rule in tokens goes through hyperparameters.batch_in_samples)
+    batch_size: Union[int, H.Rule] = 32
     # Samples per forward/backward on one worker (nanoGPT / nanochat's device batch). 0: a
     # worker's whole share of the batch at once. Smaller: the share is split into micro-batches
     # whose gradients are accumulated and synchronised once per optimizer step, so a GPU holds
@@ -85,13 +88,7 @@ class Task:
             raise TypeError("Task(loss_fn=...) must be callable: (model, batch) -> scalar loss tensor.")
         # numpy scalars are accepted and stored as plain numbers: the sweep record compares
         # Tasks field by field, and np.int64(32) must mean what 32 means
-        if isinstance(self.batch_size, H.Rule):
-            # The plan turns each budget into whole optimizer steps of one global batch, and
-            # the bracket search does the same; a batch per point needs both to change.
-            raise ValueError("Task(batch_size=...) takes a number of samples per optimizer step; a rule "
-                             "per point is not supported yet: evaluate the rule at the sweep's scale "
-                             "and pass the number.")
-        for name in ("tokens_per_sample", "batch_size", "eval_samples"):
+        for name in ("tokens_per_sample", "eval_samples") + (() if self.batch_rule else ("batch_size",)):
             self._set(name, checks.integer(getattr(self, name), "Task", name))
         for name in ("checkpoint_every", "report_every", "micro_batch_size"):
             self._set(name, checks.integer(getattr(self, name), "Task", name, "0 picks a default", minimum=0))
@@ -111,6 +108,8 @@ class Task:
         checks.one_of(self.precision, "Task", "precision", PRECISIONS)
         if not isinstance(self.compile, bool):
             raise ValueError(f"Task(compile={self.compile!r}) must be True or False.")
+        if self.batch_rule:  # each point's batch is a whole number of micro-batches (batch_at)
+            return
         if self.micro_batch_size > self.batch_size:
             raise ValueError(
                 f"Task(micro_batch_size={self.micro_batch_size}) is larger than batch_size={self.batch_size}; "
@@ -126,27 +125,54 @@ class Task:
         object.__setattr__(self, name, value)  # the dataclass is frozen once built
 
     @property
+    def batch_rule(self) -> bool:
+        """True when batch_size is a rule of the point (each point has its own batch)."""
+        return isinstance(self.batch_size, H.Rule)
+
+    @property
     def batch_tokens(self) -> int:
-        """Tokens per optimizer step of the global batch."""
+        """Tokens per optimizer step of the global batch (a number batch_size only; with a
+        rule, each point's batch is planned: SweepPoint.batch_size)."""
+        if self.batch_rule:
+            raise ValueError("Task.batch_size is a rule: the batch is per point (SweepPoint.batch_size); "
+                             "use Task.batch_at(N, D, C).")
         return self.batch_size * self.tokens_per_sample
 
-    def accumulation_steps(self, num_workers: int) -> int:
-        """Micro-batches per worker per optimizer step, for a group of `num_workers`.
+    def batch_at(self, params: float, tokens: float, flops: float) -> int:
+        """Samples per optimizer step at the point (N, D, C): the number, or the rule's value
+        rounded to a whole number of micro-batches (micro_batch_size, else 1), at least one.
+
+        Raises ValueError naming the field when the rule gives less than half a micro-batch."""
+        if not self.batch_rule:
+            return self.batch_size
+        value = H.evaluate(self.batch_size, params, tokens, flops, "Task(batch_size=<rule>)")
+        unit = self.micro_batch_size or 1
+        if not value >= unit / 2:
+            raise ValueError(f"Task(batch_size=<rule>) gives {value:.3g} samples per step at N={params:.4g}, "
+                             f"D={tokens:.4g}; the batch must be at least {unit} sample(s) (a rule in tokens "
+                             "goes through hyperparameters.batch_in_samples).")
+        return int(round(value / unit)) * unit
+
+    def accumulation_steps(self, num_workers: int, batch_size: int | None = None) -> int:
+        """Micro-batches per worker per optimizer step, for a group of `num_workers` and a
+        global batch of `batch_size` samples (default: Task.batch_size, a number).
 
         Raises ValueError when the global batch does not split evenly into num_workers x
         micro_batch_size (the tokens per step would otherwise differ from the plan's).
         """
-        if self.batch_size % num_workers:
+        batch = self.batch_size if batch_size is None else batch_size
+        what = "Task.batch_size" if batch_size is None else "the point's batch (Task.batch_size rule)"
+        if batch % num_workers:
             raise ValueError(
-                f"Task.batch_size={self.batch_size} is not divisible by num_workers={num_workers}; "
+                f"{what}={batch} is not divisible by num_workers={num_workers}; "
                 "each worker takes an equal share of the global batch: choose a batch size that is "
                 "a multiple of the number of workers."
             )
-        share = self.batch_size // num_workers
+        share = batch // num_workers
         micro = self.micro_batch_size or share
         if share % micro:
             raise ValueError(
-                f"Task.batch_size={self.batch_size} over num_workers={num_workers} gives {share} samples per "
+                f"{what}={batch} over num_workers={num_workers} gives {share} samples per "
                 f"worker, not a multiple of micro_batch_size={micro}; choose batch_size as a multiple of "
                 f"num_workers x micro_batch_size ({num_workers * micro})."
             )
@@ -174,7 +200,8 @@ class Task:
         if isinstance(warmup, H.Rule):
             warmup = checks.fraction(H.evaluate(warmup, params, tokens, flops, "Task(warmup_fraction=<rule>)"),
                                      "Task", "warmup_fraction(<point>)", "a share of the point's steps")
-        return {"lr": self.learning_rate(params, tokens, flops), "warmup": warmup, "batch_size": self.batch_size}
+        return {"lr": self.learning_rate(params, tokens, flops), "warmup": warmup,
+                "batch_size": self.batch_at(params, tokens, flops)}
 
 
 def check_task(task: Task, plan) -> list:
@@ -201,7 +228,7 @@ def check_task(task: Task, plan) -> list:
         if not hasattr(ds, "__len__") or not hasattr(ds, "__getitem__") or len(ds) < 1:
             raise ValueError(f"Task(data=...): the {name} dataset is empty or not a map-style dataset.")
     notes = []
-    needed = max(p.steps for p in plan) * task.batch_size
+    needed = max(p.steps * (p.batch_size or task.batch_size) for p in plan)
     if needed > len(train):
         epochs = needed / len(train)
         notes.append(

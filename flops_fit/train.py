@@ -11,6 +11,7 @@ ones Tune sees, and only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import math
@@ -74,6 +75,8 @@ def train_point(config: dict) -> dict:
 
     point = SweepPoint.from_dict(config["point"])
     task: Task = ray.cloudpickle.loads(config["task_pickle"])
+    if point.batch_size:  # a batch rule: this point's own batch, as the plan fixed it
+        task = dataclasses.replace(task, batch_size=point.batch_size)
     settings = point_settings(config["point"], task)
     if config.get("dry_run") is not None:  # {} means "the default law"
         return _dry_run(point, config["dry_run"], task, settings)

@@ -75,9 +75,76 @@ def test_a_rule_returning_nan_is_refused_before_any_compute(tmp_path, monkeypatc
         ff.run_sweep(plan, task, name="nan-rule", storage_path=tmp_path, dry_run=True)
 
 
-def test_a_batch_rule_is_refused_with_what_to_do():
-    with pytest.raises(ValueError, match=r"batch_size=.*not supported yet"):
-        _task(batch_size=H.deepseek_batch_tokens())
+# --- a batch per point (Task.batch_size as a rule) ---------------------------------------
+
+def test_a_batch_rule_in_tokens_gives_whole_micro_batches_of_samples():
+    rule = H.batch_in_samples(H.deepseek_batch_tokens(), 128)
+    task = _task(batch_size=rule, micro_batch_size=4)
+    # DeepSeek's 0.2920 C^0.3271 tokens at C = 6e14 FLOPs: 1.99e4 tokens = 155.6 samples of
+    # 128, rounded to whole micro-batches of 4
+    samples = 0.2920 * 6e14 ** 0.3271 / 128
+    assert samples == pytest.approx(155.6, abs=0.1)
+    assert task.batch_at(1e6, 1e8, 6e14) == 156
+    assert task.hyperparameters(1e6, 1e8, 6e14)["batch_size"] == 156
+    with pytest.raises(ValueError, match=r"Task.batch_size is a rule"):
+        task.batch_tokens
+    # a rule in tokens passed as samples would ask for far fewer than one sample: one line
+    tiny = _task(batch_size=H.power_law(1.0, 1.0, of="N"))
+    with pytest.raises(ValueError, match=r"Task\(batch_size=<rule>\) gives .* at least 1 sample") as err:
+        tiny.batch_at(1e6, 1e8, 6e14)
+    assert "\n" not in str(err.value)
+
+
+def test_a_batch_rule_plans_each_point_with_its_own_batch_and_steps():
+    from flops_fit import flops as F
+
+    # 4000 N^-0.5 samples per step: larger models, smaller batches
+    task = _task(batch_size=H.power_law(4.0e3, 0.5, of="N"))
+    plan = ff.plan_sweep(task, [1e12, 3e12], sizes=[1, 2, 3, 4])
+    assert plan.batch_tokens == 0 and "global batch per point" in plan.summary()
+    batches = {p.point_id: p.batch_size for p in plan}
+    assert len(set(batches.values())) == 4  # one batch per size
+    for p in plan:
+        assert p.batch_size == round(4.0e3 * p.params ** -0.5)
+        assert p.tokens == p.steps * p.batch_size * 128
+        # whole steps of the point's own batch spend the budget to within half a step
+        assert abs(p.tokens - F.tokens_for_budget(p.budget, p.flops_per_token)) <= p.batch_size * 128 / 2
+    # the trials carry the planned batch (results.csv's batch_size), LR siblings too
+    from flops_fit.execute import trial_points
+
+    point = plan.points[0]
+    trials = trial_points(point.__dict__, task, (0.5, 1.0, 2.0))
+    assert {t["batch_size"] for t in trials} == {point.batch_size}
+
+
+def test_a_plan_with_a_batch_rule_runs_only_with_that_task(tmp_path, monkeypatch):
+    from flops_fit import ray_setup
+
+    monkeypatch.setattr(ray_setup, "ensure_ray", lambda *a, **k: pytest.fail("Ray started"))
+    ruled = _task(batch_size=H.power_law(4.0e3, 0.5, of="N"))
+    plan = ff.plan_sweep(ruled, [1e12], sizes=[1, 2, 3])
+    with pytest.raises(ValueError, match="plan with the same Task"):
+        ff.run_sweep(plan, _task(), name="x", storage_path=tmp_path, dry_run=True)
+    with pytest.raises(ValueError, match="plan with the same Task"):
+        ff.run_sweep(ff.plan_sweep(_task(), [1e12], sizes=[1, 2, 3]), ruled, name="x", storage_path=tmp_path,
+                     dry_run=True)
+    # every point's batch must split over the workers before any compute
+    with pytest.raises(ValueError, match=r"the point's batch .* not divisible by num_workers=7"):
+        ff.run_sweep(plan, ruled, name="x", storage_path=tmp_path, dry_run=True, num_workers=7)
+
+
+def test_the_bracket_search_adds_points_with_the_batch_rules_value():
+    from flops_fit.search import BracketSearch, batch_table, size_table
+
+    task = _task(batch_size=H.power_law(4.0e3, 0.5, of="N"))
+    plan = ff.plan_sweep(task, [1e12, 3e12, 1e13], sizes=[2, 3, 4])
+    sizes = size_table(task, plan, range(1, 8))
+    batches = batch_table(task, plan, sizes)
+    search = BracketSearch(plan, sizes, batches=batches)
+    added = search._point(1e12, 6, "extended")
+    params = sizes[6][0]
+    assert added["batch_size"] == round(4.0e3 * params ** -0.5) == batches[(1e12, 6)][0]
+    assert added["tokens"] == added["steps"] * added["batch_size"] * 128
 
 
 # --- the lr_search argument ---------------------------------------------------------------

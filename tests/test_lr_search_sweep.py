@@ -54,3 +54,24 @@ def test_a_searched_dry_run_trains_each_sibling_once_and_keeps_them_all(ray_sess
     with pytest.raises(ValueError, match="other lr_search multipliers"):
         ff.run_sweep(plan, task, name="lr", storage_path=tmp_path / "runs", dry_run=LAW,
                      lr_search=[0.25, 1, 4])
+
+
+def test_each_point_trains_with_the_batch_its_rule_gives(ray_session, tmp_path):
+    from flops_fit import hyperparameters as H
+
+    probe = ff.plan_sweep(tiny_task(tmp_path), [1e10], sizes=[1, 2])
+    small = min(p.params for p in probe)
+    # 12 samples per step at the smaller size, about 6 at the larger one (N^-0.5)
+    task = tiny_task(tmp_path, batch_size=H.power_law(12 * small ** 0.5, 0.5, of="N"))
+    plan = ff.plan_sweep(task, [1e10], sizes=[1, 2])
+    planned = {p.point_id: p for p in plan}
+    assert len({p.batch_size for p in plan}) == 2
+    res = ff.run_sweep(plan, task, name="batch-rule", storage_path=tmp_path / "runs", live_fit=False,
+                       verbose=False)
+    table = res.table
+    assert list(table.status) == ["ok"] * 2, table[["point_id", "status", "error"]]
+    for row in table.itertuples():
+        point = planned[row.point_id]
+        # the worker trained the plan's steps of the point's own batch: exactly its D
+        assert row.batch_size == point.batch_size and row.steps == point.steps
+        assert row.tokens == point.tokens == point.steps * point.batch_size * task.tokens_per_sample

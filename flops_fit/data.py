@@ -68,6 +68,13 @@ def settings_repr(obj, *positional, **settings) -> str:
     return f"{type(obj).__name__}({', '.join(args)})"
 
 
+def absolute(path) -> str:
+    """`path` with ~ expanded, made absolute against the driver's working directory: a data
+    source is built on the driver and read on Ray workers, whose working directory is not
+    the driver's (Ray Train and Tune run them in folders of their own)."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
 def keep_settings(obj, **settings) -> None:
     """Store a data source's settings as its attributes. A source holds settings only, so it
     pickles small and each Ray worker builds the data itself when it calls the source."""
@@ -174,11 +181,11 @@ class TextCorpus(_WindowSource):
     def __init__(self, paths=None, *, seq_len: int = 128, val_every: int = 10, cache_dir=None):
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        self.paths = None if paths is None else [str(p) for p in paths]
+        self.paths = None if paths is None else [absolute(p) for p in paths]
         _check_windows("TextCorpus", seq_len, val_every)
         self.seq_len = seq_len
         self.val_every = val_every
-        self.cache_dir = None if cache_dir is None else str(cache_dir)
+        self.cache_dir = None if cache_dir is None else absolute(cache_dir)
         self._vocab_size = BYTE_VOCAB
 
     def files(self) -> list:
@@ -276,7 +283,8 @@ class TokenFile(_WindowSource):
 
     def __init__(self, train, val=None, *, seq_len: int = 128, dtype: str = "uint16",
                  vocab_size: int | None = None, val_fraction: float = 0.05):
-        train = Path(train)
+        train = Path(absolute(train))
+        val = None if val is None else absolute(val)
         if train.is_dir():
             if val is None and (train / "val.bin").is_file():
                 val = train / "val.bin"
@@ -332,11 +340,11 @@ def is_hf_dataset(path) -> bool:
 
 def hf_dataset_folder(path, who: str) -> str:
     """`path` resolved, or FileNotFoundError (naming `who`, the reader) if it is no folder."""
-    path = Path(path).expanduser()
+    path = Path(absolute(path))
     if not path.is_dir():
         raise FileNotFoundError(f"{who}: {path} is not a folder; give the folder that "
                                 "Dataset.save_to_disk or DatasetDict.save_to_disk wrote")
-    return str(path.resolve())
+    return str(path)
 
 
 def load_hf_dataset(path: str, who: str):
@@ -368,7 +376,7 @@ class HFText(_WindowSource):
         _check_windows("HFText", seq_len, val_every, unit="row")
         keep_settings(self, path=path, column=column, seq_len=seq_len, train_split=train_split,
                       val_split=val_split, val_every=val_every,
-                      cache_dir=None if cache_dir is None else str(cache_dir),
+                      cache_dir=None if cache_dir is None else absolute(cache_dir),
                       _vocab_size=vocab_size)  # None: found from the column when first asked
 
     def _scan_vocab(self) -> int:

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from flops_fit import checks
-from flops_fit.data import hf_dataset_folder, keep_settings, load_hf_dataset, settings_repr
+from flops_fit.data import absolute, hf_dataset_folder, keep_settings, load_hf_dataset, settings_repr
 from flops_fit.models import Block, block_params, init_gpt2_, param_counts, size_dial
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})  # what ImageFolder reads (Pillow)
@@ -290,7 +290,7 @@ class ImageFolder:
 
     def __init__(self, path, *, image_size: int = 32, channels: int = 3, val_fraction: float = 0.2,
                  seed: int = 0):
-        path = Path(path).expanduser()
+        path = Path(absolute(path))
         if not path.is_dir():
             raise FileNotFoundError(f"ImageFolder: {path} is not a folder; give a folder with one "
                                     "subfolder of images per class")

@@ -135,3 +135,21 @@ def test_token_file_errors(tmp_path):
     write_token_file(tmp_path / "small.bin", np.arange(100))
     with pytest.raises(ValueError, match="validation split.*raise val_fraction"):
         TokenFile(tmp_path / "small.bin", seq_len=10, val_fraction=0.05)()
+
+
+def test_sources_given_relative_paths_read_the_same_data_from_another_working_directory(tmp_path, monkeypatch):
+    # A source is built on the driver and read on Ray workers, whose working directory is a
+    # folder of Ray's own: a relative path must mean what it meant where it was given.
+    make_corpus(tmp_path / "docs")
+    (tmp_path / "tokens").mkdir()
+    write_token_file(tmp_path / "tokens" / "train.bin", np.arange(2000) % 300)
+    monkeypatch.chdir(tmp_path)
+    sources = [TextCorpus("docs", seq_len=16, cache_dir="cache"), TokenFile("tokens", seq_len=16)]
+    expected = [[ds[0].tolist() for ds in source()] for source in sources]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for source, want in zip(sources, expected):
+        moved = pickle.loads(pickle.dumps(source))
+        assert [ds[0].tolist() for ds in moved()] == want
+    assert not (elsewhere / "cache").exists() and (tmp_path / "cache").is_dir()

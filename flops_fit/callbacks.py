@@ -18,6 +18,10 @@ from ray import tune
 from . import results as R
 from .plan import SweepPlan
 
+# A failed point's progress line ends with its error, cut to this many characters (the whole
+# text is in results.csv's error column).
+ERROR_SHOWN_CHARS = 200
+
 
 def point_id(trial) -> str:
     """The sweep point a Tune trial trains (its config holds the point)."""
@@ -25,12 +29,14 @@ def point_id(trial) -> str:
 
 
 class ProgressPrinter(tune.Callback):
-    """One line per finished point: id, status, loss, time, and how many remain."""
+    """One line per finished point: id, status, loss, time, and how many remain; a failed
+    point's line ends with its error (from the trial's error.txt in `sweep_dir`)."""
 
-    def __init__(self, total: int, already_done: int = 0, bound: bool = False):
+    def __init__(self, total: int, already_done: int = 0, bound: bool = False, sweep_dir: str | None = None):
         # A search's total is a bound, not known in advance: shown as "<=35".
         self.total = f"<={total}" if bound else total
         self.done = already_done  # finished by an earlier run of the same sweep
+        self.sweep_dir = sweep_dir
         self.t0 = time.time()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -44,11 +50,29 @@ class ProgressPrinter(tune.Callback):
         status = "failed" if error else result.get("status", "?")
         loss = result.get("loss")
         loss_text = f"loss {loss:.4f}" if isinstance(loss, float) else "no loss"
+        why = result.get("error") or ""  # a diverged point says why in its own report
+        if error:
+            why = _trial_error(trial, self.sweep_dir) or why
         print(
             f"[{self.done}/{self.total}] {point_id(trial):<18} {status:<8} {loss_text}  "
-            f"{R.hardware_use(result)}({time.time() - self.t0:.0f} s)",
+            f"{R.hardware_use(result)}({time.time() - self.t0:.0f} s)"
+            + (f"  {why[:ERROR_SHOWN_CHARS]}" if why else ""),
             flush=True,
         )
+
+
+def _trial_error(trial, sweep_dir: str | None) -> str:
+    """A failed trial's error as the table shows it. Tune writes error.txt in the trial's
+    local folder before it calls on_trial_error (`Trial.error_file`, DeveloperAPI) and copies
+    it to the sweep folder later; the sweep folder is the fallback."""
+    path = getattr(trial, "error_file", None)
+    if path:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return R.short_error(f.read())
+        except OSError:
+            pass
+    return R.point_error(sweep_dir, point_id(trial)) if sweep_dir else ""
 
 
 class ResultsWriter(tune.Callback):

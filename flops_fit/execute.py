@@ -246,7 +246,8 @@ def _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu
             storage_path=storage,
             callbacks=[
                 ResultsWriter(sweep_dir, plan),
-                *([ProgressPrinter(total, already_done=len(finished), bound=searcher is not None)]
+                *([ProgressPrinter(total, already_done=len(finished), bound=searcher is not None,
+                                   sweep_dir=sweep_dir)]
                   if verbose else []),
                 *([LiveFit(sweep_dir, plan, verbose=verbose, on_fit=metrics.record_fit)] if live_fit else []),
                 metrics,

@@ -71,7 +71,10 @@ def ensure_ray(address: str | None = None, *, verbose: bool = True) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:  # "auto" attaches to a Ray started with `ray start --head` on this machine
         env = set_ray_env(local=False)
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+        # On a cluster the driver's output is what `ray job logs` shows: worker output and
+        # Ray Train's restart messages go there too (the local run keeps them out, its
+        # progress lines and results.csv carry each point's outcome and error).
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
         return False
     env = set_ray_env(local=True)
     env["RAY_ADDRESS"] = pin_local_address()

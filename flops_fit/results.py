@@ -69,8 +69,9 @@ POINT_SETTINGS = ("lr", "batch_size", "warmup", "lr_multiplier")
 GIGA = 1e9
 # describe_task: hex digits of a function's bytecode hash, enough to tell two versions apart.
 CODE_HASH_CHARS = 12
-# _short_error: a failed point's error in the table is the exception lines of Tune's
-# error.txt (the last few, not the traceback), cut to a size a CSV cell and a terminal hold.
+# short_error: a failed point's error in the table is the exception lines of Tune's
+# error.txt (the last few, not the traceback nor Tune's "Failure # n (occurred at ...)"
+# header), cut to a size a CSV cell and a terminal hold.
 ERROR_TAIL_LINES = 3
 ERROR_MAX_CHARS = 1000
 JSON_INDENT = 1  # plan / task records: one key a line, readable in a diff, small on disk
@@ -495,7 +496,7 @@ def result_row(point: dict, last: dict | None, error_text: str | None, started: 
             return row
     if error_text:
         row["status"] = "failed"
-        row["error"] = _short_error(error_text)
+        row["error"] = short_error(error_text)
     else:
         row["error"] = "not finished (interrupted or still running)" if started else "not started"
     return row
@@ -557,10 +558,21 @@ def _parse_plan(text: str, path: str) -> SweepPlan:
     return SweepPlan._from_text(text, source=path)
 
 
-def _short_error(text: str) -> str:
+def point_error(sweep_dir: str, point_id: str) -> str:
+    """The error a failed trial left in its folder (Tune's error.txt), as the table's error
+    column shows it; "" when there is none (yet)."""
+    fs, root = _filesystem(sweep_dir)
+    try:
+        text = _read_text(fs, _j(_j(root, point_id), "error.txt"))
+    except OSError:  # an object store not reachable right now: the table will have it
+        return ""
+    return short_error(text) if text else ""
+
+
+def short_error(text: str) -> str:
     """The exception lines of a Tune error.txt (the last non-traceback lines)."""
     lines = [l for l in text.strip().splitlines() if l.strip()]
-    tail = [l for l in lines if not l.startswith((" ", "Traceback", "\t"))][-ERROR_TAIL_LINES:]
+    tail = [l for l in lines if not l.startswith((" ", "Traceback", "\t", "Failure # "))][-ERROR_TAIL_LINES:]
     return " | ".join(tail)[-ERROR_MAX_CHARS:]
 
 

@@ -165,7 +165,7 @@ def test_an_error_without_any_report_is_failed(tmp_path):
     (p,) = make_plan((3,)).points
     write_trial(tmp_path, p, [], error="Failure # 1\nValueError: model_fn(3) raised\n")
     row = R.load_results(tmp_path).table.iloc[0]
-    assert (row["status"], row["error"]) == ("failed", "Failure # 1 | ValueError: model_fn(3) raised")
+    assert (row["status"], row["error"]) == ("failed", "ValueError: model_fn(3) raised")
     assert pd.isna(row["tokens"])
 
 

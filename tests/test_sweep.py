@@ -151,7 +151,7 @@ def test_killed_driver_resumes_without_retraining_finished_points(ray_session, t
 
 
 @pytest.mark.oldest_ray
-def test_a_killed_trial_driver_is_an_error_and_gives_its_cpus_back(ray_session, tmp_path):
+def test_a_killed_trial_driver_is_an_error_and_gives_its_cpus_back(ray_session, tmp_path, capsys):
     from ray import tune
 
     class KillDriverOnce(tune.Callback):
@@ -175,6 +175,9 @@ def test_a_killed_trial_driver_is_an_error_and_gives_its_cpus_back(ray_session, 
     t = res.table.set_index("point_id")
     assert t.loc[killer.killed, "status"] == "failed", t.loc[killer.killed, "error"]
     assert t.loc[killer.killed, "error"], "the failure's cause is kept"
+    # ...and the failed point's progress line says it too
+    line = next(l for l in capsys.readouterr().out.splitlines() if f"] {killer.killed} " in l)
+    assert " failed " in line and t.loc[killer.killed, "error"][:80] in line, line
     assert (t.drop(index=killer.killed).status == "ok").all()
     # The killed driver's worker group outlived it (a placement group outlives its creator);
     # Ray Train's placement-group cleaner removes it, so its CPU is free for the next sweeps.

@@ -620,13 +620,20 @@ def _report(metrics: dict, run: _Run | None, rank: int) -> None:
     if run is None or rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save(_checkpoint_state(run), Path(tmp) / CHECKPOINT_FILE)
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name=f"step-{run.step:08d}",
-        )
+    upload = getattr(ray.train, "CheckpointUploadMode", None)
+    if upload is None:  # a Train without asynchronous upload: rank 0 copies it before going on
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(_checkpoint_state(run), Path(tmp) / CHECKPOINT_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"step-{run.step:08d}")
+        return
+    # Ray Train uploads the checkpoint in the background and deletes the local copy once it is
+    # stored, so the other ranks do not wait at the next step's all-reduce while rank 0 copies
+    # it to the storage path (an object store on a cluster).
+    tmp = tempfile.mkdtemp(prefix="flops_fit-checkpoint-")
+    torch.save(_checkpoint_state(run), Path(tmp) / CHECKPOINT_FILE)
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                     checkpoint_dir_name=f"step-{run.step:08d}", checkpoint_upload_mode=upload.ASYNC)
 
 
 def _checkpoint_state(run: _Run) -> dict:

@@ -269,14 +269,15 @@ def test_ray_up_onprem_yaml_runs_a_dry_run_sweep_and_comes_down(tmp_path, ray_se
         sweep = (
             f"cd ~/flops_fit && python -c 'import ray, sys; print(\"NODE\", sys.executable, ray.__version__)' && "
             # Three dry-run points of one budget: enough to show the head runs a sweep into
-            # the file's storage (too few to fit, which the example reports and exits 0);
-            # the whole smoke sweep runs as a job in test_job_submit.py.
+            # the file's storage (too few to fit, which the example reports and exits 1:
+            # no answer); the whole smoke sweep runs as a job in test_job_submit.py.
             f"python examples/sweep.py --dry-run --budgets 4e10 --sizes 2 3 5 "
-            f"--address=127.0.0.1:{gcs_port} --name={SWEEP_NAME}"
+            f"--address=127.0.0.1:{gcs_port} --name={SWEEP_NAME}; echo SWEEP_EXIT=$?"
         )
         run = _ray_cli("exec", str(config_path), sweep, timeout=RAY_EXEC_TIMEOUT_S)
         output = run.stdout + run.stderr
-        assert run.returncode == 0, f"dry run failed on the head:\n{output[-8000:]}"
+        assert run.returncode == 0 and "SWEEP_EXIT=1" in output, f"dry run failed on the head:\n{output[-8000:]}"
+        assert "too small to fit the scaling laws" in output, output[-8000:]
         import ray
 
         assert f"NODE {sys.executable} {ray.__version__}" in output

@@ -222,7 +222,7 @@ def test_example_trains_the_vit_through_ray(ray_session, images_example, tmp_pat
     fitted: the example prints the table and the reason (the report path is the GPT
     example's, tests/test_job_submit.py)."""
     pytest.importorskip("sklearn")
-    laws = images_example.main(["--budgets", "1e9", "--sizes", "2", "3", "4", "--storage-path", str(tmp_path),
+    code = images_example.main(["--budgets", "1e9", "--sizes", "2", "3", "4", "--storage-path", str(tmp_path),
                                 "--name", "vit-one-budget", "--bootstrap", "0"])
     out = capsys.readouterr().out
     table = pd.read_csv(tmp_path / "vit-one-budget" / "results.csv")
@@ -230,4 +230,5 @@ def test_example_trains_the_vit_through_ray(ray_session, images_example, tmp_pat
     assert table.loss.between(0, math.log(10) + 0.5).all()  # nats per image, started at ln(10)
     assert (table.tokens % 16 == 0).all()  # whole images of 16 patches
     assert (table.tokens == table.planned_tokens).all()
-    assert laws is None and "too small to fit" in out and "C1e+09-s2" in out, out[-2000:]
+    # no law from one budget: no answer, so the example's exit status is 1
+    assert code == 1 and "too small to fit" in out and "C1e+09-s2" in out, out[-2000:]

@@ -69,6 +69,30 @@ def true_law():
 TESTS_DIR = Path(__file__).resolve().parent
 
 
+def _point_at_local_s3() -> None:
+    """Object-storage tests use a local S3 server (fixture s3_server); its address goes into
+    the environment now, before any Ray starts, so every Ray process inherits it."""
+    import os
+
+    from object_store import s3_env
+
+    for key, value in s3_env().items():
+        os.environ.setdefault(key, value)
+
+
+_point_at_local_s3()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server at AWS_ENDPOINT_URL for the whole session (tests/object_store.py)."""
+    from object_store import S3Server
+
+    server = S3Server()
+    yield server
+    server.stop()
+
+
 def pytest_collection_modifyitems(items):
     """Every test on the session's Ray is marked `ray`; tests that start a Ray of their own
     carry the mark themselves.

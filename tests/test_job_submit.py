@@ -74,12 +74,12 @@ def stop_head(temp_dir):
     psutil.wait_procs(alive, timeout=10)
 
 
-@pytest.fixture
-def head(tmp_path):
-    """A Ray head on loopback with token authentication; yields (dashboard URL, env for
-    Ray's CLI clients, its temp folder)."""
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A Ray head on loopback with token authentication, shared by this module's jobs;
+    yields (dashboard URL, env for Ray's CLI clients, its temp folder)."""
     temp_dir = tempfile.mkdtemp(prefix="ffjob-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    token = tmp_path / "token"
+    token = tmp_path_factory.mktemp("auth") / "token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     env = {k: v for k, v in os.environ.items()
@@ -106,6 +106,18 @@ def ray_job(env, *args, timeout=60):
     return out.stdout + out.stderr  # the CLI prints its status lines to stderr
 
 
+def wait_for_job(env, url, job_id) -> str:
+    """Poll `ray job status` until the job ends; returns the last status text."""
+    deadline = time.monotonic() + JOB_DEADLINE_S
+    while True:
+        # "Status for job '<id>': RUNNING" while it runs; "Job '<id>' succeeded" at the end.
+        status = ray_job(env, "status", "--address", url, job_id)
+        if re.search(r"\b(succeeded|failed|stopped)\b", status, flags=re.I):
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+
+
 def test_the_main_job_submitted_with_ray_job_submit_trains_fits_and_reports(head, tmp_path):
     url, env, temp_dir = head
     # The job's working directory: a copy of the example alone (flops_fit is installed).
@@ -124,14 +136,7 @@ def test_the_main_job_submitted_with_ray_job_submit_trains_fits_and_reports(head
     ray_job(env, "submit", "--address", url, "--submission-id", job_id, "--working-dir", str(job_dir),
             "--no-wait", "--", "python", "sweep.py", "--smoke", "--address", "auto",
             "--storage-path", storage, "--name", NAME, timeout=120)
-    deadline = time.monotonic() + JOB_DEADLINE_S
-    while True:
-        # "Status for job '<id>': RUNNING" while it runs; "Job '<id>' succeeded" at the end.
-        status = ray_job(env, "status", "--address", url, job_id)
-        if re.search(r"\b(succeeded|failed|stopped)\b", status, flags=re.I):
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(5)
+    status = wait_for_job(env, url, job_id)
     logs = ray_job(env, "logs", "--address", url, job_id)
     assert re.search(r"\bsucceeded\b", status, flags=re.I), status + logs[-5000:]
 
@@ -171,3 +176,26 @@ def test_the_main_job_submitted_with_ray_job_submit_trains_fits_and_reports(head
     assert copies, "the job's working directory was not found under the head's temp folder"
     for copy in copies:
         assert sorted(p.name for p in copy.iterdir()) == ["sweep.py"], sorted(copy.iterdir())
+
+
+def test_a_job_whose_point_fails_shows_the_workers_error_in_its_logs_and_ends_failed(head, tmp_path):
+    from jobs.failing_point import WORKER_ERROR
+
+    url, env, _ = head
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    shutil.copy(ROOT / "tests" / "jobs" / "failing_point.py", job_dir / "failing_point.py")
+    job_id = f"flops-fit-fails-{secrets.token_hex(4)}"
+    ray_job(env, "submit", "--address", url, "--submission-id", job_id, "--working-dir", str(job_dir),
+            "--no-wait", "--", "python", "failing_point.py", str(tmp_path / "runs"), str(tmp_path / "cache"),
+            timeout=120)
+    status = wait_for_job(env, url, job_id)
+    logs = ray_job(env, "logs", "--address", url, job_id)
+    # The sweep exits 1 when a point failed, so the job is failed, not succeeded.
+    assert re.search(r"\bfailed\b", status, flags=re.I), status + logs[-5000:]
+    # The worker's own output (its traceback, through log_to_driver) and the point's
+    # progress line, which ends with the first line of its error.
+    worker_lines = [l for l in logs.splitlines() if WORKER_ERROR in l and "pid=" in l]
+    assert worker_lines, logs[-5000:]
+    progress = re.findall(r"^\[1/1\] \S+\s+failed\b.*$", logs, flags=re.M)
+    assert progress and WORKER_ERROR in progress[0], logs[-5000:]

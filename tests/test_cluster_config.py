@@ -1,4 +1,7 @@
-"""cluster.yaml and the on-prem variant (examples/cluster-onprem.yaml), checked offline.
+"""The deployment files, checked offline: cluster.yaml, the on-prem variant
+(examples/cluster-onprem.yaml), the KubeRay RayJob (examples/kuberay-rayjob.yaml), the image
+it runs (deploy/Dockerfile) and the pinned stack every node installs
+(deploy/requirements-cluster.txt).
 
 Both are validated with the installed Ray's own cluster-launcher code
 (`prepare_config` merges the provider's defaults, `validate_config` applies
@@ -11,6 +14,8 @@ The security properties are read from the configs themselves: they are the part
 of the file that is easy to loosen by accident and costly when loosened.
 """
 
+import argparse
+import json
 import re
 import shlex
 import socket
@@ -19,6 +24,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement  # packaging: a dependency of Ray
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ray = pytest.importorskip("ray")
 from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: E402
@@ -27,8 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 CLUSTER_DOC = ROOT / "docs" / "cluster.md"
 ONPREM_YAML = ROOT / "examples" / "cluster-onprem.yaml"
+RAYJOB_YAML = ROOT / "examples" / "kuberay-rayjob.yaml"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+LOCK = ROOT / "deploy" / "requirements-cluster.txt"
 
 PROJECT_MOUNT = "~/flops_fit"
+LOCK_IN_NODE = f"{PROJECT_MOUNT}/deploy/requirements-cluster.txt"  # LOCK where file_mounts put it
 TOKEN_FILE = "~/.ray/auth_token"
 WORLD = {"0.0.0.0/0", "::/0"}
 
@@ -147,10 +159,13 @@ def test_head_offers_trial_slots(raw):
     if raw["provider"]["type"] == "local":
         start = _ray_start(raw["head_start_ray_commands"])
         assert re.search(r"--resources='\{\"trial_slot\": \d+\}'", start), start
+        assert "--num-cpus" not in start  # the head's own cores: see below
     else:
         head = raw["available_node_types"][raw["head_node_type"]]
         assert head["resources"]["trial_slot"] >= 1
-        assert head["resources"]["CPU"] == 0
+        # The drivers are Ray worker processes on the head, and a raylet starts at most
+        # max(1, min(cores, CPU)) of them at once: "CPU": 0 starts them one at a time.
+        assert head["resources"]["CPU"] >= 1
 
 
 def _ip_permissions(node):
@@ -210,16 +225,18 @@ def test_documented_security_group_opens_only_ssh_to_outside():
 # Facts the pairing rests on, with their sources. torch's Linux wheels on PyPI: 2.13.0 is built
 # for CUDA 13.0 and tagged manylinux_2_28 (glibc >= 2.28); CUDA 13.0 needs an NVIDIA driver
 # >= 580 (CUDA 13.0 release notes, "CUDA Toolkit and Corresponding Driver Versions").
-TORCH_BUILDS = {"2.13.0": {"cuda": "13.0", "min_driver": 580, "glibc": (2, 28)}}
+# The CPython versions with a torch wheel on PyPI: 2.13.0 has cp310 to cp314
+# manylinux_2_28_x86_64 wheels and none for 3.15 (PyPI's file list of torch 2.13.0; `pip install
+# --dry-run --only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.X
+# torch==2.13.0` resolves for 3.10 and 3.14, not for 3.15).
+TORCH_BUILDS = {"2.13.0": {"cuda": "13.0", "min_driver": 580, "glibc": (2, 28), "pythons": ((3, 10), (3, 14))}}
 # Ray's images (rayproject/ray, Dockerfiles in ray/docker/): Ubuntu 22.04, glibc 2.35.
 RAY_IMAGE_GLIBC = (2, 35)
 RAY_IMAGE = re.compile(r"^rayproject/ray:(?P<ray>\d+\.\d+\.\d+)-py(?P<py>3\d+)-(?P<kind>cpu|gpu|cu\d+)$")
 
 
-def _torch_pin(commands) -> str:
-    pins = {m for c in commands for m in re.findall(r"torch==([\d.]+)", c)}
-    assert len(pins) == 1, f"one torch version on every node, found {pins}"
-    return pins.pop()
+def _torch_pin() -> str:
+    return _lock()["torch"]
 
 
 def test_aws_nodes_run_rays_image_of_the_projects_ray_version():
@@ -236,7 +253,8 @@ def test_aws_nodes_run_rays_image_of_the_projects_ray_version():
         versions.add(m["ray"])
         py = (int(m["py"][0]), int(m["py"][1:]))
         assert py >= (3, 10), f"{role} image's Python {py} is below requires-python >= 3.10"
-    # one Ray on every node; the setup commands must not install another over the image's
+    # one Ray on every node; the setup commands install only the lock (whose Ray pin equals
+    # the image's: test_one_ray_release_in_every_deployment_file), never a Ray of their own
     assert len(versions) == 1, versions
     assert not any("ray[" in c or "ray==" in c for c in config["setup_commands"]), config["setup_commands"]
     assert RAY_IMAGE.match(images["worker"])["kind"] != "cpu", "GPU workers need the -gpu image"
@@ -244,7 +262,7 @@ def test_aws_nodes_run_rays_image_of_the_projects_ray_version():
 
 def test_torch_build_fits_the_image_and_the_driver_check():
     config = _aws_config()
-    torch_version = _torch_pin(config["setup_commands"])
+    torch_version = _torch_pin()
     # The CI and the README install the same torch as the nodes.
     assert f"torch=={torch_version}" in (ROOT / ".ci" / "run").read_text()
     assert torch_version in TORCH_BUILDS, f"add torch {torch_version}'s CUDA build to TORCH_BUILDS"
@@ -300,3 +318,288 @@ def test_head_has_its_own_least_privilege_role():
             assert s["Condition"]["StringEquals"]["aws:ResourceTag/ray-cluster-name"] == config["cluster_name"]
         if any(a.startswith("s3:") for a in acts):
             assert all("YOUR-BUCKET" in r for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"]))
+
+
+# --- one pinned stack in every deployment file --------------------------------------------------
+DEPLOY_FILES = (CLUSTER_YAML, ONPREM_YAML, RAYJOB_YAML, DOCKERFILE, LOCK)
+# How a deployment file names a Ray release (prose included: a comment that names another
+# release than the file's pins is wrong too).
+RAY_VERSION_FORMS = (
+    re.compile(r"rayproject/ray:(\d+\.\d+\.\d+)"),
+    re.compile(r"\bray(?:\[[a-z,]+\])?==(\d+\.\d+\.\d+)"),
+    re.compile(r"\brayVersion:\s*[\"']?(\d+\.\d+\.\d+)"),
+    re.compile(r"\bRay \(?(\d+\.\d+\.\d+)"),
+    re.compile(r"/flops-fit:(\d+\.\d+\.\d+)-py"),
+)
+# An image tag of Ray's form (deploy/Dockerfile's image repeats its base's tag).
+IMAGE_TAG = re.compile(r":(?P<ray>\d+\.\d+\.\d+)-py(?P<py>3)(?P<minor>\d+)-(?P<kind>cpu|gpu|cu\d+)$")
+
+
+def _lock_requirements() -> list:
+    lines = (line.split("#", 1)[0].strip() for line in LOCK.read_text().splitlines())
+    return [Requirement(line) for line in lines if line]
+
+
+def _lock() -> dict:
+    """The lock as {canonical name: pinned version}."""
+    return {canonicalize_name(r.name): next(iter(r.specifier)).version for r in _lock_requirements()}
+
+
+def _lock_python() -> tuple:
+    m = re.search(r"^# For CPython (\d+)\.(\d+) on Linux", LOCK.read_text(), re.MULTILINE)
+    assert m, "deploy/requirements-cluster.txt states the Python it is pinned for"
+    return int(m[1]), int(m[2])
+
+
+def _version(text: str) -> tuple:
+    return tuple(int(x) for x in text.split("."))
+
+
+def test_lock_pins_every_package_to_one_released_version():
+    names = []
+    for req in _lock_requirements():
+        specs = list(req.specifier)
+        assert len(specs) == 1 and specs[0].operator == "==", f"{req.name} is not pinned with =="
+        assert "*" not in specs[0].version and Version(specs[0].version).local is None, req.name
+        assert req.url is None and req.marker is None, req.name
+        names.append(canonicalize_name(req.name))
+    assert len(names) == len(set(names)), "a package is pinned twice"
+    assert "flops-fit" not in names  # the project is installed from its checkout
+
+
+def test_lock_satisfies_pyproject():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lock = {canonicalize_name(r.name): r for r in _lock_requirements()}
+    for dependency in pyproject["project"]["dependencies"]:
+        wanted = Requirement(dependency)
+        pinned = lock.get(canonicalize_name(wanted.name))
+        assert pinned is not None, f"deploy/requirements-cluster.txt lacks {wanted.name}"
+        version = next(iter(pinned.specifier)).version
+        assert wanted.specifier.contains(version), f"{wanted.name}=={version} is outside pyproject's {wanted.specifier}"
+        assert wanted.extras <= pinned.extras, f"{wanted.name}: the lock lacks extras {wanted.extras - pinned.extras}"
+    major, minor = re.fullmatch(r">=(\d+)\.(\d+)", pyproject["project"]["requires-python"]).groups()
+    assert _lock_python() >= (int(major), int(minor))
+
+
+def test_one_ray_release_in_every_deployment_file():
+    found = {}
+    for path in DEPLOY_FILES:
+        text = path.read_text()
+        found[path.name] = {m for form in RAY_VERSION_FORMS for m in form.findall(text)}
+        assert found[path.name], f"{path.name} names no Ray release"
+    releases = set().union(*found.values())
+    assert len(releases) == 1, f"the deployment files name different Ray releases: {found}"
+    release = releases.pop()
+    low, high = _ray_range()
+    assert low <= _version(release) < high, f"Ray {release} is outside pyproject's range"
+    assert _lock()["ray"] == release
+
+
+def _dockerfile_instructions() -> list:
+    """(instruction, arguments) of deploy/Dockerfile, continuation lines joined."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [tuple(line.split(None, 1)) for line in lines]
+
+
+def _rayjob() -> dict:
+    return yaml.safe_load(RAYJOB_YAML.read_text())
+
+
+def _groups(cluster_spec: dict) -> list:
+    return [cluster_spec["headGroupSpec"], *cluster_spec["workerGroupSpecs"]]
+
+
+def _containers(group: dict) -> list:
+    return group["template"]["spec"]["containers"]
+
+
+def _images() -> dict:
+    """Every image a deployment file runs: {where: image}."""
+    docker = _aws_config()["docker"]
+    images = {"cluster.yaml head": docker["head_image"], "cluster.yaml worker": docker["worker_image"]}
+    froms = [args for op, args in _dockerfile_instructions() if op.upper() == "FROM"]
+    assert len(froms) == 1, froms
+    images["deploy/Dockerfile FROM"] = froms[0]
+    for group in _groups(_rayjob()["spec"]["rayClusterSpec"]):
+        for container in _containers(group):
+            images[f"kuberay-rayjob.yaml {container['name']}"] = container["image"]
+    return images
+
+
+def test_every_image_runs_one_python_that_the_lock_and_torch_support():
+    pythons = {}
+    for where, image in _images().items():
+        m = IMAGE_TAG.search(image)
+        assert m, f"{where}: the tag of {image} does not say its Ray and Python"
+        pythons[where] = (int(m["py"]), int(m["minor"]))
+    assert len(set(pythons.values())) == 1, pythons
+    python = next(iter(pythons.values()))
+    assert python == _lock_python(), "the lock is pinned for another Python than the images run"
+    low, high = TORCH_BUILDS[_torch_pin()]["pythons"]
+    assert low <= python <= high, f"torch {_torch_pin()} has no wheel for Python {python}"
+    # The on-prem hosts bring their own Python: the file asks for the lock's.
+    m = re.search(r"CPython (\d+)\.(\d+)", ONPREM_YAML.read_text())
+    assert m and (int(m[1]), int(m[2])) == python
+
+
+def _pip_installs(config: dict) -> list:
+    keys = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands")
+    commands = [c for key in keys for c in config.get(key, [])]
+    for node_type in config.get("available_node_types", {}).values():
+        commands += [c for key in keys for c in node_type.get(key, [])]
+    return [c for c in commands if "pip install" in c]
+
+
+def test_every_pip_install_is_pinned(raw):
+    # An unpinned install resolves again at each boot: a node added late in a sweep would
+    # run other versions than the first ones.
+    installs = _pip_installs(raw)
+    assert installs
+    for command in installs:
+        argv = shlex.split(command)
+        args = argv[argv.index("install") + 1:]
+        while args:
+            arg = args.pop(0)
+            if arg == "-r":
+                assert args.pop(0) == LOCK_IN_NODE, command
+            elif arg == "-e":
+                assert args.pop(0) == PROJECT_MOUNT, command
+            elif arg != "--no-deps":
+                assert re.fullmatch(r"[A-Za-z0-9_.\-\[\],]+==[\d.]+", arg), f"unpinned: {arg} in {command}"
+    setup = raw["setup_commands"]
+    lock_installs = [i for i, c in enumerate(setup) if f"-r {LOCK_IN_NODE}" in c]
+    project_installs = [i for i, c in enumerate(setup) if f"-e {PROJECT_MOUNT}" in c]
+    assert lock_installs and project_installs and lock_installs[0] < project_installs[0]
+    # The lock holds every dependency (test_lock_satisfies_pyproject); `-c` cannot carry the
+    # lock's `ray[...]` extras (pip: "Constraints cannot have extras").
+    assert all("--no-deps" in setup[i] for i in project_installs), "the project's own deps escape the lock"
+
+
+def test_aws_gpu_containers_see_the_gpus():
+    # `docker run --gpus all` on GPU node types only: on a host without an NVIDIA driver it fails.
+    config = _aws_config()
+    for name, node_type in config["available_node_types"].items():
+        options = node_type.get("docker", {}).get("worker_run_options", [])
+        if node_type["resources"].get("GPU"):
+            assert "--gpus all" in options, name
+        else:
+            assert not any("--gpus" in o for o in options), name
+    docker = config["docker"]
+    assert not any("--gpus" in o for o in docker.get("run_options", []) + docker.get("head_run_options", []))
+
+
+def test_dockerfile_bakes_the_lock_then_the_project():
+    steps = _dockerfile_instructions()
+    base = next(args for op, args in steps if op.upper() == "FROM")
+    assert RAY_IMAGE.match(base), f"{base} is not one of Ray's images"
+    runs = [(i, args) for i, (op, args) in enumerate(steps) if op.upper() == "RUN"]
+    lock_install = [i for i, args in runs if re.search(r"pip install .*-r \S*deploy/requirements-cluster\.txt", args)]
+    project_install = [i for i, args in runs if "--no-deps" in args and "flops_fit" in args]
+    assert lock_install and project_install and lock_install[0] < project_install[0]
+    assert not [args for _, args in runs if "pip install" in args and "-r" not in args and "--no-deps" not in args]
+    ignored = set((ROOT / "deploy" / "Dockerfile.dockerignore").read_text().split())
+    assert {".git", ".venv"} <= ignored
+
+
+# KubeRay's ray.io/v1 API (https://ray-project.github.io/kuberay/reference/api/): the fields of a
+# RayJobSpec and a RayClusterSpec that exist; Kubernetes drops unknown ones without a word.
+RAYJOB_SPEC_FIELDS = {
+    "activeDeadlineSeconds", "backoffLimit", "clusterSelector", "deletionStrategy", "entrypoint",
+    "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "jobId", "managedBy", "metadata",
+    "rayClusterSpec", "runtimeEnvYAML", "shutdownAfterJobFinishes", "submissionMode", "submitterConfig",
+    "submitterPodTemplate", "suspend", "ttlSecondsAfterFinished",
+}
+RAYCLUSTER_SPEC_FIELDS = {
+    "authOptions", "autoscalerOptions", "enableInTreeAutoscaling", "gcsFaultToleranceOptions",
+    "headGroupSpec", "headServiceAnnotations", "managedBy", "rayVersion", "suspend", "workerGroupSpecs",
+}
+
+
+def test_rayjob_is_a_kuberay_rayjob_that_deletes_its_cluster():
+    job = _rayjob()
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    spec = job["spec"]
+    assert set(spec) <= RAYJOB_SPEC_FIELDS, set(spec) - RAYJOB_SPEC_FIELDS
+    cluster = spec["rayClusterSpec"]
+    assert set(cluster) <= RAYCLUSTER_SPEC_FIELDS, set(cluster) - RAYCLUSTER_SPEC_FIELDS
+    assert spec["shutdownAfterJobFinishes"] is True  # no GPU pod outlives the sweep
+    assert cluster["authOptions"]["mode"] == "token"
+    for group in _groups(cluster):
+        # KubeRay's rayStartParams is a map of strings
+        assert all(isinstance(v, str) for v in group.get("rayStartParams", {}).values()), group
+
+
+def test_rayjob_runs_one_image_of_deploy_dockerfile():
+    cluster = _rayjob()["spec"]["rayClusterSpec"]
+    images = {c["image"] for g in _groups(cluster) for c in _containers(g)}
+    assert len(images) == 1, images
+    image = images.pop()
+    base = _images()["deploy/Dockerfile FROM"]
+    assert IMAGE_TAG.search(image)[0] == IMAGE_TAG.search(base)[0], "the image's tag is not its base's"
+    assert cluster["rayVersion"] == IMAGE_TAG.search(image)["ray"]
+
+
+def test_rayjob_head_offers_trial_slots_and_workers_have_gpus():
+    from flops_fit.ray_setup import TRIAL_RESOURCE
+
+    cluster = _rayjob()["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]
+    # `ray start --resources` takes JSON; KubeRay's field holds it as a quoted JSON string.
+    resources = json.loads(json.loads(head["rayStartParams"]["resources"]))
+    assert resources[TRIAL_RESOURCE] >= 1
+    assert head["rayStartParams"].get("num-cpus", "1") != "0"  # see test_head_offers_trial_slots
+    assert not any("nvidia.com/gpu" in c["resources"]["limits"] for c in _containers(head))
+    gpus = [int(c["resources"]["limits"].get("nvidia.com/gpu", 0)) for g in cluster["workerGroupSpecs"] for c in _containers(g)]
+    assert gpus and all(n >= 1 for n in gpus)
+
+
+def test_rayjob_environment_merges_with_flops_fits_own():
+    from flops_fit.ray_setup import AUTOSCALING_ENV, RAY_ENV
+
+    spec = _rayjob()["spec"]
+    env = yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
+    # Ray merges the job's runtime_env with the one flops_fit's ray.init passes and refuses a
+    # variable named in both (ray/runtime_env/runtime_env.py, _merge_runtime_env).
+    assert not set(env) & set(RAY_ENV), set(env) & set(RAY_ENV)
+    cluster = spec["rayClusterSpec"]
+    if cluster.get("enableInTreeAutoscaling") and any(g.get("minReplicas", 0) == 0 for g in cluster["workerGroupSpecs"]):
+        assert env.get(AUTOSCALING_ENV) == "1", "GPU pods start on demand: a --gpu sweep would be refused"
+
+
+def _sweep_parser() -> argparse.ArgumentParser:
+    """The flags examples/sweep.py shares with every sweep script (without importing torch)."""
+    from flops_fit.sweep_script import add_plan_arguments, add_run_arguments
+
+    parser = argparse.ArgumentParser(allow_abbrev=False)  # a document spells a flag out
+    add_plan_arguments(parser, [1e12], 4, 20.0, per="tokens")
+    add_run_arguments(parser)
+    return parser
+
+
+def _sweep_args(argv: list) -> argparse.Namespace:
+    args, unknown = _sweep_parser().parse_known_args(argv)
+    assert not unknown, f"examples/sweep.py has no flag {unknown}"
+    return args
+
+
+def test_rayjob_entrypoint_runs_the_example_with_flags_it_has():
+    argv = shlex.split(_rayjob()["spec"]["entrypoint"])
+    workdir = next(args for op, args in _dockerfile_instructions() if op.upper() == "WORKDIR")
+    assert argv[:2] == ["python", f"{workdir}/examples/sweep.py"], argv
+    assert (ROOT / "examples" / "sweep.py").is_file()
+    args = _sweep_args(argv[2:])
+    assert args.gpu and args.address == "auto"
+    # Pods share no disk: results and checkpoints go to object storage.
+    assert args.storage_path.startswith(("s3://", "gs://")), args.storage_path
+
+
+def test_documented_sweep_commands_use_flags_the_example_has():
+    text = CLUSTER_DOC.read_text()
+    blocks = re.findall(r"^```(?:bash|sh)\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    commands = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()
+                if "examples/sweep.py" in line]
+    assert commands, "docs/cluster.md shows no examples/sweep.py command"
+    for line in commands:
+        argv = shlex.split(line.split("examples/sweep.py", 1)[1], comments=True)
+        _sweep_args(argv)

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from .contract import LR_NOT_BRACKETED
 from .lr_search import SIBLING_SEPARATOR, collapse, point_of, sibling_id
 from .plan import SweepPlan
 from .contract import ORIGIN_PLANNED
+from .sweep_folder import LOCK_FILE, SweepClaim, filesystem  # callers read R.LOCK_FILE, R.SweepClaim
+from .sweep_folder import claim as hold_sweep_dir
 
 PLAN_FILE = "plan.json"
 TASK_FILE = "task.json"
@@ -316,32 +317,16 @@ def write_results_csv(results: SweepResults) -> str:
     return results.results_csv
 
 
-class SweepClaim:
-    """A sweep folder held by this process: an exclusive `flock` on `<sweep>/.lock`.
-
-    The operating system drops the lock when the process exits, crashes or is killed, so
-    a dead driver never blocks a resume. Object stores (s3://, gs://) have no locks: there,
-    one driver per sweep name is the user's to keep."""
-
-    def __init__(self, handle=None):
-        self._handle = handle
-
-    def release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()  # closing the file drops its flock
-            self._handle = None
-
-
-LOCK_FILE = ".lock"
 TASK_FINGERPRINT_FILE = "task-fingerprint.json"
 
 
 def claim_sweep_dir(sweep_dir: str, plan: SweepPlan, task) -> SweepClaim:
-    """Create and lock the sweep folder, and record its plan and task there.
+    """Create and hold the sweep folder, and record its plan and task there.
 
     Refuses (before any compute) a different plan or a different task under one name,
-    naming what differs, and a second driver while one runs the sweep. Call
-    `.release()` on the returned claim when the sweep ends.
+    naming what differs, and a second driver while one runs the sweep (a local folder's
+    flock, an object store's lease: flops_fit/sweep_folder.py). Call `.release()` on the
+    returned claim when the sweep ends.
     """
     fs, root = _filesystem(sweep_dir)
     try:
@@ -350,40 +335,13 @@ def claim_sweep_dir(sweep_dir: str, plan: SweepPlan, task) -> SweepClaim:
         raise PermissionError(
             f"Cannot create the sweep folder {sweep_dir} ({e}); pass a writable storage_path."
         ) from e
-    claim = _lock(sweep_dir)
+    claim = hold_sweep_dir(sweep_dir)
     try:
         _check_or_record(fs, root, sweep_dir, plan, task)
     except BaseException:
         claim.release()
         raise
     return claim
-
-
-def _lock(sweep_dir: str) -> SweepClaim:
-    if "://" in sweep_dir:
-        return SweepClaim()
-    import fcntl
-
-    path = Path(sweep_dir) / LOCK_FILE
-    try:
-        handle = open(path, "a+")
-    except OSError as e:
-        raise PermissionError(f"storage_path {sweep_dir} is not writable ({e}); pass a writable storage_path.") from e
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise RuntimeError(
-            f"The sweep at {sweep_dir} is being run by another driver ({holder}). Wait for it to end "
-            "(or stop it) before resuming this sweep, or pass another name to start a new one."
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
-    return SweepClaim(handle)
 
 
 def _check_or_record(fs, root, sweep_dir, plan, task) -> None:
@@ -583,11 +541,7 @@ def _point_dict(p) -> dict:
 
 
 def _filesystem(path: str):
-    from pyarrow import fs as pafs
-
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+    return filesystem(path)
 
 
 def _j(root: str, name: str) -> str:

@@ -29,3 +29,21 @@ def test_text_written_to_a_uri_creates_its_folders(tmp_path):
     path = f"file://{tmp_path}/runs/sweep/finished/C1e+10-s1.json"
     R.write_text_atomic(path, '{"loss": 2.5}')
     assert (tmp_path / "runs/sweep/finished/C1e+10-s1.json").read_text() == '{"loss": 2.5}'
+
+
+def test_report_of_a_sweep_in_object_storage_goes_to_the_bucket(tmp_path, monkeypatch, capsys, s3_server):
+    sweep = load_example("sweep")
+    monkeypatch.chdir(tmp_path)
+    table = synthetic_sweep()
+    uri = s3_server.bucket("reports") + "/runs/my-sweep"
+    results = R.SweepResults(table=table, path=uri)
+    args = types.SimpleNamespace(bootstrap=20, budgets=sorted(table.budget.unique()), name="my-sweep")
+    assert sweep.report(results, args) is not None
+    out = capsys.readouterr().out
+    keys = set(s3_server.keys("reports", "runs/my-sweep/report/"))
+    for name in ("summary.txt", "table.md", "prediction.csv", "isoflop_curves.png", "optima_vs_compute.png"):
+        assert f"runs/my-sweep/report/{name}" in keys, name
+        assert f"{uri}/report/{name}" in out
+    summary = s3_server.client().get_object(Bucket="reports", Key="runs/my-sweep/report/summary.txt")["Body"].read()
+    assert summary.startswith(b"Scaling-law fit") and b"budgets in the power laws: 7 of 7" in summary
+    assert list(tmp_path.iterdir()) == []

@@ -1,8 +1,14 @@
-"""Local token sources; nothing is downloaded.
+"""Token sources on local disk, a shared mount or object storage (s3://, gs://).
 
 TextCorpus and TokenFile are picklable factories: they hold paths and settings only, and
 calling one (on each Ray worker) returns (train, validation) TokenDatasets backed by
 memory-mapped token files, so every worker on a node shares one copy in the page cache.
+A path with a scheme (s3://bucket/key, gs://...) is read through pyarrow's filesystems,
+whose S3 client takes the endpoint and keys from the standard AWS variables
+(AWS_ENDPOINT_URL for MinIO or an on-prem store); each node copies what it reads once
+into its cache folder (default ~/.cache/flops_fit), keyed by the URI, size and
+modification time, so nodes that share no disk read the same data. A local path is made
+absolute on the driver and must exist on every node (a shared mount).
 
 - TextCorpus: byte-level tokens (vocab 256) from text files; by default the .py files of
   the running Python's standard library (~12 MB on CPython 3.11), which every install has.
@@ -14,9 +20,12 @@ memory-mapped token files, so every worker on a node shares one copy in the page
 import hashlib
 import json
 import os
+import shutil
 import sysconfig
 import tempfile
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -34,6 +43,12 @@ TEXT_SUFFIXES = frozenset({
 SKIP_DIRS = frozenset({"__pycache__", "site-packages", "dist-packages", "node_modules"})
 STDLIB_TEST_DIRS = frozenset({"test", "tests", "idle_test"})  # test suites: repetitive fixtures
 CACHE_VERSION = 1  # bump when the cache layout or tokenization changes
+COPY_CHUNK = 8 << 20  # bytes per read when copying an object to the node's cache
+HEAD_BYTES = 64  # check_readable reads this many bytes of a file: enough to prove access
+REMOTE_CACHE = "remote"  # cache_dir/<this>: node-local copies of objects and folders
+# on every node: a local path that is not there means the data is on the driver's disk only
+NODE_FIX = ("put the data on a shared mount or in object storage (s3://, gs://), "
+            "or ship it with runtime_env")
 
 
 class TokenDataset(torch.utils.data.Dataset):
@@ -73,6 +88,184 @@ def absolute(path) -> str:
     source is built on the driver and read on Ray workers, whose working directory is not
     the driver's (Ray Train and Tune run them in folders of their own)."""
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def is_uri(path) -> bool:
+    """Whether `path` names a filesystem by scheme (s3://, gs://, hdfs://, file://)."""
+    return isinstance(path, (str, os.PathLike)) and "://" in os.fspath(path)
+
+
+def location(path) -> str:
+    """Where a source reads `path` on every node: a URI as given (without a trailing /), a
+    local path made absolute on the driver (`absolute`)."""
+    text = os.fspath(path)
+    return text.rstrip("/") if is_uri(text) else absolute(text)
+
+
+def remote_filesystem(uri: str):
+    """(pyarrow filesystem, path inside it) for a URI, as results.py opens a storage path.
+    pyarrow's S3FileSystem reads AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    and AWS_REGION itself (pyarrow.fs.S3FileSystem docs), so MinIO and on-prem stores need
+    no setting here."""
+    from pyarrow import fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except ValueError as e:  # pyarrow.ArrowInvalid: an unknown scheme or a malformed URI
+        raise ValueError(f"{uri} is not a URI pyarrow can open; give s3://bucket/key, gs://bucket/key "
+                         "or a local path") from e
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One object in storage, with what the sources use of a local file's pathlib.Path
+    (suffix, stat, read_bytes, str), so the corpus code reads either the same way."""
+
+    uri: str
+    size: int  # bytes
+    mtime_ns: int  # last modification, ns since the epoch (0 where the store reports none)
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.uri).suffix
+
+    def stat(self):
+        return SimpleNamespace(st_size=self.size, st_mtime_ns=self.mtime_ns)
+
+    def read_bytes(self) -> bytes:
+        fs, path = remote_filesystem(self.uri)
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+
+def _remote_type(uri: str) -> str | None:
+    """"file", "dir" (a prefix holding objects) or None (nothing there)."""
+    from pyarrow.fs import FileType
+
+    fs, path = remote_filesystem(uri)
+    kind = fs.get_file_info(path).type
+    return "file" if kind == FileType.File else "dir" if kind == FileType.Directory else None
+
+
+def _path_type(path: str) -> str | None:
+    """_remote_type for a URI or a local path alike."""
+    if is_uri(path):
+        return _remote_type(path)
+    return "file" if os.path.isfile(path) else "dir" if os.path.isdir(path) else None
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base}/{name}" if is_uri(base) else str(Path(base, name))
+
+
+def remote_files(uri: str, what: str, suffixes=None, skip=frozenset()) -> list:
+    """The objects at `uri`: itself if it is one, else every object under the prefix
+    (recursive; pyarrow FileSelector), those under a folder in `skip` or starting with "."
+    and, with `suffixes`, those of other suffixes left out. `what` names the path in the
+    FileNotFoundError."""
+    from pyarrow.fs import FileSelector, FileType
+
+    fs, root = remote_filesystem(uri)
+    info = fs.get_file_info(root)
+    if info.type == FileType.File:
+        return [RemoteFile(uri, info.size, info.mtime_ns or 0)]
+    if info.type != FileType.Directory:
+        raise FileNotFoundError(f"{what} {uri} does not exist; check the URI, and the credentials "
+                                "(AWS_* / GOOGLE_APPLICATION_CREDENTIALS) of every node")
+    out = []
+    for i in fs.get_file_info(FileSelector(root, recursive=True)):
+        parts = i.path[len(root):].strip("/").split("/")
+        if i.type != FileType.File or any(d in skip or d.startswith(".") for d in parts[:-1]):
+            continue
+        if suffixes is None or PurePosixPath(parts[-1]).suffix in suffixes:
+            out.append(RemoteFile(f"{uri}/{'/'.join(parts)}", i.size, i.mtime_ns or 0))
+    return sorted(out, key=lambda f: f.uri)  # listing order is the store's: the cache key needs one order
+
+
+def _cache_base(cache_dir) -> Path:
+    return Path(cache_dir) if cache_dir else Path.home() / ".cache" / "flops_fit"
+
+
+def _remote_key(files: list) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}\n".encode())
+    for f in files:
+        h.update(f"{f.uri}\0{f.size}\0{f.mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _copy_object(f: RemoteFile, dest: Path) -> None:
+    """Copy one object to dest, atomically; an object that changed size meanwhile is an
+    error, not a cache entry under the old object's key."""
+    fs, path = remote_filesystem(f.uri)
+    copied = 0
+
+    def write(out):
+        nonlocal copied
+        with fs.open_input_stream(path) as src:
+            while chunk := src.read(COPY_CHUNK):
+                out.write(chunk)
+                copied += len(chunk)
+        if copied != f.size:
+            raise OSError(f"{f.uri} changed while it was copied ({copied} of {f.size} bytes); run again")
+    _atomic_write(dest, write)
+
+
+def local_copy(uri: str, cache_dir=None, what: str = "file") -> Path:
+    """This node's copy of the object at `uri`: cache_dir/remote/<hash of URI, size,
+    mtime>-<name>, copied on first use. A changed object has a new key, so it is copied
+    again, never read stale; several workers of one node may copy at once (each writes a
+    temporary file, the last rename wins, every one complete)."""
+    (f,) = remote_files(uri, what)
+    dest = _cache_base(cache_dir) / REMOTE_CACHE / f"{_remote_key([f])}-{PurePosixPath(uri).name}"
+    if dest.is_file() and dest.stat().st_size == f.size:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _copy_object(f, dest)
+    return dest
+
+
+def local_folder(uri: str, cache_dir=None, what: str = "folder") -> Path:
+    """This node's copy of every object under the prefix `uri` (local_copy for a folder):
+    copied into a temporary folder that is renamed into place whole, so a folder in the
+    cache is always complete; a worker that loses the race drops its copy."""
+    files = remote_files(uri, what)
+    dest = _cache_base(cache_dir) / REMOTE_CACHE / f"{PurePosixPath(uri).name}-{_remote_key(files)}"
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp"))
+    try:
+        for f in files:
+            target = tmp / f.uri[len(uri) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _copy_object(f, target)
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another worker of this node renamed its complete copy first
+            if not dest.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def read_head(path: str, what: str) -> bytes:
+    """The first HEAD_BYTES bytes of a local file or an object, read where this runs:
+    FileNotFoundError naming the path and the fix when it is not there."""
+    if is_uri(path):
+        if _remote_type(path) != "file":
+            raise FileNotFoundError(f"{what} {path} does not exist; check the URI, and the credentials "
+                                    "(AWS_* / GOOGLE_APPLICATION_CREDENTIALS) of every node")
+        fs, p = remote_filesystem(path)
+        with fs.open_input_stream(p) as f:
+            return f.read(HEAD_BYTES)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path} does not exist on this node; {NODE_FIX}")
+    with open(path, "rb") as f:
+        return f.read(HEAD_BYTES)
 
 
 def keep_settings(obj, **settings) -> None:
@@ -133,11 +326,10 @@ def _cache_folder(cache_dir, prefix: str, settings: str, files: list) -> Path:
     """cache_dir (default ~/.cache/flops_fit) / <prefix>-<hash of the settings and of every
     file's path, size and mtime>: a changed file means a new cache, never a stale one."""
     h = hashlib.sha256(f"v{CACHE_VERSION} {settings}\n".encode())
-    for f in files:
+    for f in files:  # a pathlib.Path or a RemoteFile
         st = f.stat()
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "flops_fit"
-    return base / f"{prefix}-{h.hexdigest()[:16]}"
+    return _cache_base(cache_dir) / f"{prefix}-{h.hexdigest()[:16]}"
 
 
 def write_token_file(path, tokens, dtype: str = "uint16") -> Path:
@@ -171,17 +363,20 @@ def _open_tokens(path: Path, dtype: np.dtype) -> np.ndarray:
 class TextCorpus(_WindowSource):
     """Byte-level corpus from text files, split into train / validation by file.
 
-    paths: files and/or directories (walked recursively for TEXT_SUFFIXES); None means the
+    paths: files and/or directories (walked recursively for TEXT_SUFFIXES), local or
+    object-storage URIs (s3://bucket/prefix: every object under the prefix, listed
+    recursively); None means the
     .py files of this Python's standard library, tests excluded. Every val_every-th file in
     sorted order goes to validation, so no document straddles the split. Tokens are cached
     as uint16 train.bin / val.bin in cache_dir (default ~/.cache/flops_fit/corpus-<hash of
-    files, sizes, mtimes>), so a changed file means a new cache, never a stale one.
+    files, sizes, mtimes>), so a changed file means a new cache, never a stale one; objects
+    are streamed into that cache, once per node, and not kept besides.
     """
 
     def __init__(self, paths=None, *, seq_len: int = 128, val_every: int = 10, cache_dir=None):
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        self.paths = None if paths is None else [absolute(p) for p in paths]
+        self.paths = None if paths is None else [location(p) for p in paths]
         _check_windows("TextCorpus", seq_len, val_every)
         self.seq_len = seq_len
         self.val_every = val_every
@@ -195,14 +390,18 @@ class TextCorpus(_WindowSource):
             found = self._walk(root, {".py"}, SKIP_DIRS | STDLIB_TEST_DIRS)
         else:
             found = []
-            for p in map(Path, self.paths):
-                if p.is_dir():
-                    found += self._walk(p, TEXT_SUFFIXES, SKIP_DIRS)
-                elif p.is_file():
-                    found.append(p.resolve())
+            for p in self.paths:
+                if is_uri(p):
+                    found += remote_files(p, "corpus path", TEXT_SUFFIXES, SKIP_DIRS)
+                elif Path(p).is_dir():
+                    found += self._walk(Path(p), TEXT_SUFFIXES, SKIP_DIRS)
+                elif Path(p).is_file():
+                    found.append(Path(p).resolve())
                 else:
-                    raise FileNotFoundError(f"corpus path {p} does not exist")
-        files = sorted({f for f in found if f.stat().st_size > 0})
+                    raise FileNotFoundError(f"corpus path {p} does not exist; {NODE_FIX}")
+        # local files in pathlib's order (by path parts), then objects in the same order
+        files = sorted({f for f in found if f.stat().st_size > 0},
+                       key=lambda f: (1, tuple(f.uri.split("/"))) if isinstance(f, RemoteFile) else (0, f.parts))
         if not files:
             where = "the standard library" if self.paths is None else ", ".join(self.paths)
             raise ValueError(f"no non-empty text files found in {where}; "
@@ -221,6 +420,12 @@ class TextCorpus(_WindowSource):
         val = [f for i, f in enumerate(files) if (i + 1) % self.val_every == 0]
         train = [f for i, f in enumerate(files) if (i + 1) % self.val_every != 0]
         return train, val
+
+    def check_readable(self) -> None:
+        """Where this runs (a node of the cluster): list the corpus (a stat of every file or
+        object) and read the first bytes of its first file; FileNotFoundError naming the
+        path if any is missing. Builds no cache."""
+        read_head(str(self.files()[0]), "corpus file")
 
     def _cache_path(self, files: list) -> Path:
         return _cache_folder(self.cache_dir, "corpus", f"sep={SEPARATOR} val_every={self.val_every}", files)
@@ -277,37 +482,51 @@ class TextCorpus(_WindowSource):
 class TokenFile(_WindowSource):
     """Pre-tokenized binary token files (nanoGPT layout: train.bin / val.bin, uint16 LE).
 
-    train: a file, or a directory holding train.bin (and optionally val.bin). Without a
-    validation file the last val_fraction of the training file is held out.
+    train: a file, or a directory holding train.bin (and optionally val.bin); local, or an
+    object-storage URI (s3://bucket/tokens/train.bin, or the prefix s3://bucket/tokens),
+    copied once per node into cache_dir (default ~/.cache/flops_fit/remote) and memory-
+    mapped from there. Without a validation file the last val_fraction of the training
+    file is held out. The constructor only stats the files.
     """
 
     def __init__(self, train, val=None, *, seq_len: int = 128, dtype: str = "uint16",
-                 vocab_size: int | None = None, val_fraction: float = 0.05):
-        train = Path(absolute(train))
-        val = None if val is None else absolute(val)
-        if train.is_dir():
-            if val is None and (train / "val.bin").is_file():
-                val = train / "val.bin"
-            train = train / "train.bin"
-        if not train.is_file():
+                 vocab_size: int | None = None, val_fraction: float = 0.05, cache_dir=None):
+        train = location(train)
+        val = None if val is None else location(val)
+        if _path_type(train) == "dir":
+            if val is None and _path_type(_join(train, "val.bin")) == "file":
+                val = _join(train, "val.bin")
+            train = _join(train, "train.bin")
+        if _path_type(train) != "file":
             raise FileNotFoundError(f"token file {train} does not exist")
-        if val is not None and not Path(val).is_file():
+        if val is not None and _path_type(val) != "file":
             raise FileNotFoundError(f"validation token file {val} does not exist")
         checks.fraction(val_fraction, "TokenFile", "val_fraction", "the held-out share of train", open_low=True,
                    open_high=True)
         _check_windows("TokenFile", seq_len)
-        keep_settings(self, train=str(train), val=None if val is None else str(val), seq_len=seq_len,
+        keep_settings(self, train=train, val=val, seq_len=seq_len,
                       dtype=np.dtype(dtype).newbyteorder("<").str,  # a string: pickles everywhere
-                      val_fraction=val_fraction,
+                      val_fraction=val_fraction, cache_dir=None if cache_dir is None else absolute(cache_dir),
                       _vocab_size=vocab_size)  # None: the largest token id + 1, scanned when first asked
 
     def _scan_vocab(self) -> int:
         return max(int(a.max()) for a in self._arrays()) + 1
 
+    def _local(self, path: str) -> Path:
+        """The file to memory-map: the path itself, or this node's copy of an object."""
+        return local_copy(path, self.cache_dir, "token file") if is_uri(path) else Path(path)
+
+    def check_readable(self) -> None:
+        """Where this runs (a node of the cluster): stat the token files and read their
+        first bytes; FileNotFoundError naming the path if one is missing. Copies nothing."""
+        for path in (self.train, self.val):
+            if path is not None:
+                read_head(path, "token file")
+
     def _arrays(self) -> tuple:
-        tokens = _open_tokens(Path(self.train), np.dtype(self.dtype))
+        tokens = _open_tokens(self._local(self.train), np.dtype(self.dtype))
         if self.val is not None:
-            return tokens, _open_tokens(Path(self.val), np.dtype(self.dtype))
+            return tokens, _open_tokens(self._local(self.val), np.dtype(self.dtype))
         n_val = int(len(tokens) * self.val_fraction)
         return tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:]
 
@@ -329,36 +548,49 @@ class TokenFile(_WindowSource):
     def __repr__(self) -> str:
         return settings_repr(self, train=self.train, val=self.val, seq_len=self.seq_len,
                              dtype=np.dtype(self.dtype).name, vocab_size=self._vocab_size,
-                             val_fraction=self.val_fraction)
+                             val_fraction=self.val_fraction, cache_dir=self.cache_dir)
+
+
+HF_MARKERS = ("dataset_dict.json", "state.json")  # what DatasetDict / Dataset.save_to_disk write
 
 
 def is_hf_dataset(path) -> bool:
-    """Whether `path` is a folder that `Dataset.save_to_disk` / `DatasetDict.save_to_disk` wrote."""
-    path = Path(path).expanduser()
-    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+    """Whether `path` (a folder or a URI prefix) is what `Dataset.save_to_disk` /
+    `DatasetDict.save_to_disk` wrote."""
+    path = location(path)
+    return any(_path_type(_join(path, marker)) == "file" for marker in HF_MARKERS)
 
 
 def hf_dataset_folder(path, who: str) -> str:
-    """`path` resolved, or FileNotFoundError (naming `who`, the reader) if it is no folder."""
-    path = Path(absolute(path))
-    if not path.is_dir():
+    """`path` resolved (a URI kept as it is), or FileNotFoundError (naming `who`, the
+    reader) if it is no folder (a URI: no saved dataset; only stats are made)."""
+    path = location(path)
+    if is_uri(path) and not is_hf_dataset(path):
+        raise FileNotFoundError(f"{who}: {path} holds no {' or '.join(HF_MARKERS)}; give the prefix "
+                                "that Dataset.save_to_disk or DatasetDict.save_to_disk wrote")
+    if not is_uri(path) and not Path(path).is_dir():
         raise FileNotFoundError(f"{who}: {path} is not a folder; give the folder that "
                                 "Dataset.save_to_disk or DatasetDict.save_to_disk wrote")
-    return str(path)
+    return path
 
 
-def load_hf_dataset(path: str, who: str):
-    """`datasets.load_from_disk(path)`: a Dataset, or a DatasetDict (a dict of splits)."""
+def load_hf_dataset(path: str, who: str, cache_dir=None):
+    """`datasets.load_from_disk(path)`: a Dataset, or a DatasetDict (a dict of splits). A
+    URI is copied once per node into cache_dir (local_folder) and loaded from there."""
     try:
         import datasets
     except ImportError as e:
         raise ImportError(f"{who} reads Hugging Face datasets: pip install datasets") from e
+    if is_uri(path):
+        path = str(local_folder(path, cache_dir, f"{who} dataset"))
     return datasets.load_from_disk(path)
 
 
 class HFText(_WindowSource):
-    """A Hugging Face `datasets` dataset on local disk, read with `datasets.load_from_disk`
-    (what `Dataset.save_to_disk` / `DatasetDict.save_to_disk` wrote); nothing is downloaded.
+    """A Hugging Face `datasets` dataset on disk, read with `datasets.load_from_disk`
+    (what `Dataset.save_to_disk` / `DatasetDict.save_to_disk` wrote): a local folder, or a
+    prefix in object storage (s3://bucket/ds), copied once per node into cache_dir; nothing
+    is downloaded from the Hugging Face hub.
 
     column: a column of strings (byte-level UTF-8 tokens, vocab 256, a separator after
     every row, exactly as TextCorpus treats files) or of token-id lists such as "input_ids"
@@ -399,7 +631,7 @@ class HFText(_WindowSource):
 
     def _splits(self) -> tuple:
         """(train, validation) `datasets.Dataset`s holding only `column`."""
-        ds = load_hf_dataset(self.path, "HFText")
+        ds = load_hf_dataset(self.path, "HFText", self.cache_dir)
         if isinstance(ds, dict):  # a DatasetDict: its splits
             missing = [s for s in (self.train_split, self.val_split) if s not in ds]
             if missing:
@@ -415,8 +647,17 @@ class HFText(_WindowSource):
                              "set column= to a text column or a token-id column")
         return train.select_columns([self.column]), val.select_columns([self.column])
 
+    def check_readable(self) -> None:
+        """Where this runs (a node of the cluster): stat the saved dataset's folder and read
+        the first bytes of its dataset_dict.json / state.json; FileNotFoundError naming the
+        path if it is missing. Copies nothing."""
+        marker = next((m for m in HF_MARKERS if _path_type(_join(self.path, m)) == "file"), HF_MARKERS[0])
+        read_head(_join(self.path, marker), "HFText dataset file")
+
     def _cache_path(self) -> Path:
-        files = sorted(p for p in Path(self.path).rglob("*") if p.is_file())
+        # the objects' listing keys a remote dataset: no copy is needed to find the cache
+        files = (remote_files(self.path, "HFText dataset") if is_uri(self.path)
+                 else sorted(p for p in Path(self.path).rglob("*") if p.is_file()))
         return _cache_folder(self.cache_dir, "hf", f"sep={SEPARATOR} column={self.column} splits="
                              f"{self.train_split},{self.val_split} val_every={self.val_every}", files)
 

@@ -1,5 +1,6 @@
 import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +154,137 @@ def test_sources_given_relative_paths_read_the_same_data_from_another_working_di
         moved = pickle.loads(pickle.dumps(source))
         assert [ds[0].tolist() for ds in moved()] == want
     assert not (elsewhere / "cache").exists() and (tmp_path / "cache").is_dir()
+
+
+# --- object storage (the s3_server fixture: moto's S3 at AWS_ENDPOINT_URL) -------------------
+def upload(s3_server, bucket: str, root, prefix: str) -> str:
+    """Every file under the local folder root, as objects under s3://bucket/prefix/."""
+    uri = s3_server.bucket(bucket)
+    client = s3_server.client()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        client.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(root).as_posix()}")
+    return f"{uri}/{prefix}"
+
+
+def test_token_file_in_s3_is_copied_once_per_cache_and_read_like_a_local_one(s3_server, tmp_path):
+    local = tmp_path / "tokens"
+    write_token_file(local / "train.bin", np.arange(3000) % 700)
+    write_token_file(local / "val.bin", np.arange(400) % 650)
+    uri = upload(s3_server, "data-token-file", local, "tok")
+    cache = tmp_path / "cache"
+    source = TokenFile(uri, seq_len=16, cache_dir=cache)  # a prefix holding train.bin and val.bin
+    assert (source.train, source.val) == (f"{uri}/train.bin", f"{uri}/val.bin")
+    assert not cache.exists()  # the constructor stats, it copies nothing
+    source.check_readable()
+    assert not cache.exists()
+    train, val = pickle.loads(pickle.dumps(source))()  # as on a worker
+    want_train, want_val = TokenFile(local, seq_len=16)()
+    assert np.array_equal(train.tokens, want_train.tokens) and np.array_equal(val.tokens, want_val.tokens)
+    assert isinstance(train.tokens, np.memmap) and Path(train.tokens.filename).is_relative_to(cache)
+    assert source.vocab_size == 700
+    copies = sorted((cache / "remote").iterdir())
+    assert sorted(p.name.split("-", 1)[1] for p in copies) == ["train.bin", "val.bin"]
+    stamps = [p.stat().st_mtime_ns for p in copies]
+    source()  # reused, not copied again
+    assert [p.stat().st_mtime_ns for p in sorted((cache / "remote").iterdir())] == stamps
+
+
+def test_a_changed_object_is_copied_again_not_read_stale(s3_server, tmp_path):
+    uri = s3_server.bucket("data-changed")
+    client = s3_server.client()
+    client.put_object(Bucket="data-changed", Key="train.bin", Body=(np.arange(500) % 90).astype("<u2").tobytes())
+    source = TokenFile(f"{uri}/train.bin", seq_len=8, val_fraction=0.2, cache_dir=tmp_path)
+    first, _ = source()
+    assert first.tokens.max() == 89
+    client.put_object(Bucket="data-changed", Key="train.bin", Body=(np.arange(600) % 40).astype("<u2").tobytes())
+    second, _ = pickle.loads(pickle.dumps(source))()
+    assert second.num_tokens == 480 and second.tokens.max() == 39
+    assert len(list((tmp_path / "remote").iterdir())) == 2  # a new key; the old copy is left alone
+
+
+def test_text_corpus_over_an_s3_prefix_matches_the_same_files_on_disk(s3_server, tmp_path):
+    root = make_corpus(tmp_path / "corpus")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "secret.txt").write_text("not corpus text " * 10)  # skipped, as os.walk skips it
+    uri = upload(s3_server, "data-corpus", root, "docs")
+    remote = TextCorpus([uri + "/"], seq_len=16, val_every=5, cache_dir=tmp_path / "cache-s3")
+    assert remote.paths == [uri]
+    files = remote.files()
+    assert len(files) == 20 and all(str(f).startswith(f"{uri}/") for f in files)  # the .png is skipped
+    local = TextCorpus([root], seq_len=16, val_every=5, cache_dir=tmp_path / "cache-local")
+    for got, want in zip(remote(), local()):  # same files, same order: the same split and tokens
+        assert np.array_equal(got.tokens, want.tokens)
+    remote.check_readable()
+
+
+def test_hf_dataset_saved_in_s3(s3_server, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [f"row {i}: " + "lorem ipsum " * (i % 5 + 3) for i in range(40)]
+    datasets.Dataset.from_dict({"text": rows}).save_to_disk(str(tmp_path / "hf"))
+    uri = upload(s3_server, "data-hf", tmp_path / "hf", "ds")
+    from flops_fit.data import HFText
+
+    source = HFText(uri, seq_len=16, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+    source.check_readable()
+    got = source()
+    want = HFText(tmp_path / "hf", seq_len=16, cache_dir=tmp_path / "cache-local")()
+    assert all(np.array_equal(g.tokens, w.tokens) for g, w in zip(got, want))
+    with pytest.raises(FileNotFoundError, match=f"{uri}/nothing holds no"):
+        HFText(f"{uri}/nothing")
+
+
+def test_missing_objects_are_named_with_their_uri(s3_server, tmp_path):
+    uri = s3_server.bucket("data-missing")
+    with pytest.raises(FileNotFoundError, match=f"token file {uri}/nowhere does not exist"):
+        TokenFile(f"{uri}/nowhere")
+    with pytest.raises(FileNotFoundError, match=f"corpus path {uri}/no-prefix does not exist"):
+        TextCorpus([f"{uri}/no-prefix"], cache_dir=tmp_path).files()
+    s3_server.client().put_object(Bucket="data-missing", Key="t.bin", Body=bytes(400))
+    source = TokenFile(f"{uri}/t.bin", cache_dir=tmp_path)
+    s3_server.client().delete_object(Bucket="data-missing", Key="t.bin")  # gone before a worker reads it
+    with pytest.raises(FileNotFoundError, match=f"{uri}/t.bin does not exist"):
+        source.check_readable()
+    with pytest.raises(FileNotFoundError, match=f"{uri}/t.bin does not exist"):
+        source()
+    with pytest.raises(ValueError, match="nosuch://x is not a URI pyarrow can open"):
+        TokenFile("nosuch://x")
+
+
+def test_check_readable_names_a_local_file_missing_on_this_node(tmp_path):
+    write_token_file(tmp_path / "train.bin", np.arange(300))
+    source = TokenFile(tmp_path, seq_len=8)
+    source.check_readable()
+    (tmp_path / "train.bin").unlink()  # as on a node that does not share the driver's disk
+    with pytest.raises(FileNotFoundError, match=r"train.bin does not exist on this node; put the data on a shared"):
+        source.check_readable()
+    corpus = TextCorpus([tmp_path / "gone"], cache_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="gone does not exist; put the data on a shared mount"):
+        corpus.check_readable()
+
+
+# --- the pre-flight check's parts that need no cluster (flops_fit/preflight.py) ----------------
+def test_node_type_is_the_node_group_label_else_the_resource_shape():
+    from flops_fit.preflight import node_type
+
+    shaped = {"Resources": {"CPU": 8.0, "GPU": 1.0, "memory": 3e10, "object_store_memory": 1e9,
+                            "node:10.0.0.7": 1.0, "accelerator_type:A10G": 1.0}, "Labels": {}}
+    other = {**shaped, "Resources": {**shaped["Resources"], "memory": 2.9e10, "node:10.0.0.8": 1.0}}
+    assert node_type(shaped) == node_type(other) == "{CPU: 8, GPU: 1, accelerator_type:A10G: 1}"
+    assert node_type({**shaped, "Resources": {"CPU": 4.0}}) != node_type(shaped)
+    assert node_type({**shaped, "Labels": {"ray.io/node-group": "gpu-workers"}}) == "gpu-workers"
+
+
+def test_open_data_returns_the_failure_as_data_for_the_drivers_error(tmp_path):
+    import ray.cloudpickle
+
+    from flops_fit.preflight import open_data
+    from toy import tiny_task
+
+    write_token_file(tmp_path / "train.bin", np.arange(4000) % 256)
+    task = tiny_task(tmp_path)
+    task = type(task)(**{**task.__dict__, "data": TokenFile(tmp_path, seq_len=32)})
+    assert open_data(ray.cloudpickle.dumps(task)) is None
+    (tmp_path / "train.bin").unlink()
+    kind, message = open_data(ray.cloudpickle.dumps(task))
+    assert kind == "FileNotFoundError" and f"{tmp_path / 'train.bin'} does not exist on this node" in message

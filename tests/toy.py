@@ -113,3 +113,78 @@ def wait_for(condition, timeout_s=60.0, poll_s=0.5) -> bool:
             return True
         time.sleep(poll_s)
     return condition()
+
+
+# --- trial drivers and worker groups (tests/test_placement.py) -------------------------------
+FAILING_SIZE = 1  # gpt_failing(size) raises for this size, after noting the call
+
+
+def gpt_failing(size, calls: str):
+    """The reference GPT, except that size FAILING_SIZE raises when a Ray actor (a Train
+    worker) builds it (the planner's and the task check's probes in the test process pass);
+    every such build appends a line to the file `calls`."""
+    import ray
+
+    model = gpt(size)
+    if size == FAILING_SIZE and ray.is_initialized() and ray.get_runtime_context().get_actor_id():
+        with open(calls, "a") as f:
+            f.write("built\n")
+        raise RuntimeError("model construction failed on purpose")
+    return model
+
+
+def workers_by_size(point) -> int:
+    """A run_sweep(num_workers=...) function: 1 worker for size 1, 2 for the others."""
+    return 1 if point.size == 1 else 2
+
+
+class KillDriverOnce:
+    """A Tune callback (mixed in at use, like KillWorkerOnce) that SIGKILLs the trial driver
+    of point `point_id` right after that point's first checkpoint; `killed` is the step it
+    was killed at."""
+
+    def __init__(self, point_id: str):
+        self.point_id = point_id
+        self.killed = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        import os
+        import signal
+
+        if (self.killed is None and result.get("point_id") == self.point_id and result.get("checkpoint_path")
+                and result["step"] < result["steps"]):
+            os.kill(result["pid"], signal.SIGKILL)  # Tune's `pid`: the trial driver's process
+            self.killed = result["step"]
+
+
+def stop_processes_under(folder: str, timeout_s: float = 15.0) -> None:
+    """Terminate (then kill) the processes whose command line names `folder` (a Ray node
+    started with --temp-dir=folder: its daemons and workers), with their children; never
+    any other process, so other Ray clusters on the machine live on (`ray stop` would end
+    them all)."""
+    import os
+
+    import psutil
+
+    found = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(folder in arg for arg in (p.info["cmdline"] or [])):
+                found[p.pid] = p
+                found.update((c.pid, c) for c in p.children(recursive=True))
+        except psutil.Error:
+            continue
+    found.pop(os.getpid(), None)
+    procs = list(found.values())
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=timeout_s)

@@ -22,6 +22,7 @@ The pattern of Ray's own `doc_code/train_tune_interop.py`, public API only:
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import math
 import pickle
@@ -49,22 +50,26 @@ DEFAULT_RESOURCES_PER_WORKER = {"CPU": 1}  # one CPU core per Ray Train worker
 GPUS_PER_WORKER = 1  # with use_gpu: one whole GPU per worker (data parallel, no GPU sharing)
 # Tune's own console output: off, the sweep prints one line per point (callbacks.ProgressPrinter)
 TUNE_VERBOSITY = 0
-# Tune-level retries of a trial: none. Retries happen inside the trial (Train's FailureConfig
-# resumes from the last checkpoint); a failed point is rerun by running the sweep again.
-TRIAL_RETRIES = 0
+# Tune-level retries of a trial whose driver process died (killed for memory, its node lost):
+# the retry builds the same-named TorchTrainer, which resumes from the point's last checkpoint.
+# A point whose training failed for good is not retried by Tune (run_point: its error is
+# recorded and raised again at once), so this bounds driver deaths, not training attempts.
+TRIAL_RETRIES = 2
+# A trial driver's record of its point's failure: beside the point's Train run, one per Tune
+# trial (a rerun of the sweep has new trials, so it trains its failed points again).
+FAILURE_RECORD = "{point_id}.trial-{trial_id}.error"
 
 
 @dataclasses.dataclass(frozen=True)
 class PointSettings:
     """How every trial driver of one sweep runs its point (pickled to each trial)."""
 
-    num_workers: int  # Ray Train workers per point (data parallel)
+    num_workers: object  # Ray Train workers per point (data parallel): an int, or a function of the SweepPoint
     use_gpu: bool  # one GPU per worker
-    resources_per_worker: dict  # Ray resources per worker, e.g. {"CPU": 1}
+    resources_per_worker: object  # Ray resources per worker, e.g. {"CPU": 1}, or a function of the SweepPoint
     max_failures: int  # worker-group restarts per point; -1 = no limit
     train_storage: str  # where Train keeps each point's run and checkpoints: <sweep>/train
     dry_run: dict | None  # None: train; a law dict ({} = the default law): draw the loss
-    threads: int  # torch threads per worker on CPU (the CPUs it reserved); 0 on GPU
 
 
 def dry_run_law(dry_run) -> dict | None:
@@ -110,12 +115,23 @@ def run_sweep(
             again resumes: finished points are kept, unfinished and failed ones rerun
             (each from its last checkpoint). The folder belongs to one plan and one task.
         storage_path: local folder or pyarrow URI (s3://, gs://); default ~/flops_fit_runs.
-        num_workers: Ray Train workers per point (data parallel).
+        num_workers: Ray Train workers per point (data parallel): an int, or a function of
+            the point (a SweepPoint: size, params, budget...) returning one, e.g. more
+            workers for the largest sizes. Functions are called in this process for every
+            planned point before Ray starts (a point whose group never fits the cluster is
+            refused then), and in each trial driver for its point; they must be pure and
+            picklable (module-level functions, or functools.partial of them).
         use_gpu: one GPU per worker; precision from the device unless Task.precision says
             otherwise (bf16 from compute capability 8.0, else fp16); a worker whose torch
             sees no CUDA device fails its point rather than train on the CPU.
-        resources_per_worker: Ray resources per worker, default {"CPU": 1} (+ {"GPU": 1}).
-        max_concurrent: points trained at once; default: as many as the cluster fits.
+        resources_per_worker: Ray resources per worker, default {"CPU": 1} (+ {"GPU": 1});
+            or a function of the point returning such a dict (None: the default).
+        max_concurrent: points trained at once; default: as many as the cluster holds, each
+            a worker group (the largest of the points') and its trial driver. A driver takes a
+            trial slot where the cluster has `trial_slot` resources, else a hundredth of a CPU
+            on a CPU-only node that is not spot, where the cluster has one
+            (ray_setup.driver_resources); a driver that dies is retried (TRIAL_RETRIES) and
+            its point resumes from its last checkpoint.
         max_failures: worker-group restarts per point (resuming from its last checkpoint);
             -1 retries without limit (for spot / preemptible nodes), as Ray's FailureConfig.
         callbacks: extra `ray.tune.Callback`s, e.g. experiment trackers (MLflow, W&B
@@ -145,10 +161,10 @@ def run_sweep(
     num_workers, max_failures, max_concurrent = _check_arguments(
         plan, task, name, num_workers, max_failures, max_concurrent)
     callbacks = check_callbacks(callbacks)
-    resources = dict(resources_per_worker or DEFAULT_RESOURCES_PER_WORKER)
-    if use_gpu:
-        resources.setdefault("GPU", GPUS_PER_WORKER)
-    resources = _check_resources(resources)
+    worker_resources = _check_group_functions(num_workers, resources_per_worker, use_gpu)
+    # Every planned point's worker group, checked before Ray starts; `resources`: the least
+    # any point's worker reserves (each resource's smallest amount), for checks of nodes.
+    resources = _least_resources(worker_groups(plan.points, task, num_workers, worker_resources, use_gpu))
     task_pickle = _pickled_task(task)
     multipliers = check_lr_search(lr_search)
     _check_learning_rates(task, plan, multipliers)
@@ -162,7 +178,13 @@ def run_sweep(
     claim = R.claim_sweep_dir(sweep_dir, plan, task)
     try:
         _check_same_lr_search(sweep_dir, multipliers)
-        return _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, resources,
+        # The task's data opens on every node type, or no point starts; a dry run reads no
+        # data, and a planned sweep whose points all finished starts no Ray.
+        if dry_run is None and (bracket_search is not None or not _all_finished(plan, task, sweep_dir, multipliers)):
+            from .preflight import check_before_sweep
+
+            check_before_sweep(task, resources, address=address, verbose=verbose)
+        return _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, worker_resources,
                     max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose,
                     bracket_search, multipliers)
     finally:
@@ -190,10 +212,16 @@ def _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu
         todo, total = [t for t in every if t["point_id"] not in finished], len(every)
         if not todo:  # every point finished earlier: the table, without starting Ray
             return _finish(sweep_dir, verbose)
+    # The groups of the points to train (a search's added points: checked by their drivers).
+    points = [SweepPoint.from_dict(t) for t in todo] if todo else list(plan.points)
+    groups = _distinct_groups(worker_groups(points, task, num_workers, resources, use_gpu))
     ray_setup.ensure_ray(address, verbose=verbose)
-    ray_setup.check_cluster_fits(resources, num_workers, use_gpu)
-    concurrency = max_concurrent or ray_setup.concurrency(resources, num_workers,
-                                                          len(todo) or total - len(finished))
+    for n, res, pid in groups:
+        ray_setup.check_cluster_fits(res, n, use_gpu, point_id=pid if len(groups) > 1 else None)
+    driver = ray_setup.driver_resources()
+    concurrency = max_concurrent or ray_setup.concurrency([(res, n) for n, res, _ in groups],
+                                                          len(todo) or total - len(finished),
+                                                          driver=ray_setup.driver_demand(driver))
     settings = PointSettings(
         num_workers=num_workers,
         use_gpu=use_gpu,
@@ -201,12 +229,14 @@ def _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu
         max_failures=max_failures,
         train_storage=R.join(sweep_dir, "train"),
         dry_run=dry_run,
-        threads=int(resources.get("CPU", DEFAULT_RESOURCES_PER_WORKER["CPU"])) if not use_gpu else 0,
     )
     if verbose:
         print(plan.summary())
-        print(f"Sweep folder: {sweep_dir}  ({concurrency} point(s) at a time, "
-              f"{num_workers} worker(s) each, {resources} per worker)", flush=True)
+        if len(groups) == 1:
+            each = f"{groups[0][0]} worker(s) each, {groups[0][1]} per worker"
+        else:
+            each = "worker groups by point: " + ", ".join(f"{n} x {res} (e.g. {pid})" for n, res, pid in groups)
+        print(f"Sweep folder: {sweep_dir}  ({concurrency} point(s) at a time, {each})", flush=True)
         if searcher is not None:
             print(f"Bracket-seeking search: at most {bracket_search.max_points} points in all"
                   + (f"; resuming, {len(finished)} finished point(s) kept." if finished else "."), flush=True)
@@ -220,7 +250,7 @@ def _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu
         # The task travels pickled and is unpickled on the workers only: unpickling
         # imports its model code, which the trial driver does not need.
         tune.with_parameters(run_point, task_pickle=task_pickle, settings=settings),
-        ray_setup.driver_resources(),
+        driver,
     )
     metrics = SweepMetrics(name, total)  # the dashboard's and Prometheus' view of the sweep
     tuner = tune.Tuner(
@@ -273,28 +303,57 @@ def run_point(config: dict, task_pickle: bytes, settings: PointSettings) -> None
     """Trial driver: train one sweep point on a Ray Train worker group.
 
     `task_pickle` is the Task as `ray.cloudpickle` bytes, unpickled on the workers only.
+
+    Tune retries a trial after any error (FailureConfig(max_failures=TRIAL_RETRIES)), but
+    only a driver that died should be retried: then the same-named TorchTrainer resumes the
+    point from its last checkpoint. An error raised here (Train gave up after its own
+    FailureConfig restarts, or the point's group never fits) is final for this trial: it is
+    recorded (FAILURE_RECORD, in the sweep's Train storage, which every node reaches) before
+    it is raised, and a retry of the same trial raises it again before training, so a failing
+    point costs what it cost without Tune retries and keeps its error (Tune's error.txt,
+    read by results.load_results and the progress line).
     """
+    point = SweepPoint.from_dict(config["point"])
+    record = R.join(settings.train_storage, FAILURE_RECORD.format(
+        point_id=point.point_id, trial_id=tune.get_context().get_trial_id()))
+    earlier = _read_failure(record)
+    if earlier is not None:
+        raise earlier
+    try:
+        _train_point(point, config, task_pickle, settings)
+    except Exception as e:
+        _record_failure(record, e)
+        raise
+
+
+def _train_point(point: SweepPoint, config: dict, task_pickle: bytes, settings: PointSettings) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    point = SweepPoint.from_dict(config["point"])
+    num_workers, resources = worker_group(point, settings.num_workers, settings.resources_per_worker,
+                                          settings.use_gpu)
+    if callable(settings.num_workers) or callable(settings.resources_per_worker):
+        # A point a search added was not checked before the sweep: a group that never fits
+        # fails the point now instead of waiting forever.
+        ray_setup.check_cluster_fits(resources, num_workers, settings.use_gpu, point_id=point.point_id)
     trainer = TorchTrainer(
         train_point,
         # A group of one never uses its process group (the worker trains as the single
         # process it is, train._make_accelerator), so it needs no NCCL: with gloo a GPU
         # worker on a node whose CUDA is broken reaches the worker's own check, which names
         # the node and CUDA_VISIBLE_DEVICES, instead of failing in NCCL set-up.
-        torch_config=TorchConfig(backend="gloo") if settings.num_workers == 1 else None,
+        torch_config=TorchConfig(backend="gloo") if num_workers == 1 else None,
         train_loop_config={
             "point": config["point"],
             "task_pickle": task_pickle,
             "dry_run": settings.dry_run,
-            "threads": settings.threads,
+            # torch threads per worker on CPU: the CPUs it reserved; 0 on GPU
+            "threads": 0 if settings.use_gpu else int(resources.get("CPU", DEFAULT_RESOURCES_PER_WORKER["CPU"])),
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=settings.num_workers,
+            num_workers=num_workers,
             use_gpu=settings.use_gpu,
-            resources_per_worker=settings.resources_per_worker,
+            resources_per_worker=resources,
         ),
         run_config=ray.train.RunConfig(
             # A stable name: a rerun of this point finds and resumes its own checkpoints.
@@ -306,6 +365,37 @@ def run_point(config: dict, task_pickle: bytes, settings: PointSettings) -> None
         ),
     )
     trainer.fit()
+
+
+def _record_failure(path: str, error: Exception) -> None:
+    """Keep a trial's final error where a retry of the trial finds it (run_point)."""
+    try:
+        blob = ray.cloudpickle.dumps(error)
+    except Exception:  # an exception that does not pickle: its type and text
+        blob = ray.cloudpickle.dumps(RuntimeError(f"{type(error).__name__}: {error}"))
+    try:
+        R.write_text_atomic(path, base64.b64encode(blob).decode("ascii"))
+    except OSError:
+        # Storage out of reach: the error is raised all the same; a Tune retry of this trial
+        # would then train the point again, as any rerun of a failed point does.
+        pass
+
+
+def _read_failure(path: str) -> Exception | None:
+    """The error recorded by _record_failure for this trial, or None."""
+    from pyarrow import fs as pafs
+
+    fs, p = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(p) as f:
+        return ray.cloudpickle.loads(base64.b64decode(f.read()))
+
+
+def _all_finished(plan, task, sweep_dir: str, multipliers) -> bool:
+    finished = R.finished_ids(sweep_dir)
+    return all(t["point_id"] in finished
+               for p in plan for t in trial_points(dataclasses.asdict(p), task, multipliers))
 
 
 def trial_points(point: dict, task: Task, multipliers) -> list:
@@ -382,10 +472,9 @@ def _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent
         )
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise ValueError(f"run_sweep(name={name!r}): give a plain folder name such as 'gpt-cpu-sweep'.")
-    num_workers = checks.integer(num_workers, "run_sweep", "num_workers", "workers per point")
-    # the global batch (each point's, under a batch rule) splits into equal micro-batches
-    for batch in sorted({p.batch_size for p in plan}) if task.batch_rule else [None]:
-        task.accumulation_steps(num_workers, batch)
+    if not callable(num_workers):  # a function of the point: checked point by point (worker_groups)
+        num_workers = checks.integer(num_workers, "run_sweep", "num_workers",
+                                     "workers per point, or a function of the SweepPoint returning them")
     max_failures = checks.integer(max_failures, "run_sweep", "max_failures", "or -1 to retry without limit",
                              minimum=RETRY_FOREVER)
     if max_concurrent is not None:
@@ -402,12 +491,95 @@ def _storage_uri(storage_path) -> str:
 
 
 
-def _check_resources(resources: dict) -> dict:
+def _check_resources(resources: dict, arg: str = "resources_per_worker") -> dict:
     """The resources as plain Python numbers (Ray's placement groups take no numpy scalars)."""
     for key, value in resources.items():
-        checks.positive_number(value, "run_sweep", f"resources_per_worker[{key!r}]",
+        if not isinstance(key, str):
+            raise TypeError(f"run_sweep({arg}=...) has a key of type {type(key).__name__}: "
+                            "name Ray resources by strings, e.g. {'CPU': 2, 'GPU': 1}.")
+        checks.positive_number(value, "run_sweep", f"{arg}[{key!r}]",
                           "leave a resource out rather than ask for 0 of it")
     return {key: int(value) if checks.is_int(value) else float(value) for key, value in resources.items()}
+
+
+def _worker_resources(resources, use_gpu: bool, arg: str = "resources_per_worker") -> dict:
+    """Resources per worker from a dict or None (the default), GPU added with use_gpu, checked."""
+    if resources is not None and not isinstance(resources, dict):
+        raise TypeError(f"run_sweep({arg}=...) is a {type(resources).__name__}: give a dict of Ray resources "
+                        "per worker, e.g. {'CPU': 2}, or None for the default.")
+    resources = dict(resources or DEFAULT_RESOURCES_PER_WORKER)
+    if use_gpu:
+        resources.setdefault("GPU", GPUS_PER_WORKER)
+    return _check_resources(resources, arg)
+
+
+def _check_group_functions(num_workers, resources_per_worker, use_gpu: bool):
+    """resources_per_worker as run_point takes it: a checked dict, or the user's function;
+    a function of either argument must pickle (it travels to every trial driver)."""
+    for arg, value in (("num_workers", num_workers), ("resources_per_worker", resources_per_worker)):
+        if callable(value) and not _pickles(value):
+            raise TypeError(f"run_sweep({arg}=<function>) cannot be pickled for Ray's trial drivers: use a "
+                            "module-level function (or functools.partial of one).")
+    return resources_per_worker if callable(resources_per_worker) else _worker_resources(resources_per_worker, use_gpu)
+
+
+def worker_group(point: SweepPoint, num_workers, resources_per_worker, use_gpu: bool) -> tuple:
+    """One point's worker group: (workers, Ray resources per worker). `num_workers` is an
+    int or a function of the SweepPoint returning one; `resources_per_worker` a checked dict
+    or a function of the SweepPoint returning a dict (or None: the default)."""
+    if callable(num_workers):
+        n = _of_point(num_workers, point, "num_workers")
+        if not (checks.is_int(n) and n >= 1):
+            what = "an int < 1" if checks.is_int(n) else f"a {type(n).__name__}"
+            raise TypeError(f"run_sweep(num_workers=<function>) returned {what} for point {point.point_id}: "
+                            "return the point's Ray Train workers as an int >= 1.")
+        num_workers = int(n)
+    if callable(resources_per_worker):
+        resources = _of_point(resources_per_worker, point, "resources_per_worker")
+        resources_per_worker = _worker_resources(resources, use_gpu,
+                                                 f"resources_per_worker(<point {point.point_id}>)")
+    return num_workers, resources_per_worker
+
+
+def worker_groups(points, task: Task, num_workers, resources_per_worker, use_gpu: bool) -> dict:
+    """Point id -> worker_group() of each of `points`, each checked against its global batch
+    (equal micro-batches on every worker, Task.accumulation_steps)."""
+    groups = {}
+    for p in points:
+        n, resources = worker_group(p, num_workers, resources_per_worker, use_gpu)
+        try:
+            task.accumulation_steps(n, p.batch_size if task.batch_rule else None)
+        except ValueError as e:
+            if not callable(num_workers):
+                raise
+            raise ValueError(f"Point {p.point_id}, run_sweep(num_workers=<function>): {e}") from e
+        groups[p.point_id] = (n, resources)
+    return groups
+
+
+def _of_point(function, point: SweepPoint, arg: str):
+    try:
+        return function(point)
+    except Exception as e:
+        raise ValueError(f"run_sweep({arg}=<function>) raised {type(e).__name__} for point {point.point_id}: "
+                         "it must return a value for every point of the plan.") from e
+
+
+def _distinct_groups(groups: dict) -> list:
+    """The different (workers, resources per worker) of `groups` (point id -> group), each
+    with the first point that has it."""
+    seen = {}
+    for pid, (n, resources) in groups.items():
+        seen.setdefault((n, tuple(sorted(resources.items()))), (n, resources, pid))
+    return list(seen.values())
+
+
+def _least_resources(groups: dict) -> dict:
+    """Each resource's smallest amount per worker over `groups` (point id -> group), among
+    the resources every group asks for: a node that holds no such worker holds none at all."""
+    dicts = [resources for _, resources in groups.values()]
+    common = set.intersection(*(set(d) for d in dicts)) if dicts else set()
+    return {k: min(d[k] for d in dicts) for k in sorted(common)}
 
 
 def _pickled_task(task: Task) -> bytes:

@@ -15,8 +15,20 @@ from pathlib import Path
 # drivers take one unit of a logical resource instead; a local Ray gets plenty of them.
 TRIAL_RESOURCE = "trial_slot"
 LOCAL_TRIAL_SLOTS = 1000
-# Where a cluster lacks TRIAL_RESOURCE, drivers take this sliver of a CPU.
+# Where a cluster lacks TRIAL_RESOURCE, drivers take this sliver of a CPU, on the nodes
+# driver_nodes() chooses: a driver on a GPU node would keep it from scaling down, and one on
+# a spot node dies with it.
 FALLBACK_DRIVER_CPU = 0.01
+# Node labels Ray sets itself (Ray docs, "Use labels to control scheduling", default node
+# labels; Ray 2.49+): every node's id, the accelerator type of a node with accelerators, and
+# the market type ("spot" / "on-demand") where the cluster declares it (KubeRay, the autoscaler).
+NODE_ID_LABEL = "ray.io/node-id"
+ACCELERATOR_LABEL = "ray.io/accelerator-type"
+MARKET_TYPE_LABEL = "ray.io/market-type"
+SPOT = "spot"
+# Ray resources of accelerators (Ray docs, "Accelerator Support"): a node with any of them is
+# not a node for drivers.
+ACCELERATOR_RESOURCES = ("GPU", "TPU", "neuron_cores", "HPU", "NPU", "RBLN")
 
 # Set for every sweep (a user's own value wins: setdefault).
 RAY_ENV = {
@@ -113,33 +125,82 @@ def pin_local_address() -> str:
     return os.environ["RAY_ADDRESS"]
 
 
-def driver_resources() -> dict:
-    """What each trial driver reserves: a trial slot where the cluster has them."""
-    import ray
+def driver_resources():
+    """What each trial driver reserves, as `tune.with_resources` takes it.
 
-    return {TRIAL_RESOURCE: 1} if ray.cluster_resources().get(TRIAL_RESOURCE) else {"CPU": FALLBACK_DRIVER_CPU}
+    A trial slot where the cluster has them (a local Ray, cluster.yaml's nodes): they are
+    placed where the slots are. Otherwise FALLBACK_DRIVER_CPU of a CPU, kept on the nodes
+    `driver_nodes` chooses (CPU-only, not spot) by a label selector on Ray's default
+    `ray.io/node-id` label, where such nodes exist and others do too; with none of them, or
+    nothing else, anywhere a CPU is.
+    """
+    import ray
+    from ray import tune
+
+    if ray.cluster_resources().get(TRIAL_RESOURCE):
+        return {TRIAL_RESOURCE: 1}
+    demand = {"CPU": FALLBACK_DRIVER_CPU}
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= FALLBACK_DRIVER_CPU]
+    chosen = driver_nodes(nodes)
+    if not chosen or len(chosen) == len(nodes):
+        return demand
+    # `in(a, b)` is Ray's set operator for label selectors (ray/_private/label_utils.py, 2.53
+    # and 2.60); placement_group(bundle_label_selector=...) exists in both.
+    selector = chosen[0] if len(chosen) == 1 else f"in({','.join(chosen)})"
+    return tune.PlacementGroupFactory([demand], bundle_label_selector=[{NODE_ID_LABEL: selector}])
+
+
+def driver_nodes(nodes: list) -> list:
+    """Ids of the nodes (`ray.nodes()` entries) where trial drivers belong: alive, with a
+    CPU, no accelerator (an accelerator resource or the `ray.io/accelerator-type` label) and
+    not labelled spot (`ray.io/market-type: spot`). The order of `nodes` is kept."""
+    def fits(node) -> bool:
+        res, labels = node.get("Resources", {}), node.get("Labels") or {}
+        accelerator = any(res.get(k, 0) > 0 for k in ACCELERATOR_RESOURCES) or ACCELERATOR_LABEL in labels
+        return (node.get("Alive", False) and res.get("CPU", 0) >= FALLBACK_DRIVER_CPU and not accelerator
+                and labels.get(MARKET_TYPE_LABEL, "").lower() != SPOT)
+
+    return [n["NodeID"] for n in nodes if fits(n)]
+
+
+def driver_demand(resources) -> dict:
+    """The Ray resources one trial driver reserves, from what driver_resources() returned."""
+    if isinstance(resources, dict):
+        return dict(resources)
+    return dict(resources.required_resources)
 
 
 def autoscaling() -> bool:
     return bool(os.environ.get(AUTOSCALING_ENV))
 
 
-def concurrency(resources: dict, num_workers: int, points: int) -> int:
-    """How many points to train at once: as many worker groups as the cluster holds (at
-    least 1); on an autoscaling cluster every point, so that the pending demand scales it up."""
+def concurrency(groups, points: int, driver: dict | None = None) -> int:
+    """How many points to train at once: as many as the cluster holds, each one worker group
+    and its trial driver (`driver`: the resources one driver reserves), for the largest of
+    `groups` (pairs of resources per worker and workers); at least 1. On an autoscaling
+    cluster every point, so that the pending demand scales it up."""
     import ray
 
     if autoscaling():
         return max(1, points)
     total = ray.cluster_resources()
-    fits = [int(total.get(k, 0) // (v * num_workers)) for k, v in resources.items() if v > 0]
+    driver = driver or {}
+    fits = []
+    for resources, num_workers in groups:
+        need = {k: v * num_workers for k, v in resources.items()}
+        for k, v in driver.items():
+            need[k] = need.get(k, 0) + v
+        fits += [int(total.get(k, 0) // v) for k, v in need.items() if v > 0]
     return max(1, min(fits) if fits else 1)
 
 
-def check_cluster_fits(resources: dict, num_workers: int, use_gpu: bool) -> None:
-    """Fail now, not as a forever-pending trial, when no node can ever hold a worker."""
+def check_cluster_fits(resources: dict, num_workers: int, use_gpu: bool, point_id: str | None = None) -> None:
+    """Fail now, not as a forever-pending trial, when no node can ever hold a worker, or
+    the cluster never holds the group; `point_id` names the point whose group it is, where
+    groups differ from point to point."""
     import ray
 
+    where = f"Point {point_id}: " if point_id else ""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if use_gpu and not any(n["Resources"].get("GPU", 0) > 0 for n in nodes):
         if not autoscaling():
@@ -155,12 +216,12 @@ def check_cluster_fits(resources: dict, num_workers: int, use_gpu: bool) -> None
     if not fits_one:
         have = [{k: n["Resources"].get(k, 0) for k in resources} for n in nodes]
         raise RuntimeError(
-            f"No node can hold one worker with resources_per_worker={resources}; nodes have {have}. "
+            f"{where}No node can hold one worker with resources_per_worker={resources}; nodes have {have}. "
             "Lower resources_per_worker or add bigger nodes."
         )
     capacity = sum(min(int(n["Resources"].get(k, 0) // v) for k, v in resources.items() if v > 0) for n in fits_one)
     if capacity < num_workers:
         raise RuntimeError(
-            f"num_workers={num_workers} workers of {resources} never fit this cluster at once "
+            f"{where}num_workers={num_workers} workers of {resources} never fit this cluster at once "
             f"(room for {capacity}). Lower num_workers or resources_per_worker."
         )

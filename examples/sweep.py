@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-from pathlib import Path
 
 import flops_fit as ff
-from flops_fit.data import HFText, TextCorpus, TokenFile, is_hf_dataset
+from flops_fit.data import HFText, TextCorpus, TokenFile, is_hf_dataset, is_token_folder
 from flops_fit.models import GPT, lm_loss
 # the flags, planning, running and report every sweep script shares
 from flops_fit.sweep_script import (add_plan_arguments, add_run_arguments, exit_status, finish_args,
@@ -67,10 +66,10 @@ def parse_args(argv=None):
 def make_data(paths, seq_len):
     """Text files and folders -> byte-level corpus; a .bin file or a folder with train.bin
     -> pre-tokenized uint16 tokens (nanoGPT layout); a Hugging Face dataset saved with
-    save_to_disk -> its "text" column, byte-level."""
+    save_to_disk -> its "text" column, byte-level. Local paths, s3:// or gs:// alike."""
     if paths and len(paths) == 1:
-        path = Path(paths[0]).expanduser()
-        if path.suffix == ".bin" or (path / "train.bin").exists():
+        path = paths[0]
+        if path.endswith(".bin") or is_token_folder(path):
             return TokenFile(path, seq_len=seq_len)
         if is_hf_dataset(path):
             return HFText(path, seq_len=seq_len)

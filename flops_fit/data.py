@@ -554,6 +554,11 @@ class TokenFile(_WindowSource):
 HF_MARKERS = ("dataset_dict.json", "state.json")  # what DatasetDict / Dataset.save_to_disk write
 
 
+def is_token_folder(path) -> bool:
+    """Whether `path` (a folder or a URI prefix) holds train.bin (nanoGPT's layout)."""
+    return _path_type(_join(location(path), "train.bin")) == "file"
+
+
 def is_hf_dataset(path) -> bool:
     """Whether `path` (a folder or a URI prefix) is what `Dataset.save_to_disk` /
     `DatasetDict.save_to_disk` wrote."""

@@ -69,3 +69,18 @@ def test_lr_search_reaches_run_sweep_and_names_the_sweep_apart(monkeypatch):
     assert seen["lr_search"] == [0.3, 1.0, 3.0]
     assert args.name == "smoke-lr"  # never resumes the unsearched smoke sweep
     assert sweep.parse_args(["--smoke"]).lr_search is None
+
+
+def test_data_in_object_storage_picks_its_source_as_a_local_path_does(s3_server, tmp_path):
+    from flops_fit.data import HFText, TextCorpus, TokenFile, write_token_file
+
+    sweep = load_example("sweep")
+    bucket = s3_server.bucket("example-data")
+    client = s3_server.client()
+    write_token_file(tmp_path / "train.bin", list(range(256)) * 4)
+    client.upload_file(str(tmp_path / "train.bin"), "example-data", "tokens/train.bin")
+    client.put_object(Bucket="example-data", Key="text/a.txt", Body=b"some text " * 40)
+    assert type(sweep.make_data([f"{bucket}/tokens"], 32)) is TokenFile
+    assert type(sweep.make_data([f"{bucket}/tokens/train.bin"], 32)) is TokenFile
+    assert type(sweep.make_data([f"{bucket}/text"], 32)) is TextCorpus
+    assert HFText not in {type(sweep.make_data([f"{bucket}/{p}"], 32)) for p in ("tokens", "text")}

@@ -44,11 +44,16 @@ RAY_ENV = {
 # Only for a Ray that flops_fit starts on this machine: measured on 2 cores with Ray 2.60
 # (benchmarks/RESULTS.md), the Train controller's health-check poll (default
 # 2 s) gates every report and the teardown, and the preemption watcher and Train's metrics
-# cost CPU that training needs. On a cluster the user's and Ray's defaults win.
+# cost CPU that training needs. RAY_CHDIR_TO_TRIAL_DIR=0 keeps Tune's trainable in its start
+# folder and spares Train V2 its working-directory set-up per worker group: faster from trial
+# start to first step in every paired repeat (benchmarks/RESULTS.md, "Orchestration overhead
+# against Ray's floor: Ray settings"); flops_fit's own paths are absolute. On a cluster the
+# user's and Ray's defaults win.
 LOCAL_RAY_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
 }
 
 # Set on clusters whose nodes come and go (cluster.yaml exports it): resources missing now

@@ -18,7 +18,7 @@ import flops_fit as ff
 from flops_fit import results as R
 from flops_fit import sweep_folder as F
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.oldest_ray]
 TESTS_DIR = Path(__file__).resolve().parent
 # The drivers beat this often (seconds; flops_fit.sweep_folder.HEARTBEAT_S, set in their
 # process), so the killed driver's lease goes stale in STALE_HEARTBEATS x this, not 30 s.

@@ -3,11 +3,9 @@
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -103,51 +101,6 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_loss(ray_session, t
     # A group of one is not wrapped in DistributedDataParallel (it only costs time there).
     last = json.loads((Path(clean.path) / row_clean.point_id / "result.json").read_text().splitlines()[-1])
     assert last["num_processes"] == 1 and last["distributed_type"] == "DistributedType.NO", last
-
-
-DRIVER = textwrap.dedent(
-    """
-    import sys, flops_fit as ff
-    from toy import tiny_task
-    from pathlib import Path
-    tmp, address = Path(sys.argv[1]), sys.argv[2]
-    task = tiny_task(tmp)
-    plan = ff.plan_sweep(task, [5e9], sizes=[1, 2, 3])
-    ff.run_sweep(plan, task, name="resumable", storage_path=tmp / "runs", max_concurrent=1,
-                 address=address, live_fit=False)
-    """
-)
-
-
-@pytest.mark.oldest_ray
-def test_killed_driver_resumes_without_retraining_finished_points(ray_session, tmp_path):
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    address = ray_session.get_runtime_context().gcs_address
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(script), str(tmp_path), address]
-    csv = tmp_path / "runs" / "resumable" / "results.csv"
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    done_before = None
-    while time.time() < deadline and first.poll() is None:
-        if csv.exists():
-            table = pd.read_csv(csv)
-            if (table.status == "ok").sum() >= 1:
-                done_before = table[table.status == "ok"]
-                break
-        time.sleep(0.5)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert done_before is not None and len(done_before) < 3, "the driver was not killed mid-sweep"
-
-    subprocess.run(cmd, env=env, check=True, timeout=300, capture_output=True)
-    final = ff.load_results(tmp_path / "runs" / "resumable").table.set_index("point_id")
-    assert (final.status == "ok").all(), final[["status", "error"]]
-    for row in done_before.itertuples():
-        # Not trained again: same recorded start time and attempt count as before the kill.
-        assert final.loc[row.point_id, "started_at"] == pytest.approx(row.started_at, abs=1e-3)
-        assert final.loc[row.point_id, "attempts"] == row.attempts
 
 
 NODE_LOSS = textwrap.dedent(

@@ -221,7 +221,8 @@ def lr_search_report(results):
     if results.siblings is None:
         return None
     from flops_fit.lr_search import fit_lr_law
-    from flops_fit.report import lr_search_text, plot_optimal_lr
+    from flops_fit.plots import plot_optimal_lr
+    from flops_fit.report import lr_search_text
 
     # the searched points only (with --lr-rule fitted the table also holds the rule's points)
     searched = results.table[results.table["lr_multiplier"].notna()]

@@ -5,7 +5,6 @@ flops_fit/hyperparameters.py, train.dry_run_loss)."""
 
 import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -378,11 +377,11 @@ def test_the_cli_keeps_lr_unbracketed_points_when_asked(tmp_path, capsys):
 
 
 def test_the_isoflop_plot_marks_lr_unbracketed_points_where_they_are(tmp_path):
-    from flops_fit import report
+    from flops_fit import plots
 
     folder = tmp_path / "sweep"
     _fake_sweep(folder, _four_budgets_loss, _four_budgets_plan())
-    ax = report.plot_isoflop_curves(ff.fit(str(folder), bootstrap=0)).axes[0]
+    ax = plots.plot_isoflop_curves(ff.fit(str(folder), bootstrap=0)).axes[0]
     assert "LR not bracketed (excluded)" in [t.get_text() for t in ax.get_legend().get_texts()]
     # the one unbracketed point (C1e+12-s3, 30k params) is drawn hollow at its best sibling's loss
     best = min(_four_budgets_loss(p, m) for p in _four_budgets_plan() if p.point_id == "C1e+12-s3"
@@ -394,7 +393,7 @@ def test_the_isoflop_plot_marks_lr_unbracketed_points_where_they_are(tmp_path):
     law = CHINCHILLA_LAW
     _fake_sweep(plain, lambda p, m: (law["E"] + law["A"] / p.params ** law["alpha"] + law["B"] / p.tokens ** law["beta"]
                                      + 0.1 * math.log(m) ** 2), _four_budgets_plan())
-    legend = report.plot_isoflop_curves(ff.fit(str(plain), bootstrap=0)).axes[0].get_legend()
+    legend = plots.plot_isoflop_curves(ff.fit(str(plain), bootstrap=0)).axes[0].get_legend()
     assert "LR not bracketed (excluded)" not in [t.get_text() for t in legend.get_texts()]
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from flops_fit import fit
-from flops_fit import report
+from flops_fit import plots, report
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_plots_written_without_touching_global_state(laws, tmp_path):
     backend = matplotlib.get_backend()
     out = tmp_path / "new" / "plots"
     paths = laws.plot(out)
-    assert [p.name for p in paths] == list(report.PLOT_FILES[:3])  # no backtest without holdout
+    assert [p.name for p in paths] == list(plots.PLOT_FILES[:3])  # no backtest without holdout
     for p in paths:
         assert p.stat().st_size > 10_000
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -109,7 +109,7 @@ def test_plot_without_a_folder_returns_figures_and_writes_nothing(laws, tmp_path
     monkeypatch.chdir(tmp_path)
     before = dict(matplotlib.rcParams)
     figures = laws.plot()
-    assert list(figures) == list(report.PLOT_NAMES[:3])  # no backtest without holdout
+    assert list(figures) == list(plots.PLOT_NAMES[:3])  # no backtest without holdout
     assert all(isinstance(f, Figure) for f in figures.values())
     assert figures["isoflop_curves"].axes[0].get_title().startswith("IsoFLOP profiles")
     assert len(figures["optima_vs_compute"].axes) == 3
@@ -145,7 +145,7 @@ def test_points_a_search_added_are_drawn_apart_in_the_isoflop_plot():
     data["origin"] = "planned"
     added = data.groupby("budget")["params"].idxmax()  # the largest size of each budget
     data.loc[added, "origin"] = "extended"
-    fig = report.plot_isoflop_curves(fit(data, bootstrap=0))
+    fig = plots.plot_isoflop_curves(fit(data, bootstrap=0))
     ax = fig.axes[0]
     # The search's points: drawn larger (diamonds), apart from the planned ones.
     drawn = [tuple(xy) for c in ax.collections if c.get_label() != "added by the search"
@@ -155,5 +155,5 @@ def test_points_a_search_added_are_drawn_apart_in_the_isoflop_plot():
         map(tuple, np.round(list(expected), 9)))
     assert "added by the search" in [t.get_text() for t in ax.get_legend().get_texts()]
     plain = fit(data.drop(columns="origin"), bootstrap=0)  # a table without origins: no such entry
-    legend = report.plot_isoflop_curves(plain).axes[0].get_legend()
+    legend = plots.plot_isoflop_curves(plain).axes[0].get_legend()
     assert "added by the search" not in [t.get_text() for t in legend.get_texts()]

@@ -254,15 +254,15 @@ class ScalingLaws:
         """The plots this fit supports: IsoFLOP curves, optima vs compute, parametric
         residuals, backtest. Without out_dir, {name: matplotlib Figure} (for a notebook;
         nothing is written); with out_dir, PNG files written there, and their paths."""
-        from flops_fit import report
+        from flops_fit import plots
 
         for col in ("params", "tokens", "flops", "loss"):
-            if np.isnan(report.drawable(self.points[col])).any():
-                raise FitError(f"plot: the fitted rows' {col} reach beyond 1e+-{report.DRAWABLE_DECADES}, "
+            if np.isnan(plots.drawable(self.points[col])).any():
+                raise FitError(f"plot: the fitted rows' {col} reach beyond 1e+-{plots.DRAWABLE_DECADES}, "
                                "past what a log-scale axis can draw; check that column's units")
         if out_dir is None:
-            return report.figures(self)
-        return report.write_figures(self, out_dir)
+            return plots.figures(self)
+        return plots.write_figures(self, out_dir)
 
     def __str__(self):
         return self.summary()

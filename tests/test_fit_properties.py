@@ -89,7 +89,7 @@ def _only_fit_errors(call):
 
 def _everything(laws, plots=False):
     """Every way a user reads a fit; each returns or raises a one-line FitError."""
-    for call in (laws.summary, lambda: laws.predict(FAR_BUDGETS), lambda: laws.table, laws.to_markdown,
+    for call in (laws.summary, lambda: laws.predict(FAR_BUDGETS), lambda: laws.predictions, laws.to_markdown,
                  laws.to_frame, *( [laws.plot] if plots else [])):
         _only_fit_errors(call)
 

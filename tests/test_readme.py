@@ -163,5 +163,5 @@ def test_readme_fitting_snippet_runs(tmp_path, monkeypatch, capsys):
     exec(compile(code, "README.md fitting snippet", "exec"), namespace)
     laws = namespace["laws"]
     assert "| isoflop |" in capsys.readouterr().out  # the markdown table was printed
-    assert list(laws.table.columns[:2]) == ["approach", "flops"] and "tokens_per_param" in laws.table
+    assert list(laws.predictions.columns[:2]) == ["approach", "flops"] and "tokens_per_param" in laws.predictions
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f"{n}.png" for n in laws.plot())

@@ -91,7 +91,7 @@ def test_every_predict_is_a_frame_of_the_same_columns(laws):
 
 
 def test_table_is_a_frame_and_to_markdown_its_text(laws):
-    table = laws.table
+    table = laws.predictions
     n_budgets = len(laws.isoflop.optima) + report.DEFAULT_EXTRA_DECADES
     assert len(table) == 2 * n_budgets
     np.testing.assert_allclose(table["tokens_per_param"], table["tokens"] / table["params"])

@@ -33,7 +33,12 @@ def prediction_frame(flops, point, intervals) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A fitted number and its bootstrap percentile interval (NaN when bootstrap=0)."""
+    """A fitted number and its interval (a t interval, or a bootstrap percentile interval;
+    NaN where there is none).
+
+    It stands for its value in arithmetic and comparisons, which give plain floats and
+    bools: an interval does not carry through arithmetic (the interval of a product is not
+    the product of the intervals), so nothing pretends it does."""
 
     value: float
     low: float = math.nan
@@ -41,6 +46,58 @@ class Estimate:
 
     def __float__(self):
         return float(self.value)
+
+    def __lt__(self, other):
+        return self.value < float(other)
+
+    def __le__(self, other):
+        return self.value <= float(other)
+
+    def __gt__(self, other):
+        return self.value > float(other)
+
+    def __ge__(self, other):
+        return self.value >= float(other)
+
+    def __neg__(self):
+        return -self.value
+
+    def __abs__(self):
+        return abs(self.value)
+
+    def __add__(self, other):
+        return self.value + float(other)
+
+    def __sub__(self, other):
+        return self.value - float(other)
+
+    def __mul__(self, other):
+        return self.value * float(other)
+
+    def __truediv__(self, other):
+        return self.value / float(other)
+
+    def __pow__(self, other):
+        return self.value ** float(other)
+
+    def __radd__(self, other):
+        return float(other) + self.value
+
+    def __rsub__(self, other):
+        return float(other) - self.value
+
+    def __rmul__(self, other):
+        return float(other) * self.value
+
+    def __rtruediv__(self, other):
+        return float(other) / self.value
+
+    def __rpow__(self, other):
+        return float(other) ** self.value
+
+    def __contains__(self, x):
+        """`x in estimate`: x lies within the interval (False where there is none)."""
+        return bool(self.low <= float(x) <= self.high)
 
     def __format__(self, spec):
         spec = spec or ".4g"

@@ -41,6 +41,10 @@ def read_table(data) -> pd.DataFrame:
     import pandas as pd
     if isinstance(data, pd.DataFrame):
         return data.copy()
+    if hasattr(data, "isoflop") and hasattr(data, "parametric"):
+        # fitted laws hold predictions, not measurements: fitting them would fit the fit
+        raise FitError("data: these are fitted ScalingLaws, not measured runs; pass the sweep's "
+                       "results (load_results(folder), its folder or its results.csv)")
     if isinstance(getattr(data, "table", None), pd.DataFrame):
         return data.table.copy()
     if isinstance(data, (str, Path)):

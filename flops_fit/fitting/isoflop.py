@@ -221,4 +221,4 @@ def isoflop_law(optima, optimum, k, level, parametric_floor=None):
     with np.errstate(over="ignore"):
         k_l = Estimate(float(lf["k"][0] * np.exp(c_val * lf["log_c_ref"])))
     exponent = Estimate(-c_val, -c_val - t["loss"] * c_sd, -c_val + t["loss"] * c_sd)
-    return IsoflopLaw(optimum, a, b, k_n, k_d, e_est, k_l, exponent, optima, k, floor, fits)
+    return IsoflopLaw(optimum, a, b, k_n, k_d, e_est, k_l, exponent, optima, k, floor, fits, level=level)

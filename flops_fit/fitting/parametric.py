@@ -54,7 +54,7 @@ def parametric_law(points, k, bootstrap, rng, level, tie_exponents=False, huber_
         G=estimate(g_val, ds[2], level), objective=fbest, n_points=int(log_n.size),
         flops_per_param_token=k, samples=samples, bootstrap_dropped=dropped,
         tie_exponents=tie_exponents, huber_delta=float(huber_delta),
-        residual_median=float(np.median(np.abs(model - log_l))), local_optima=local,
+        residual_median=float(np.median(np.abs(model - log_l))), local_optima=local, level=level,
     )
 
 

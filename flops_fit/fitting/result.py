@@ -48,22 +48,26 @@ class IsoflopLaw:
     E: Estimate
     k_L: Estimate
     loss_exponent: Estimate
-    optima: pd.DataFrame
+    optima: pd.DataFrame = field(repr=False)
     flops_per_param_token: float
     floor: str = "fitted"
     fits: dict = field(default_factory=dict, repr=False)
+    level: float = INTERVAL_LEVEL  # the fit's interval level: predict's default
 
     @property
     def largest_budget(self) -> float:
         """The largest budget (FLOPs) in the laws: the last one with a bracketed optimum."""
         return float(self.optima.loc[self.optima["bracketed"], "budget"].max())
 
-    def predict(self, flops, level=INTERVAL_LEVEL, new_observation=False) -> pd.DataFrame:
-        """N_opt, D_opt, L_opt for compute C in FLOPs: one row per C, PREDICTION_COLUMNS.
+    def predict(self, flops, level=None, new_observation=False) -> pd.DataFrame:
+        """N_opt, D_opt, L_opt for compute C in FLOPs: one row per C, PREDICTION_COLUMNS,
+        with intervals at `level` (default: the fit's own level).
 
         new_observation: the interval of the optimum a budget C would show (a prediction
         interval, for backtests), not of the law's mean."""
         from flops_fit.fitting.regression import floor_interval, line_interval
+
+        level = self.level if level is None else level
 
         lc = np.log(np.atleast_1d(np.asarray(flops, float)))
         point, intervals = [], []
@@ -102,20 +106,23 @@ class ParametricLaw:
     objective: float
     n_points: int
     flops_per_param_token: float
-    samples: np.ndarray | None = None
+    samples: np.ndarray | None = field(default=None, repr=False)
     bootstrap_dropped: int = 0
     tie_exponents: bool = False
     huber_delta: float = HUBER_DELTA
     residual_median: float = math.nan
-    local_optima: np.ndarray | None = None
+    local_optima: np.ndarray | None = field(default=None, repr=False)
+    level: float = INTERVAL_LEVEL  # the fit's interval level: predict's default
 
     def loss(self, params, tokens):
         """Predicted loss in nats per token for N parameters trained on D tokens."""
         return parametric_loss(params, tokens, self.E.value, self.A.value, self.B.value,
                                self.alpha.value, self.beta.value)
 
-    def predict(self, flops, level=INTERVAL_LEVEL) -> pd.DataFrame:
-        """N_opt, D_opt, L(N_opt, D_opt) for C in FLOPs: one row per C, PREDICTION_COLUMNS."""
+    def predict(self, flops, level=None) -> pd.DataFrame:
+        """N_opt, D_opt, L(N_opt, D_opt) for C in FLOPs: one row per C, PREDICTION_COLUMNS,
+        with bootstrap intervals at `level` (default: the fit's own level)."""
+        level = self.level if level is None else level
         c = np.atleast_1d(np.asarray(flops, float))
         k = self.flops_per_param_token
 
@@ -155,8 +162,8 @@ class ScalingLaws:
 
     isoflop: IsoflopLaw | None
     parametric: ParametricLaw | None
-    points: pd.DataFrame
-    excluded: pd.DataFrame
+    points: pd.DataFrame = field(repr=False)
+    excluded: pd.DataFrame = field(repr=False)
     notes: list = field(default_factory=list)
     bootstrap: int = 0
     seed: int = 0
@@ -165,9 +172,9 @@ class ScalingLaws:
     warnings: list = field(default_factory=list)  # shown first in the summary
     approaches: list = field(default_factory=list)  # which approach ran or not, and why
     agreement: Agreement = field(default_factory=Agreement)  # isoflop vs parametric, N_opt and loss
-    backtest: pd.DataFrame | None = None  # held-out rows: observed vs predicted loss
-    budget_backtest: pd.DataFrame | None = None  # held-out top budgets: both approaches' predictions
-    provenance: dict = field(default_factory=dict)
+    backtest: pd.DataFrame | None = field(default=None, repr=False)  # held-out rows: observed vs predicted loss
+    budget_backtest: pd.DataFrame | None = field(default=None, repr=False)  # held-out top budgets: both approaches
+    provenance: dict = field(default_factory=dict, repr=False)
 
     # A prediction more than this factor beyond the largest fitted FLOPs is an extrapolation.
     extrapolation_factor: float = EXTRAPOLATION_FACTOR
@@ -213,12 +220,21 @@ class ScalingLaws:
         return pd.concat(frames, ignore_index=True)
 
     @property
-    def table(self) -> pd.DataFrame:
+    def predictions(self) -> pd.DataFrame:
         """The Chinchilla-Table-3-style table as a DataFrame: `predict` at the swept budgets
         and a few decades above them, with tokens_per_param (D/N at the optimum)."""
         from flops_fit import report
 
         return report.chinchilla_table(self)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """Deprecated name of `predictions` (a sweep's `.table` is its measured rows)."""
+        import warnings
+
+        warnings.warn("ScalingLaws.table is deprecated: use ScalingLaws.predictions (the name "
+                      "`.table` belongs to a sweep's measured rows)", DeprecationWarning, stacklevel=2)
+        return self.predictions
 
     def to_markdown(self, budgets=None) -> str:
         """That table as markdown text (at `budgets`, FLOPs, if given), intervals in brackets."""
@@ -228,7 +244,7 @@ class ScalingLaws:
 
     def _repr_html_(self) -> str:
         """Jupyter shows the table."""
-        return self.table.to_html()
+        return self.predictions.to_html()
 
     def to_frame(self) -> pd.DataFrame:
         """Fitted quantities as a tidy DataFrame: approach, quantity, value, low, high."""

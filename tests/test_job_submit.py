@@ -24,7 +24,7 @@ import flops_fit as ff
 from flops_fit.sweep_script import SMOKE_BOOTSTRAP
 from toy import free_ports
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))

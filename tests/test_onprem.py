@@ -76,7 +76,7 @@ while data := s.recv(65536):
     os.write(1, data)
 """
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 
 
 def _skip_unless_possible():

@@ -32,7 +32,7 @@ from flops_fit.preflight import PREFLIGHT_TIMEOUT_S
 from flops_fit.ray_setup import LOCAL_RAY_ENV, TRIAL_RESOURCE
 from toy import free_ports, stop_processes_under
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 
 TESTS_DIR = Path(__file__).resolve().parent
 RAY = str(Path(sys.executable).with_name("ray"))

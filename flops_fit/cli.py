@@ -22,7 +22,7 @@ import dataclasses
 import re
 import sys
 
-from flops_fit.fitting import APPROACHES, BUDGET_RTOL, MAX_BOOTSTRAP, OPTIMA, FitError, fit
+from flops_fit.fitting import APPROACHES, BUDGET_RTOL, MAX_BOOTSTRAP, OPTIMUM_RULES, FitError, fit
 from flops_fit.law import HUBER_DELTA
 
 EXIT_BAD_INPUT = 2
@@ -72,7 +72,7 @@ def build_parser():
     p.add_argument("path", help="results CSV / JSON / JSONL file or stored sweep directory")
     p.add_argument("--approach", choices=APPROACHES, default="auto",
                    help="auto: L(N, D) whenever possible, IsoFLOP laws where budgets have enough sizes")
-    p.add_argument("--optimum", choices=OPTIMA, default="parabola",
+    p.add_argument("--optimum", choices=OPTIMUM_RULES, default="parabola",
                    help="per-budget optimum: parabola vertex in ln N, the lowest-loss run, or "
                         "given (each row is already a budget's optimum)")
     p.add_argument("--holdout", metavar="EXPR",

@@ -60,3 +60,13 @@ def test_reprs_do_not_dump_tables(laws):
         assert "DataFrame" not in text and "\n" not in text
         assert len(text) < 5000
     assert "a=" in repr(laws.isoflop)  # the fitted numbers are still there
+
+
+def test_the_old_name_of_the_optimum_rules_still_works_and_warns():
+    import flops_fit.fitting as fitting
+
+    with pytest.warns(DeprecationWarning, match="OPTIMUM_RULES"):
+        old = fitting.OPTIMA
+    assert old == fitting.OPTIMUM_RULES == ("parabola", "lowest", "given")
+    with pytest.raises(AttributeError):
+        fitting.NO_SUCH_NAME

@@ -31,7 +31,7 @@ from flops_fit.fitting.prepare import BUDGET_RTOL, prepare
 from flops_fit.fitting.result import EXTRAPOLATION_FACTOR, INTERVAL_LEVEL, ScalingLaws
 from flops_fit.law import HUBER_DELTA
 
-OPTIMA = ("parabola", "lowest", "given")
+OPTIMUM_RULES = ("parabola", "lowest", "given")  # how a budget's optimum is read
 APPROACHES = ("auto", "isoflop", "parametric")
 
 
@@ -85,14 +85,14 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
                      for b in sorted(held_budgets["budget"].unique())]
     want_par, par_reason = _parametric_wanted(opts, points, holdout)
     optima, iso_reason = _isoflop_optima(points, excluded, prep, opts, want_par)
-    k = prep.flops_per_param_token
+    per_token = prep.flops_per_param_token
     par = None
     if want_par:
-        par, why_not = _parametric(points, k, opts, alone=opts["approach"] == "parametric" or holdout is not None
+        par, why_not = _parametric(points, per_token, opts, alone=opts["approach"] == "parametric" or holdout is not None
                                    or optima is None)
         par_reason = why_not or par_reason
     warnings_par = [par_reason] if want_par and par is None else []
-    iso = (isoflop_law(optima, opts["optimum"], k, opts["level"], None if par is None else par.E.value)
+    iso = (isoflop_law(optima, opts["optimum"], per_token, opts["level"], None if par is None else par.E.value)
            if optima is not None else None)
     warnings = (list(prep.warnings) + warnings_par + domain_warnings(points, iso, par, opts["bootstrap"])
                 + _isoflop_warnings(iso))
@@ -109,14 +109,14 @@ def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, co
         level=opts["level"], source=source, warnings=warnings,
         approaches=_what_ran(iso, par, optima, opts, iso_reason, par_reason), agreement=verdict, backtest=held,
         budget_backtest=None if held_budgets is None else
-        backtest_budgets(held_budgets, iso, par, opts["optimum"], k, opts["level"]),
+        backtest_budgets(held_budgets, iso, par, opts["optimum"], per_token, opts["level"]),
         provenance=provenance)
 
 
 def _checked_options(**o):
     """The fit's options, validated: FitError naming the argument and the fix."""
     checks.one_of(o["approach"], "fit", "approach", APPROACHES, error=FitError)
-    checks.one_of(o["optimum"], "fit", "optimum", OPTIMA, error=FitError)
+    checks.one_of(o["optimum"], "fit", "optimum", OPTIMUM_RULES, error=FitError)
     if o["approach"] == "parametric" and o["optimum"] == "given":
         raise FitError("optimum='given' fits power laws to per-budget optima; use approach='isoflop' or 'auto'")
     o["bootstrap"] = checks.integer(o["bootstrap"], "fit", "bootstrap", "1000 replicates give stable 95% intervals; "
@@ -136,11 +136,12 @@ def _checked_options(**o):
     return o
 
 
-def _parametric(points, k, opts, alone):
+def _parametric(points, flops_per_param_token, opts, alone):
     """(ParametricLaw, "") or, when its fit leaves the floats and the IsoFLOP laws stand
     without it (not alone), (None, why); alone, that FitError is raised."""
     try:
-        return parametric_law(points, k, opts["bootstrap"], np.random.default_rng(opts["seed"]), opts["level"],
+        return parametric_law(points, flops_per_param_token, opts["bootstrap"],
+                              np.random.default_rng(opts["seed"]), opts["level"],
                               opts["tie_exponents"], opts["huber_delta"]), ""
     except FitError as err:
         if alone:

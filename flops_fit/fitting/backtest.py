@@ -18,7 +18,7 @@ from flops_fit.fitting.inputs import FitError
 from flops_fit.fitting.isoflop import budget_optima
 from flops_fit.fitting.regression import t_quantile
 
-QUANTITIES = ("params", "loss")  # N_opt and L_opt; D_opt = C/(k N_opt) adds nothing
+QUANTITIES = ("params", "loss")  # N_opt and L_opt; D_opt = C/(6 N_opt) adds nothing
 COLUMNS = ["approach", "budget", "quantity", "observed", "predicted", "low", "high", "relative_error",
            "inside", "interval"]
 
@@ -43,13 +43,13 @@ def _observation_noise(iso, quantity, level):
     return float(np.nan_to_num(t_quantile(level, fit["dof"]) * fit["s"][0]))
 
 
-def backtest_budgets(held, iso, par, optimum, k, level):
+def backtest_budgets(held, iso, par, optimum, flops_per_param_token, level):
     """One row per approach x held budget x quantity: observed optimum, prediction, the
     prediction interval, relative error, inside. Held budgets without a bracketed optimum
     are left out (their observation is not an optimum)."""
     import pandas as pd
 
-    observed = budget_optima(held, optimum, k)
+    observed = budget_optima(held, optimum, flops_per_param_token)
     observed = observed[observed["bracketed"]]
     rows = []
     if observed.empty:

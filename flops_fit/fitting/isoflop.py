@@ -92,7 +92,7 @@ def valley_vertex(log_n, loss):
     return out
 
 
-def budget_optima(points, optimum, k):
+def budget_optima(points, optimum, flops_per_param_token):
     """Per-budget optimum. Returns a DataFrame with one row per budget (FLOPs order).
 
     optimum="given": every row already is a budget's optimum (e.g. a paper's table)."""
@@ -124,7 +124,7 @@ def budget_optima(points, optimum, k):
             rec.update(bracketed=not edge,
                        reason="lowest loss at the smallest or largest size sampled" if edge else "")
         with np.errstate(divide="ignore", over="ignore"):  # a far unbracketed vertex: N_opt 0 or inf
-            tokens_opt = float(np.float64(budget) / (k * n_opt))
+            tokens_opt = float(np.float64(budget) / (flops_per_param_token * n_opt))
         rec.update(params_opt=n_opt, tokens_opt=tokens_opt, loss_opt=l_opt)
         if optimum == "given":
             rec["tokens_opt"] = rec.pop("tokens_given")
@@ -181,7 +181,7 @@ def isoflop_inputs(points, excluded, prep, optimum, budget_rtol, strict):
     return iso_points, optima, new
 
 
-def isoflop_law(optima, optimum, k, level, parametric_floor=None):
+def isoflop_law(optima, optimum, flops_per_param_token, level, parametric_floor=None):
     """The power laws of N_opt and D_opt and the loss law with a floor through the bracketed
     budgets' optima (FLOPs, parameters, tokens, nats per token), with t intervals.
 
@@ -221,4 +221,5 @@ def isoflop_law(optima, optimum, k, level, parametric_floor=None):
     with np.errstate(over="ignore"):
         k_l = Estimate(float(lf["k"][0] * np.exp(c_val * lf["log_c_ref"])))
     exponent = Estimate(-c_val, -c_val - t["loss"] * c_sd, -c_val + t["loss"] * c_sd)
-    return IsoflopLaw(optimum, a, b, k_n, k_d, e_est, k_l, exponent, optima, k, floor, fits, level=level)
+    return IsoflopLaw(optimum, a, b, k_n, k_d, e_est, k_l, exponent, optima, flops_per_param_token, floor, fits,
+                      level=level)

@@ -20,7 +20,7 @@ from flops_fit.fitting.result import ParametricLaw
 LOG_FLOAT_MAX = math.log(np.finfo(float).max)
 
 
-def parametric_law(points, k, bootstrap, rng, level, tie_exponents=False, huber_delta=HUBER_DELTA):
+def parametric_law(points, flops_per_param_token, bootstrap, rng, level, tie_exponents=False, huber_delta=HUBER_DELTA):
     """The parametric law fitted to `points` (params, tokens, loss in nats per token), with
     bootstrap intervals; huber_delta is the Huber threshold on the residual of ln loss."""
     log_n = np.log(points["params"].to_numpy())
@@ -52,7 +52,7 @@ def parametric_law(points, k, bootstrap, rng, level, tie_exponents=False, huber_
         alpha=estimate(alpha, col(3), level), beta=estimate(beta, col(4), level),
         a=estimate(a_val, ds[0], level), b=estimate(b_val, ds[1], level),
         G=estimate(g_val, ds[2], level), objective=fbest, n_points=int(log_n.size),
-        flops_per_param_token=k, samples=samples, bootstrap_dropped=dropped,
+        flops_per_param_token=flops_per_param_token, samples=samples, bootstrap_dropped=dropped,
         tie_exponents=tie_exponents, huber_delta=float(huber_delta),
         residual_median=float(np.median(np.abs(model - log_l))), local_optima=local, level=level,
     )

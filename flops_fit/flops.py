@@ -17,7 +17,9 @@ from __future__ import annotations
 
 PARAM_CONVENTIONS = ("non_embedding", "all")
 FLOPS_CONVENTIONS = ("6N", "counted")
-FLOPS_PER_PARAM_PER_TOKEN = 6.0  # forward (2) + backward (4) multiply-adds per parameter per token
+# Training FLOPs per parameter per token for a dense transformer: 2 (forward) + 4 (backward),
+# Kaplan et al. 2020 eq. 2.1; Chinchilla uses C = 6ND throughout. The one home of the 6.
+FLOPS_PER_PARAM_TOKEN = 6.0
 
 
 def count_params(model, convention: str = "non_embedding") -> int:
@@ -36,7 +38,7 @@ def count_params(model, convention: str = "non_embedding") -> int:
 
 def flops_per_token_6n(params: int) -> float:
     """Training FLOPs per token under C = 6·N·D."""
-    return FLOPS_PER_PARAM_PER_TOKEN * params
+    return FLOPS_PER_PARAM_TOKEN * params
 
 
 def counted_flops_per_token(model, loss_fn, batch, tokens_in_batch: int) -> float:

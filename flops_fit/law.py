@@ -15,17 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-
-# Training FLOPs per parameter per token for a dense transformer: 2 (forward) + 4
-# (backward), Kaplan et al. 2020 eq. 2.1; Chinchilla uses C = 6ND throughout.
-FLOPS_PER_PARAM_TOKEN = 6.0
-
-
+from flops_fit.flops import FLOPS_PER_PARAM_TOKEN
 
 # Huber threshold on the log-loss residual, Hoffmann et al. 2022 App. D.2.
 HUBER_DELTA = 1e-3
-
-
 
 
 def training_flops(params, tokens, flops_per_param_token=FLOPS_PER_PARAM_TOKEN):

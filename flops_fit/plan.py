@@ -396,7 +396,7 @@ class _Probe:
 
 def _prior_optimum(budget, tokens_per_param) -> float:
     """N* with C = 6 N D and D = tokens_per_param · N."""
-    return math.sqrt(budget / (F.FLOPS_PER_PARAM_PER_TOKEN * tokens_per_param))
+    return math.sqrt(budget / (F.FLOPS_PER_PARAM_TOKEN * tokens_per_param))
 
 
 def _sizes_around_prior(budget, candidates, k, tokens_per_param, spread, probe) -> list:

@@ -365,7 +365,7 @@ def recentred_sizes(budget: float, params_pred: float, planned_params, usable, s
     spread = math.sqrt(planned_params[-1] / planned_params[0]) if len(planned_params) > 1 else DEFAULT_SIZE_SPREAD
     spread = max(spread, 1 + 1e-9)
     # plan_sweep centres on N* = sqrt(C / (6 tokens_per_param)): the ratio that puts N* here
-    tokens_per_param = budget / (F.FLOPS_PER_PARAM_PER_TOKEN * params_pred**2)
+    tokens_per_param = budget / (F.FLOPS_PER_PARAM_TOKEN * params_pred**2)
     chosen = sorted(_sizes_around_prior(budget, list(usable), min(count, len(usable)), tokens_per_param,
                                         spread, _SizeProbe(sizes)))
     if not short_of_sizes_each_side([sizes[s][0] for s in chosen], params_pred, each_side):

@@ -43,11 +43,19 @@ def compute_optimal_allocation(flops, A, B, alpha, beta,
     no finite allocation returns inf or 0 there (callers state it), never an OverflowError.
     """
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        alpha, beta, A, B = (np.asarray(v, float) for v in (alpha, beta, A, B))
-        s = alpha + beta
-        log_g = (np.log(alpha) + np.log(A) - np.log(beta) - np.log(B)) / s
+        a, b, log_g = allocation_exponents(alpha, beta, np.log(np.asarray(A, float)), np.log(np.asarray(B, float)))
         log_c = np.log(np.asarray(flops, float) / flops_per_param_token)
-        return np.exp(log_g + beta / s * log_c), np.exp(alpha / s * log_c - log_g)
+        return np.exp(log_g + a * log_c), np.exp(b * log_c - log_g)
+
+
+def allocation_exponents(alpha, beta, log_A, log_B):
+    """(a, b, ln G) of Hoffmann et al. 2022 eq. 4: a = beta/(alpha+beta), b = alpha/(alpha+beta),
+    ln G = (ln(alpha A) - ln(beta B)) / (alpha + beta), from the exponents and ln A, ln B.
+    In logs, so that exponents near zero give an infinite ln G, never an OverflowError."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        alpha, beta = np.asarray(alpha, float), np.asarray(beta, float)
+        s = alpha + beta
+        return beta / s, alpha / s, (np.log(alpha) + log_A - np.log(beta) - log_B) / s
 
 
 def huber(residual, delta=HUBER_DELTA):

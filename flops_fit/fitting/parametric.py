@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from flops_fit.law import HUBER_DELTA, huber_lse_objective
+from flops_fit.law import HUBER_DELTA, allocation_exponents, huber_lse_objective
 from flops_fit.optimize import (BOOTSTRAP_CHUNK_ELEMENTS, BOOTSTRAP_ITERATIONS, batched_lbfgs, domain_bounds,
                                 fit_parametric_params, tie)
 from flops_fit.fitting.inputs import FitError
@@ -70,17 +70,14 @@ def _check_finite(theta, objective):
 
 
 def _allocation(alpha, beta, log_a, log_b):
-    """(a, b, G) of Chinchilla eq. 4 from the exponents and ln A, ln B, with
-    ln G = (ln(alpha A) - ln(beta B)) / (alpha + beta) taken in logs: exponents near their
-    lower bound put G beyond a float (inf, then stated by the fit's warnings), never an
-    OverflowError."""
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        s = np.asarray(alpha, float) + np.asarray(beta, float)
-        log_g = (np.log(alpha) + log_a - np.log(beta) - log_b) / s
+    """(a, b, G) of Chinchilla eq. 4 from the exponents and ln A, ln B: exponents near their
+    lower bound put G beyond a float (inf, then stated by the fit's warnings)."""
+    a, b, log_g = allocation_exponents(alpha, beta, log_a, log_b)
+    with np.errstate(over="ignore"):
         g = np.exp(log_g)
     if np.ndim(g) == 0:
-        return float(beta / s), float(alpha / s), float(g)
-    return beta / s, alpha / s, g
+        return float(a), float(b), float(g)
+    return a, b, g
 
 
 def _run_of_row(points):

@@ -93,14 +93,14 @@ def plain_mfu(point, task, peak: float, precision: str, steps: int) -> float:
     import torch
     from torch.utils.data import default_collate
 
-    from flops_fit.train import _adamw
+    from flops_fit.train import adamw
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     torch.manual_seed(task.seed)
     model = task.model_fn(point.size).cuda()
     if task.compile:
         model = torch.compile(model)
-    optimizer = _adamw(model, task, 6e-4)
+    optimizer = adamw(model, task, 6e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     train_set, _ = task.data()
     order = np.random.default_rng(task.seed).permutation(len(train_set))

@@ -14,14 +14,14 @@ import torch
 from torch.utils.data import default_collate
 
 from flops_fit.task import Task, lr_multiplier
-from flops_fit.train import _adamw
+from flops_fit.train import adamw
 
 
 def fresh_state(point, task: Task):
     """Model, optimizer and schedule for `point`, built as the worker loop builds them."""
     torch.manual_seed(task.seed)
     model = task.model_fn(point.size)
-    optimizer = _adamw(model, task, task.learning_rate(point.params))
+    optimizer = adamw(model, task, task.learning_rate(point.params))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, point.steps, task.warmup_fraction, task.min_lr_fraction)
     )

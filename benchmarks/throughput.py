@@ -69,9 +69,9 @@ def matmul_flops_per_s(n: int = MATMUL_N, repeats: int = MATMUL_REPEATS) -> floa
 
 def build_batches_ahead_on_cpu():
     """Ray worker set-up hook of (b'): CPU workers build batches as GPU workers do."""
-    from flops_fit import train
+    from flops_fit import prefetch
 
-    train.CPU_PREFETCH_STEPS = train.PREFETCH_STEPS
+    prefetch.CPU_PREFETCH_STEPS = prefetch.PREFETCH_STEPS
 
 
 def worker_tokens_per_s(plan, task, storage, num_workers, name, build_ahead: bool = False):

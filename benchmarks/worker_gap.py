@@ -8,8 +8,8 @@
 (2) In this process, the worker loop's step (a fresh Accelerator, prepared model and
     optimizer, autocast, accelerator.backward and clip_grad_norm_) against the plain step,
     300 steps each, alternating: what Accelerate's wrappers cost.
-(3) In this process, the worker loop's own step (`train._step`) fed by its batch source
-    (`train.Prefetcher`) building batches ahead in a thread (depth PREFETCH_STEPS, the GPU
+(3) In this process, the worker loop's own step (`train.optimizer_step`) fed by its batch source
+    (`prefetch.Prefetcher`) building batches ahead in a thread (depth PREFETCH_STEPS, the GPU
     default) against building each in the training thread (depth 0, the CPU default), for
     sizes 1, 2 and 4 at the budget of (1), alternating; once on an idle machine and once
     beside a busy process on every other core (as in a sweep, whose points fill the CPUs
@@ -58,13 +58,13 @@ def steps_per_s(point, task, data, accelerate: bool) -> float:
     import numpy as np
     import torch
 
-    from flops_fit.train import _make_accelerator, _to_device
+    from flops_fit.device import make_accelerator, to_device
 
     train_set = data[0]
     order = np.random.default_rng(task.seed).permutation(len(train_set))
     model, opt, sched = fresh_state(point, task)
     if accelerate:
-        acc = _make_accelerator(task)
+        acc = make_accelerator(task)
         model, opt = acc.prepare(model, opt)
     window_loss = torch.zeros(())
     t = time.perf_counter()
@@ -75,7 +75,7 @@ def steps_per_s(point, task, data, accelerate: bool) -> float:
             continue
         # The step of flops_fit/train.py's worker loop.
         with acc.autocast():
-            loss = task.loss_fn(model, _to_device(batch, acc.device))
+            loss = task.loss_fn(model, to_device(batch, acc.device))
         acc.backward(loss)
         if task.grad_clip > 0:
             acc.clip_grad_norm_(model.parameters(), task.grad_clip)
@@ -90,20 +90,23 @@ def worker_loop_steps_per_s(point, task, data, depth: int) -> float:
     """Optimizer steps per second of the worker loop's step, batches from Prefetcher(depth)."""
     import torch
 
+    from flops_fit import prefetch
     from flops_fit import train as T
+    from flops_fit.device import make_accelerator
 
-    accelerator = T._make_accelerator(task)
-    net, model, optimizer, scheduler = T._build(point, task, accelerator)
-    run = T._Run(point=point, task=task, rank=0, world=1, accum=task.accumulation_steps(1),
+    accelerator = make_accelerator(task)
+    settings = {"lr": task.learning_rate(point.params), "warmup": task.warmup_fraction}  # as plain_loop's
+    net, model, optimizer, scheduler = T.build(point, task, accelerator, settings)
+    run = T.Run(point=point, task=task, rank=0, world=1, accum=task.accumulation_steps(1),
                  accelerator=accelerator, model=model, net=net, optimizer=optimizer, scheduler=scheduler,
                  train_set=data[0], val_set=data[1], peak_flops=None)
     steps = min(STEPS, point.steps)
-    batches = T.Prefetcher(run, depth)
+    batches = prefetch.Prefetcher(run, depth)
     try:
         window_loss = torch.zeros(())
         t = time.perf_counter()
         for _ in range(steps):
-            window_loss += T._step(run, batches.next())
+            window_loss += T.optimizer_step(run, batches.next())
         return steps / (time.perf_counter() - t)
     finally:
         batches.close()
@@ -152,7 +155,7 @@ def batch_building(task, data, pairs: int) -> list:
     import os
     import subprocess
 
-    from flops_fit.train import PREFETCH_STEPS
+    from flops_fit.prefetch import PREFETCH_STEPS
 
     lines = [f"(3) worker-loop steps/s, batches built ahead in a thread (depth {PREFETCH_STEPS}) -> in the "
              f"training thread (depth 0), {STEPS} steps each, {pairs} alternating pairs; ratio = in / ahead:"]

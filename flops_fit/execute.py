@@ -339,7 +339,7 @@ def _train_point(point: SweepPoint, config: dict, task_pickle: bytes, settings: 
     trainer = TorchTrainer(
         train_point,
         # A group of one never uses its process group (the worker trains as the single
-        # process it is, train._make_accelerator), so it needs no NCCL: with gloo a GPU
+        # process it is, device.make_accelerator), so it needs no NCCL: with gloo a GPU
         # worker on a node whose CUDA is broken reaches the worker's own check, which names
         # the node and CUDA_VISIBLE_DEVICES, instead of failing in NCCL set-up.
         torch_config=TorchConfig(backend="gloo") if num_workers == 1 else None,

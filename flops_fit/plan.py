@@ -383,14 +383,13 @@ class _Probe:
     def _probe_batch(self):
         """One sample of the training data, collated as a batch of 1, on the meta device."""
         if self._batch is None:
-            import torch
             from torch.utils.data import default_collate
+
+            from .device import map_tensors
 
             train, _ = self.task.data()
             batch = default_collate([train[0]])
-            self._batch = torch.utils._pytree.tree_map(
-                lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, batch
-            )
+            self._batch = map_tensors(lambda t: t.to("meta"), batch)
         return self._batch
 
 

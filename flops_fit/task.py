@@ -218,6 +218,8 @@ def check_task(task: Task, plan) -> list:
     import torch
     from torch.utils.data import default_collate
 
+    from .device import map_tensors
+
     splits = task.data()
     if not (isinstance(splits, (tuple, list)) and len(splits) == 2):
         raise TypeError(
@@ -265,9 +267,7 @@ def check_task(task: Task, plan) -> list:
         raise ValueError(f"Task(loss_fn=...) gave {loss.item()} on a probe batch at initialisation; "
                          "check the model's initialisation and the loss.")
     loss.backward()
-    meta_batch = torch.utils._pytree.tree_map(
-        lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, batch
-    )
+    meta_batch = map_tensors(lambda t: t.to("meta"), batch)
     try:
         with torch.device("meta"):
             task.loss_fn(task.model_fn(largest.size), meta_batch)

@@ -16,7 +16,7 @@ from flops_fit import hyperparameters as H
 from flops_fit import lr_search as L
 from flops_fit import results as R
 from flops_fit.plan import SweepPlan, SweepPoint
-from flops_fit.train import CHINCHILLA_LAW, dry_run_loss
+from flops_fit.dry_run import CHINCHILLA_LAW, dry_run_loss
 
 MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -340,7 +340,7 @@ def _dry_run_table(points, law, seed, multipliers=None):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_searched_dry_run_recovers_a_and_the_lr_exponent_a_constant_lr_does_not(seed):
-    from flops_fit.train import DRY_RUN_LR_LAW
+    from flops_fit.dry_run import DRY_RUN_LR_LAW
 
     points, a_law = _law_points()
     constant = ff.fit(_dry_run_table(points, RECOVERY_LAW, seed), bootstrap=0)
@@ -460,7 +460,7 @@ def _in_process_run_sweep(calls, law):
 def test_lr_rule_fitted_searches_the_small_budgets_then_trains_the_rest_with_the_fitted_rule(
         tmp_path, monkeypatch, capsys):
     from flops_fit.sweep_script import lr_search_report, plan_and_run
-    from flops_fit.train import DRY_RUN_LR_LAW
+    from flops_fit.dry_run import DRY_RUN_LR_LAW
     from toy import load_example, tiny_task
 
     calls = []

@@ -44,7 +44,7 @@ def test_a_searched_dry_run_trains_each_sibling_once_and_keeps_them_all(ray_sess
     assert row.point_id == point.point_id and row.status == "ok" and row.loss == 1.0
     assert 1.5e-3 < row.lr_opt < 6e-3 and row.lr_bracketed
     # The two trained siblings' losses are the law's, LR term included, at their own LR.
-    from flops_fit.train import dry_run_loss
+    from flops_fit.dry_run import dry_run_loss
 
     for m in (0.5, 2.0):
         trial = csv[csv.lr_multiplier == m].iloc[0]

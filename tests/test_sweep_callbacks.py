@@ -13,7 +13,7 @@ import pytest
 
 import flops_fit as ff
 from ray.tune.logger import LoggerCallback
-from flops_fit.train import CHINCHILLA_LAW
+from flops_fit.dry_run import CHINCHILLA_LAW
 from toy import tiny_task, wait_for, worker_groups_holding_cpus
 
 # A dry run of 3 budgets x 3 sizes of the toy GPT: every budget's minimum is bracketed under

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import flops_fit as ff
+from flops_fit import checkpointing, device, prefetch
 from flops_fit import train as T
 from flops_fit.hardware import PEAK_FLOPS, TFLOPS, choose_precision, peak_flops
 from flops_fit.plan import SweepPoint
@@ -77,8 +78,8 @@ def test_explicit_precision_the_device_cannot_run_is_refused_with_the_fix():
 def test_make_accelerator_asks_the_device(tmp_path, monkeypatch):
     # The capability torch reports decides; faked here, the CPU path is real.
     seen = []
-    monkeypatch.setattr(T, "choose_precision", lambda p, c: seen.append((p, c)) or "no")
-    accelerator = T._make_accelerator(tiny_task(tmp_path))
+    monkeypatch.setattr(device, "choose_precision", lambda p, c: seen.append((p, c)) or "no")
+    accelerator = device.make_accelerator(tiny_task(tmp_path))
     assert seen == [("auto", None)] and accelerator.mixed_precision == "no"
     assert accelerator.device.type == "cpu"
 
@@ -126,7 +127,7 @@ def _linear(size):
 
 
 def _run(task, scaler=None, data=None, steps=10):
-    """A _Run as _setup builds it, without Ray (world of one)."""
+    """A train.Run as the loop's set-up builds it, without Ray (world of one)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -137,14 +138,14 @@ def _run(task, scaler=None, data=None, steps=10):
         accelerator.scaler = scaler
     torch.manual_seed(task.seed)
     net = task.model_fn(1)
-    optimizer = T._adamw(net, task, 1e-2)
+    optimizer = T.adamw(net, task, 1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: T.lr_multiplier(s, steps, task.warmup_fraction, task.min_lr_fraction))
     model, optimizer = accelerator.prepare(net, optimizer)
     point = SweepPoint(point_id="p", budget=1.0, size=1, params=5, tokens=steps * task.batch_tokens,
                        steps=steps, flops=1.0, flops_per_token=30.0)
     data = data or _Data()
-    return T._Run(point=point, task=task, rank=0, world=1, accum=task.accumulation_steps(1),
+    return T.Run(point=point, task=task, rank=0, world=1, accum=task.accumulation_steps(1),
                   accelerator=accelerator, model=model, net=net, optimizer=optimizer, scheduler=scheduler,
                   train_set=data, val_set=data, peak_flops=None, meta={"started_at": 0.0, "attempts": 1})
 
@@ -157,9 +158,9 @@ def _task(**kw):
 
 
 def _train_steps(run, steps):
-    batches = T.Prefetcher(run)
+    batches = prefetch.Prefetcher(run)
     try:
-        return [T._step(run, batches.next()).item() for _ in range(steps)]
+        return [T.optimizer_step(run, batches.next()).item() for _ in range(steps)]
     finally:
         batches.close()
 
@@ -176,7 +177,7 @@ def test_micro_batches_make_the_same_update_as_the_whole_batch():
 
 # depth 0: built when taken (the default on a CPU); PREFETCH_STEPS: built ahead in a thread
 # (the default on a GPU).
-BATCH_DEPTHS = [0, T.PREFETCH_STEPS]
+BATCH_DEPTHS = [0, prefetch.PREFETCH_STEPS]
 
 
 @pytest.mark.parametrize("depth", BATCH_DEPTHS)
@@ -184,11 +185,11 @@ def test_prefetched_batches_are_the_planned_sample_positions(depth):
     run = _run(_task(micro_batch_size=2))
     run.step = 3  # as after a resume
     order = __import__("numpy").random.default_rng(run.task.seed).permutation(len(run.train_set))
-    batches = T.Prefetcher(run, depth)
+    batches = prefetch.Prefetcher(run, depth)
     try:
         for step in (3, 4, 5):
             got = batches.next()
-            positions = T.shard_positions(step, 8, 0, 1)
+            positions = prefetch.shard_positions(step, 8, 0, 1)
             assert len(got) == 4  # micro-batches of 2
             want_x = torch.stack([run.train_set[int(order[p % len(order)])][0] for p in positions])
             torch.testing.assert_close(torch.cat([x for x, _ in got]), want_x, rtol=0, atol=0)
@@ -201,7 +202,7 @@ def test_compiled_model_trains_like_the_eager_one():
     eager, compiled = _run(_task()), _run(_task(compile=True))
     for run in (eager, compiled):  # as _setup builds them
         settings = {"lr": 1e-2, "warmup": run.task.warmup_fraction}  # the peak LR _run uses
-        run.net, run.model, run.optimizer, run.scheduler = T._build(run.point, run.task, run.accelerator, settings)
+        run.net, run.model, run.optimizer, run.scheduler = T.build(run.point, run.task, run.accelerator, settings)
     assert type(compiled.model).__name__ == "OptimizedModule" and compiled.model is not compiled.net
     assert _train_steps(compiled, 3) == pytest.approx(_train_steps(eager, 3), rel=1e-5)
     # The bare module holds the trained weights (what checkpoints and evaluation use).
@@ -215,7 +216,7 @@ def _prefetch_threads() -> int:
 def test_a_cpu_worker_builds_batches_in_the_training_thread():
     run = _run(_task())
     before = _prefetch_threads()
-    inline, ahead = T.Prefetcher(run), T.Prefetcher(run, T.PREFETCH_STEPS)
+    inline, ahead = prefetch.Prefetcher(run), prefetch.Prefetcher(run, prefetch.PREFETCH_STEPS)
     try:
         assert _prefetch_threads() == before + 1  # only the explicit one
         torch.testing.assert_close(inline.next(), ahead.next(), rtol=0, atol=0)
@@ -225,6 +226,20 @@ def test_a_cpu_worker_builds_batches_in_the_training_thread():
     assert _prefetch_threads() == before
 
 
+def test_map_tensors_reaches_every_tensor_and_keeps_the_containers():
+    from collections import OrderedDict, namedtuple
+
+    Pair = namedtuple("Pair", "x y")
+    batch = OrderedDict(ids=torch.ones(2), pair=Pair(torch.zeros(1), [torch.ones(1), (torch.ones(3), "tag")]), n=3)
+    out = device.map_tensors(lambda t: t + 1, batch)
+    assert type(out) is OrderedDict and list(out) == ["ids", "pair", "n"]
+    assert type(out["pair"]) is Pair and type(out["pair"].y) is list and type(out["pair"].y[1]) is tuple
+    assert out["ids"].tolist() == [2, 2] and out["pair"].x.tolist() == [1]
+    assert out["pair"].y[0].tolist() == [2] and out["pair"].y[1][0].tolist() == [2, 2, 2]
+    assert out["pair"].y[1][1] == "tag" and out["n"] == 3  # not tensors: kept as they are
+    assert batch["ids"].tolist() == [1, 1]  # the input batch is left alone
+
+
 @pytest.mark.parametrize("depth", BATCH_DEPTHS)
 def test_a_failing_sample_is_raised_in_the_training_thread(depth):
     class Broken(_Data):
@@ -232,7 +247,7 @@ def test_a_failing_sample_is_raised_in_the_training_thread(depth):
             raise OSError("disk gone")
 
     run = _run(_task(), data=Broken())
-    batches = T.Prefetcher(run, depth)
+    batches = prefetch.Prefetcher(run, depth)
     try:
         with pytest.raises(RuntimeError, match="step 0 failed.*disk gone"):
             batches.next()
@@ -245,7 +260,7 @@ def _bad_positions(run, step):
     import numpy as np
 
     order = np.random.default_rng(run.task.seed).permutation(len(run.train_set))
-    return {int(order[p]) for p in T.shard_positions(step, run.task.batch_size, 0, 1)}
+    return {int(order[p]) for p in prefetch.shard_positions(step, run.task.batch_size, 0, 1)}
 
 
 def test_fp16_skipped_step_leaves_the_schedule_alone_and_the_scale_is_checkpointed():
@@ -256,9 +271,9 @@ def test_fp16_skipped_step_leaves_the_schedule_alone_and_the_scale_is_checkpoint
     _train_steps(run, 1)
     assert run.skipped_steps == 0 and run.scheduler.last_epoch == 1
     lr_before, weights_before = run.scheduler.get_last_lr()[0], run.net.weight.detach().clone()
-    batches = T.Prefetcher(run)  # resumes at step 1: the bad batch
+    batches = prefetch.Prefetcher(run)  # resumes at step 1: the bad batch
     try:
-        T._step(run, batches.next())
+        T.optimizer_step(run, batches.next())
     finally:
         batches.close()
     assert run.optimizer.step_was_skipped
@@ -268,13 +283,13 @@ def test_fp16_skipped_step_leaves_the_schedule_alone_and_the_scale_is_checkpoint
     torch.testing.assert_close(run.net.weight, weights_before, rtol=0, atol=0)
     assert scaler.get_scale() == 2.0**15  # backed off
 
-    # Through bytes, as a checkpoint travels (and loaded as _load_checkpoint loads it).
+    # Through bytes, as a checkpoint travels (and loaded as checkpointing.load_checkpoint loads it).
     buffer = io.BytesIO()
-    torch.save(T._checkpoint_state(run), buffer)
+    torch.save(checkpointing.checkpoint_state(run), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
     resumed = _run(_task(), scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16), data=data)
-    T._resume(resumed, state)
+    checkpointing.resume(resumed, state)
     assert resumed.accelerator.scaler.get_scale() == 2.0**15
     assert (resumed.step, resumed.skipped_steps, resumed.scheduler.last_epoch) == (2, 1, 1)
     assert resumed.meta["attempts"] == 2 and resumed.base["restored_from_step"] == 2
@@ -283,10 +298,10 @@ def test_fp16_skipped_step_leaves_the_schedule_alone_and_the_scale_is_checkpoint
 
 
 def test_gpu_reserved_without_cuda_fails_with_the_node_and_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "_reserved_gpus", lambda: ["0"])
+    monkeypatch.setattr(device, "reserved_gpus", lambda: ["0"])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     with pytest.raises(RuntimeError) as e:
-        T._make_accelerator(tiny_task(tmp_path))
+        device.make_accelerator(tiny_task(tmp_path))
     text = str(e.value)
     assert "CUDA_VISIBLE_DEVICES='0'" in text and os.uname().nodename in text
     assert "without use_gpu" in text and "driver" in text

@@ -31,7 +31,7 @@ from process_sampler import ProcessSampler  # noqa: E402
 from results_file import append_result  # noqa: E402
 
 POINTS = 4  # concurrent points
-BUDGET = 1e11  # FLOPs; sizes 2..5: ~15-60 s each with 4 sharing 2 cores
+BUDGET = 1e11  # FLOPs; sizes 2..5: points short enough that 4 run at once on a small machine
 SIZES = [2, 3, 4, 5]
 MB = 2**20
 # Processes that are the cluster's, not a point's; and the training workers (on a GPU

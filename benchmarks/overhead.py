@@ -7,7 +7,7 @@ Arms, each training every point for exactly its planned steps:
 - plain: the points in plain PyTorch (benchmarks/plain_loop.py) in one process per CPU,
   1 torch thread each, as many at once as the Ray arms train: what the training costs
   when nothing surrounds it. (One process with a torch thread per core is no baseline on a
-  shared machine: there its threads wait for each other, and a point took 20x as long.)
+  shared machine: there its threads wait for each other, and a point takes many times as long.)
 - floor: the required shape with nothing of flops_fit in the trial or the worker: one bare
   `tune.Tuner` function trial per point, each building a `ray.train.torch.TorchTrainer`
   with `TuneReportCallback` (Ray's `doc_code/train_tune_interop.py`), whose train function
@@ -57,7 +57,7 @@ from process_sampler import ProcessSampler  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 # 4 points of the tiny GPT (aspect 8, 64-token samples, 16-sample batch), 77-790 steps:
-# short enough that 3 repeats of the three arms fit in about 15 minutes on a shared 2-core
+# short enough that 3 repeats of the three arms fit in one sitting on a shared 2-core
 # machine, and the Ray arms' cost per point is most of their wall time, so it is what the
 # ratio to the floor measures.
 BUDGETS = [5e10]  # FLOPs
@@ -106,8 +106,8 @@ def floor_worker(config: dict) -> None:
     p, spec = config["point"], config["spec"]
     torch.set_num_threads(spec["threads"])  # the CPUs this worker reserved, as run_sweep's workers
     # A group of one without DistributedDataParallel, as flops_fit's workers train it (Ray's
-    # torch backend sets LOCAL_RANK, so Accelerate would wrap the model in DDP, ~4 % per step;
-    # benchmarks/RESULTS.md, "Worker-loop gap, by cause"): the floor measures Ray, not DDP.
+    # torch backend sets LOCAL_RANK, so Accelerate would wrap the model in DDP, a cost per step;
+    # benchmarks/RESULTS.md, "Defaults measured once"): the floor measures Ray, not DDP.
     local_rank = os.environ.pop("LOCAL_RANK", None) if ray.train.get_context().get_world_size() == 1 else None
     try:
         accelerator = Accelerator()

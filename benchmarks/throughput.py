@@ -36,7 +36,7 @@ from overhead import make_task  # noqa: E402
 from plain_loop import train_plain  # noqa: E402
 from results_file import append_result  # noqa: E402
 
-BUDGET = 4e11  # FLOPs: about 10-20 s of training for size 4 on one core
+BUDGET = 4e11  # FLOPs: a short training of size 4 on one core, long enough to time steps
 SIZE = 4
 FULL_SIZES = [3, 4]  # (e): one point per core of a 2-core machine
 MATMUL_N = 512  # square fp32 matmul for the machine's single-thread peak: big enough for the

@@ -1,7 +1,7 @@
 """A second modality: an IsoFLOP sweep of a small vision transformer on images.
 
-    python examples/images.py                     # local Ray, CPU, a few minutes
-    python examples/images.py --smoke             # about 2 minutes: a check that all works
+    python examples/images.py                     # local Ray, CPU
+    python examples/images.py --smoke             # a short check that all works
     python examples/images.py --data my_images/ --image-size 32 --patch-size 4   # your images
 
 The same plan -> run on Ray -> fit -> report path as examples/sweep.py, with what the law

@@ -1,7 +1,7 @@
 """The main job: plan an IsoFLOP sweep, run it on Ray, fit the scaling laws, report.
 
-    python examples/sweep.py                      # local Ray, CPU: 7-13 minutes on 2 cores
-    python examples/sweep.py --smoke              # about 2 minutes: a check that all works
+    python examples/sweep.py                      # local Ray, CPU (wall time: benchmarks/RESULTS.md)
+    python examples/sweep.py --smoke              # a short check that all works
     python examples/sweep.py --adaptive           # add sizes where a budget's optimum is not bracketed
     python examples/sweep.py --address auto --gpu --num-workers 2 --budgets 1e17 3e17 1e18 \\
         --aspect 64 --seq-len 512 --storage-path s3://bucket/flops_fit   # on a GPU cluster
@@ -30,8 +30,8 @@ from flops_fit.sweep_script import (add_plan_arguments, add_run_arguments, exit_
 # bracketed, and a quarter to a third of the resamples lost a bracket, so the IsoFLOP
 # interval was unreliable. Four sizes close around the prior optimum (spread 2.5), not
 # five spread 4x: the far sizes told the fit little and cost the most, as the smallest
-# models train slowest per FLOP here (size 1 reaches 1.7 GFLOP/s, size 5 12 GFLOP/s): the
-# five-size plan trained size 2 at 1e12 FLOPs for 460 s, a quarter of the sweep. Fitted on
+# models train slowest per FLOP here (a small model reaches a fraction of a large one's FLOP/s:
+# in the five-size plan one small size at 1e12 FLOPs was a quarter of the sweep). Fitted on
 # the 16 points the 20-point plan shared with this one, both approaches agreed and under 5 %
 # of the resamples were dropped.
 BUDGETS = [1e11, 2e11, 4e11, 1e12]  # FLOPs

@@ -21,7 +21,7 @@ CHECKPOINTS_PER_POINT = 10  # checkpoints per point when Task.checkpoint_every i
 # With those defaults, reports and checkpoints are also at least this far apart (seconds).
 # Ray Train's controller takes one report per health check (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)
 # from a queue of one, so faster reports stall the step loop: frequent reports made a short
-# point several times slower (benchmarks/RESULTS.md, "Where the time goes, second pass"). A
+# point several times slower (benchmarks/RESULTS.md, "Defaults measured once"). A
 # point shorter than the checkpoint gap reruns from the start faster than it would checkpoint.
 MIN_REPORT_INTERVAL_S = 1.0
 MIN_CHECKPOINT_INTERVAL_S = 10.0

@@ -38,7 +38,7 @@ def make_accelerator(task):
     # A group of one: Ray's torch backend sets LOCAL_RANK even then, so Accelerate would
     # take it for a distributed run and wrap the model in DistributedDataParallel, whose
     # gradient bucketing and all-reduce cost time on every step for nothing
-    # (benchmarks/RESULTS.md, "Worker-loop gap, by cause"). Without it Accelerate sees the
+    # (benchmarks/RESULTS.md, "Defaults measured once"). Without it Accelerate sees the
     # single process it is.
     local_rank = os.environ.pop("LOCAL_RANK", None)
     try:

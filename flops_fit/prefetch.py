@@ -20,8 +20,8 @@ from .device import map_tensors
 PREFETCH_STEPS = 2
 # On a CPU worker none: each batch is built in the training thread when it is taken. There a
 # builder thread has no idle device time to fill, only the GIL and the worker's CPUs to share,
-# and in a Ray Train worker the hand-offs slowed every step (benchmarks/RESULTS.md, "Batches
-# built in the training thread on a CPU").
+# and in a Ray Train worker the hand-offs slowed every step (benchmarks/RESULTS.md,
+# "Worker-loop throughput", (b) against (b')).
 CPU_PREFETCH_STEPS = 0
 QUEUE_POLL_S = 0.1  # how often a full prefetch queue checks that the loop still runs
 

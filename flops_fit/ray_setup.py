@@ -41,8 +41,8 @@ RAY_ENV = {
     # Train runs (named after their points) and their worker actors in the dashboard.
     "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",
 }
-# Only for a Ray that flops_fit starts on this machine: measured on 2 cores with Ray 2.60
-# (benchmarks/RESULTS.md), the Train controller's health-check poll (default
+# Only for a Ray that flops_fit starts on this machine (benchmarks/RESULTS.md, "Defaults
+# measured once"): the Train controller's health-check poll (Ray's default
 # 2 s) gates every report and the teardown, and the preemption watcher and Train's metrics
 # cost CPU that training needs. RAY_CHDIR_TO_TRIAL_DIR=0 keeps Tune's trainable in its start
 # folder and spares Train V2 its working-directory set-up per worker group: faster from trial

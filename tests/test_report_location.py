@@ -4,6 +4,7 @@
 import types
 
 import flops_fit.results as R
+from flops_fit import storage
 from conftest import synthetic_sweep
 from toy import load_example
 
@@ -27,7 +28,7 @@ def test_report_of_a_sweep_in_storage_given_as_uri_goes_to_the_sweep_folder(tmp_
 
 def test_text_written_to_a_uri_creates_its_folders(tmp_path):
     path = f"file://{tmp_path}/runs/sweep/finished/C1e+10-s1.json"
-    R.write_text_atomic(path, '{"loss": 2.5}')
+    storage.write_text(path, '{"loss": 2.5}')
     assert (tmp_path / "runs/sweep/finished/C1e+10-s1.json").read_text() == '{"loss": 2.5}'
 
 

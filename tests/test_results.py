@@ -313,7 +313,7 @@ def no_loss(model, batch):
 
 @pytest.fixture
 def task():
-    # claim_sweep_dir only records the task: factories that build nothing will do
+    # SweepFolder.claim only records the task: factories that build nothing will do
     return Task(no_model, no_data, no_loss, tokens_per_sample=128, batch_size=4, lr=2e-3, extra={"note": "x"})
 
 

@@ -48,3 +48,17 @@ def test_report_of_a_sweep_in_object_storage_goes_to_the_bucket(tmp_path, monkey
     summary = s3_server.client().get_object(Bucket="reports", Key="runs/my-sweep/report/summary.txt")["Body"].read()
     assert summary.startswith(b"Scaling-law fit") and b"budgets in the power laws: 7 of 7" in summary
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_writer_writes_a_fits_files_to_a_folder_or_a_uri(tmp_path):
+    from flops_fit import fit
+    from flops_fit.report import write_report
+
+    laws = fit(synthetic_sweep(), bootstrap=0)
+    plots = write_report(str(tmp_path / "plots"), laws, texts=False)  # flops-fit fit --plots
+    assert sorted(p.rsplit("/", 1)[1] for p in plots) == sorted(f.name for f in (tmp_path / "plots").iterdir())
+    assert all(p.endswith(".png") for p in plots) and len(plots) >= 2
+    texts = write_report(f"file://{tmp_path}/live", laws, plots=False)  # a live fit's table and summary
+    assert texts == [f"file://{tmp_path}/live/summary.txt", f"file://{tmp_path}/live/table.md"]
+    assert (tmp_path / "live" / "table.md").read_text() == laws.to_markdown() + "\n"
+    assert (tmp_path / "live" / "summary.txt").read_text() == laws.summary() + "\n"

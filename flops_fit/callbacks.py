@@ -15,8 +15,10 @@ import time
 
 from ray import tune
 
-from . import results as R
+from . import results
 from .plan import SweepPlan
+from .storage import is_uri
+from .sweep_folder import SweepFolder, ended
 
 # A failed point's progress line ends with its error, cut to this many characters (the whole
 # text is in results.csv's error column).
@@ -55,7 +57,7 @@ class ProgressPrinter(tune.Callback):
             why = _trial_error(trial, self.sweep_dir) or why
         print(
             f"[{self.done}/{self.total}] {point_id(trial):<18} {status:<8} {loss_text}  "
-            f"{R.hardware_use(result)}({time.time() - self.t0:.0f} s)"
+            f"{results.hardware_use(result)}({time.time() - self.t0:.0f} s)"
             + (f"  {why[:ERROR_SHOWN_CHARS]}" if why else ""),
             flush=True,
         )
@@ -69,10 +71,10 @@ def _trial_error(trial, sweep_dir: str | None) -> str:
     if path:
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
-                return R.short_error(f.read())
+                return results.short_error(f.read())
         except OSError:
             pass
-    return R.point_error(sweep_dir, point_id(trial)) if sweep_dir else ""
+    return results.point_error(sweep_dir, point_id(trial)) if sweep_dir else ""
 
 
 class ResultsWriter(tune.Callback):
@@ -84,16 +86,16 @@ class ResultsWriter(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        if R.ended(last):
+        if ended(last):
             from ray.tune.result import AUTO_RESULT_KEYS
 
             # Tune's own keys (trial id, timings, its pid) describe this run, not the point.
             mine = {k: v for k, v in last.items() if k not in AUTO_RESULT_KEYS + ("trial_id", "experiment_tag")}
-            R.write_finished(self.sweep_dir, point_id(trial), mine)
-        R.write_results_csv(R.load_results(self.sweep_dir))
+            SweepFolder(self.sweep_dir).write_finished(point_id(trial), mine)
+        results.write_results_csv(results.load_results(self.sweep_dir))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        R.write_results_csv(R.load_results(self.sweep_dir))
+        results.write_results_csv(results.load_results(self.sweep_dir))
 
 
 class LiveFit(tune.Callback):
@@ -143,24 +145,26 @@ class LiveFit(tune.Callback):
 
     def _fit_once(self):
         from .fitting import FitError, fit
+        from .report import write_report
 
-        table = R.load_results(self.sweep_dir).table
+        table = results.load_results(self.sweep_dir).table
         try:
             laws = fit(table, bootstrap=self.bootstrap)
         except FitError:  # not enough finished points yet: nothing to draw
             return
         if self.on_fit is not None:
             self.on_fit(laws)
-        live = R.join(self.sweep_dir, "live")
-        if "://" in live:
-            return  # plots are drawn on local disk; fit a remote sweep with `flops-fit fit URI`
+        live = SweepFolder(self.sweep_dir).live_dir
+        if is_uri(live):
+            # A sweep in a bucket keeps no live/ folder (each finished point would upload
+            # every plot again); `flops-fit fit URI` fits it from where it is.
+            return
         try:
-            laws.plot(live)
+            write_report(live, laws)
         except FitError as err:  # rows a log axis cannot draw: the table and summary still stand
             if self.verbose:
                 print(f"  live fit: no plots ({err})", flush=True)
-        R.write_text_atomic(R.join(live, "table.md"), laws.to_markdown() + "\n")
-        R.write_text_atomic(R.join(live, "summary.txt"), laws.summary() + "\n")
+            write_report(live, laws, plots=False)
         if self.verbose:
             print(f"  live fit ({(table.status == 'ok').sum()} points) -> {live}", flush=True)
 

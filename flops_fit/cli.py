@@ -125,7 +125,11 @@ def main(argv=None):
 
         table = laws.to_markdown(args.predict)
         summary = laws.summary()
-        written = laws.plot(args.plots) if args.plots else []
+        written = []
+        if args.plots:
+            from flops_fit.report import write_report
+
+            written = write_report(args.plots, laws, texts=False)
     except FitError as err:
         print(f"flops-fit: error: {_as_flags(' '.join(str(err).split()))}", file=sys.stderr)
         return EXIT_BAD_INPUT

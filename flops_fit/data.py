@@ -3,12 +3,12 @@
 TextCorpus and TokenFile are picklable factories: they hold paths and settings only, and
 calling one (on each Ray worker) returns (train, validation) TokenDatasets backed by
 memory-mapped token files, so every worker on a node shares one copy in the page cache.
-A path with a scheme (s3://bucket/key, gs://...) is read through pyarrow's filesystems,
-whose S3 client takes the endpoint and keys from the standard AWS variables
-(AWS_ENDPOINT_URL for MinIO or an on-prem store); each node copies what it reads once
-into its cache folder (default ~/.cache/flops_fit), keyed by the URI, size and
-modification time, so nodes that share no disk read the same data. A local path is made
-absolute on the driver and must exist on every node (a shared mount).
+A path with a scheme (s3://bucket/key, gs://...) is read through pyarrow's filesystems
+(flops_fit/storage.py, endpoint and keys from the standard AWS variables); each node
+copies what it reads once into its cache folder (default ~/.cache/flops_fit), keyed by the
+URI, size and modification time, so nodes that share no disk read the same data. A local
+path is made absolute on the driver and must exist on every node (a shared mount). Token
+windows and token caches: flops_fit/tokens.py.
 
 - TextCorpus: byte-level tokens (vocab 256) from text files; by default the .py files of
   the running Python's standard library (~12 MB on CPython 3.11), which every install has.
@@ -17,23 +17,19 @@ absolute on the driver and must exist on every node (a shared mount).
   text column (byte-level, like TextCorpus) or a pre-tokenized column such as input_ids.
 """
 
-import hashlib
 import json
 import os
-import shutil
 import sysconfig
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from types import SimpleNamespace
+from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import checks
+from .storage import (NODE_FIX, RemoteFile, absolute, is_uri, join, local_copy, local_folder, location,
+                      path_type, read_head, remote_files, replace_atomically)
+from .tokens import (BYTE_VOCAB, SEPARATOR, TokenDataset, WindowSource, cache_folder, check_splits,
+                     check_windows, keep_settings, open_tokens, settings_repr, write_token_file)
 
-BYTE_VOCAB = 256  # UTF-8 bytes: every text is representable, no tokenizer to ship
-SEPARATOR = 0  # appended after every file: NUL never occurs in text, so it marks "document ends"
 # directories are walked for these; files named explicitly are taken whatever their extension
 TEXT_SUFFIXES = frozenset({
     ".txt", ".md", ".rst", ".py", ".tex", ".org", ".c", ".h", ".cpp", ".hpp", ".rs", ".go",
@@ -42,325 +38,9 @@ TEXT_SUFFIXES = frozenset({
 })
 SKIP_DIRS = frozenset({"__pycache__", "site-packages", "dist-packages", "node_modules"})
 STDLIB_TEST_DIRS = frozenset({"test", "tests", "idle_test"})  # test suites: repetitive fixtures
-CACHE_VERSION = 1  # bump when the cache layout or tokenization changes
-COPY_CHUNK = 8 << 20  # bytes per read when copying an object to the node's cache
-HEAD_BYTES = 64  # check_readable reads this many bytes of a file: enough to prove access
-REMOTE_CACHE = "remote"  # cache_dir/<this>: node-local copies of objects and folders
-# on every node: a local path that is not there means the data is on the driver's disk only
-NODE_FIX = ("put the data on a shared mount or in object storage (s3://, gs://), "
-            "or ship it with runtime_env")
 
 
-class TokenDataset(torch.utils.data.Dataset):
-    """Non-overlapping windows of seq_len + 1 tokens (inputs plus the shifted target)."""
-
-    def __init__(self, tokens: np.ndarray, seq_len: int, vocab_size: int = BYTE_VOCAB):
-        if tokens.ndim != 1:
-            raise ValueError(f"tokens must be a 1-D array of token ids, got shape {tokens.shape}")
-        checks.integer(seq_len, "TokenDataset", "seq_len", "tokens per sample")
-        self.tokens = tokens
-        self.seq_len = seq_len
-        self.num_tokens = len(tokens)
-        self.vocab_size = vocab_size
-
-    def __len__(self) -> int:
-        return max(0, (self.num_tokens - 1) // self.seq_len)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"sample {i} out of range for {n} samples")
-        start = i * self.seq_len
-        return torch.from_numpy(self.tokens[start:start + self.seq_len + 1].astype(np.int64))
-
-
-def settings_repr(obj, *positional, **settings) -> str:
-    """`Name(positional, key=value, ...)`, every value as its repr: the call that rebuilds a
-    data source. The sweep record compares Tasks by these strings, so they hold settings only."""
-    args = [repr(v) for v in positional] + [f"{k}={v!r}" for k, v in settings.items()]
-    return f"{type(obj).__name__}({', '.join(args)})"
-
-
-def absolute(path) -> str:
-    """`path` with ~ expanded, made absolute against the driver's working directory: a data
-    source is built on the driver and read on Ray workers, whose working directory is not
-    the driver's (Ray Train and Tune run them in folders of their own)."""
-    return os.path.abspath(os.path.expanduser(os.fspath(path)))
-
-
-def is_uri(path) -> bool:
-    """Whether `path` names a filesystem by scheme (s3://, gs://, hdfs://, file://)."""
-    return isinstance(path, (str, os.PathLike)) and "://" in os.fspath(path)
-
-
-def location(path) -> str:
-    """Where a source reads `path` on every node: a URI as given (without a trailing /), a
-    local path made absolute on the driver (`absolute`)."""
-    text = os.fspath(path)
-    return text.rstrip("/") if is_uri(text) else absolute(text)
-
-
-def remote_filesystem(uri: str):
-    """(pyarrow filesystem, path inside it) for a URI, as results.py opens a storage path.
-    pyarrow's S3FileSystem reads AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
-    and AWS_REGION itself (pyarrow.fs.S3FileSystem docs), so MinIO and on-prem stores need
-    no setting here."""
-    from pyarrow import fs as pafs
-
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except ValueError as e:  # pyarrow.ArrowInvalid: an unknown scheme or a malformed URI
-        raise ValueError(f"{uri} is not a URI pyarrow can open; give s3://bucket/key, gs://bucket/key "
-                         "or a local path") from e
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One object in storage, with what the sources use of a local file's pathlib.Path
-    (suffix, stat, read_bytes, str), so the corpus code reads either the same way."""
-
-    uri: str
-    size: int  # bytes
-    mtime_ns: int  # last modification, ns since the epoch (0 where the store reports none)
-
-    def __str__(self) -> str:
-        return self.uri
-
-    @property
-    def suffix(self) -> str:
-        return PurePosixPath(self.uri).suffix
-
-    def stat(self):
-        return SimpleNamespace(st_size=self.size, st_mtime_ns=self.mtime_ns)
-
-    def read_bytes(self) -> bytes:
-        fs, path = remote_filesystem(self.uri)
-        with fs.open_input_stream(path) as f:
-            return f.read()
-
-
-def _remote_type(uri: str) -> str | None:
-    """"file", "dir" (a prefix holding objects) or None (nothing there)."""
-    from pyarrow.fs import FileType
-
-    fs, path = remote_filesystem(uri)
-    kind = fs.get_file_info(path).type
-    return "file" if kind == FileType.File else "dir" if kind == FileType.Directory else None
-
-
-def _path_type(path: str) -> str | None:
-    """_remote_type for a URI or a local path alike."""
-    if is_uri(path):
-        return _remote_type(path)
-    return "file" if os.path.isfile(path) else "dir" if os.path.isdir(path) else None
-
-
-def _join(base: str, name: str) -> str:
-    return f"{base}/{name}" if is_uri(base) else str(Path(base, name))
-
-
-def remote_files(uri: str, what: str, suffixes=None, skip=frozenset()) -> list:
-    """The objects at `uri`: itself if it is one, else every object under the prefix
-    (recursive; pyarrow FileSelector), those under a folder in `skip` or starting with "."
-    and, with `suffixes`, those of other suffixes left out. `what` names the path in the
-    FileNotFoundError."""
-    from pyarrow.fs import FileSelector, FileType
-
-    fs, root = remote_filesystem(uri)
-    info = fs.get_file_info(root)
-    if info.type == FileType.File:
-        return [RemoteFile(uri, info.size, info.mtime_ns or 0)]
-    if info.type != FileType.Directory:
-        raise FileNotFoundError(f"{what} {uri} does not exist; check the URI, and the credentials "
-                                "(AWS_* / GOOGLE_APPLICATION_CREDENTIALS) of every node")
-    out = []
-    for i in fs.get_file_info(FileSelector(root, recursive=True)):
-        parts = i.path[len(root):].strip("/").split("/")
-        if i.type != FileType.File or any(d in skip or d.startswith(".") for d in parts[:-1]):
-            continue
-        if suffixes is None or PurePosixPath(parts[-1]).suffix in suffixes:
-            out.append(RemoteFile(f"{uri}/{'/'.join(parts)}", i.size, i.mtime_ns or 0))
-    return sorted(out, key=lambda f: f.uri)  # listing order is the store's: the cache key needs one order
-
-
-def _cache_base(cache_dir) -> Path:
-    return Path(cache_dir) if cache_dir else Path.home() / ".cache" / "flops_fit"
-
-
-def _remote_key(files: list) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}\n".encode())
-    for f in files:
-        h.update(f"{f.uri}\0{f.size}\0{f.mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def _copy_object(f: RemoteFile, dest: Path) -> None:
-    """Copy one object to dest, atomically; an object that changed size meanwhile is an
-    error, not a cache entry under the old object's key."""
-    fs, path = remote_filesystem(f.uri)
-    copied = 0
-
-    def write(out):
-        nonlocal copied
-        with fs.open_input_stream(path) as src:
-            while chunk := src.read(COPY_CHUNK):
-                out.write(chunk)
-                copied += len(chunk)
-        if copied != f.size:
-            raise OSError(f"{f.uri} changed while it was copied ({copied} of {f.size} bytes); run again")
-    _atomic_write(dest, write)
-
-
-def local_copy(uri: str, cache_dir=None, what: str = "file") -> Path:
-    """This node's copy of the object at `uri`: cache_dir/remote/<hash of URI, size,
-    mtime>-<name>, copied on first use. A changed object has a new key, so it is copied
-    again, never read stale; several workers of one node may copy at once (each writes a
-    temporary file, the last rename wins, every one complete)."""
-    (f,) = remote_files(uri, what)
-    dest = _cache_base(cache_dir) / REMOTE_CACHE / f"{_remote_key([f])}-{PurePosixPath(uri).name}"
-    if dest.is_file() and dest.stat().st_size == f.size:
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _copy_object(f, dest)
-    return dest
-
-
-def local_folder(uri: str, cache_dir=None, what: str = "folder") -> Path:
-    """This node's copy of every object under the prefix `uri` (local_copy for a folder):
-    copied into a temporary folder that is renamed into place whole, so a folder in the
-    cache is always complete; a worker that loses the race drops its copy."""
-    files = remote_files(uri, what)
-    dest = _cache_base(cache_dir) / REMOTE_CACHE / f"{PurePosixPath(uri).name}-{_remote_key(files)}"
-    if dest.is_dir():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp"))
-    try:
-        for f in files:
-            target = tmp / f.uri[len(uri) + 1:]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _copy_object(f, target)
-        try:
-            os.rename(tmp, dest)
-        except OSError:  # another worker of this node renamed its complete copy first
-            if not dest.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def read_head(path: str, what: str) -> bytes:
-    """The first HEAD_BYTES bytes of a local file or an object, read where this runs:
-    FileNotFoundError naming the path and the fix when it is not there."""
-    if is_uri(path):
-        if _remote_type(path) != "file":
-            raise FileNotFoundError(f"{what} {path} does not exist; check the URI, and the credentials "
-                                    "(AWS_* / GOOGLE_APPLICATION_CREDENTIALS) of every node")
-        fs, p = remote_filesystem(path)
-        with fs.open_input_stream(p) as f:
-            return f.read(HEAD_BYTES)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} {path} does not exist on this node; {NODE_FIX}")
-    with open(path, "rb") as f:
-        return f.read(HEAD_BYTES)
-
-
-def keep_settings(obj, **settings) -> None:
-    """Store a data source's settings as its attributes. A source holds settings only, so it
-    pickles small and each Ray worker builds the data itself when it calls the source."""
-    for name, value in settings.items():
-        setattr(obj, name, value)
-
-
-class _WindowSource:
-    """What the token sources share: samples are windows of seq_len tokens, and the
-    vocabulary is as given, else found once by `_scan_vocab` and remembered."""
-
-    seq_len: int
-    _vocab_size: int | None
-
-    @property
-    def tokens_per_sample(self) -> int:
-        return self.seq_len
-
-    @property
-    def vocab_size(self) -> int:
-        if self._vocab_size is None:
-            self._vocab_size = self._scan_vocab()
-        return self._vocab_size
-
-
-def _check_windows(call: str, seq_len, val_every=None, unit: str = "file") -> None:
-    """The settings the token sources share, checked before any file is read."""
-    checks.integer(seq_len, call, "seq_len", "tokens per sample (the window length)")
-    if val_every is not None:
-        checks.integer(val_every, call, "val_every", f"every val_every-th {unit} is validation", minimum=2)
-
-
-def _check_splits(train: np.ndarray, val: np.ndarray, seq_len: int, what: str, fixes: tuple):
-    for name, arr, fix in (("training", train, fixes[0]), ("validation", val, fixes[1])):
-        if len(arr) < seq_len + 1:
-            raise ValueError(
-                f"{what}: the {name} split has {len(arr)} tokens, fewer than one sample of "
-                f"seq_len + 1 = {seq_len + 1}; {fix}"
-            )
-
-
-def _atomic_write(path: Path, write) -> None:
-    """write(file) into a temporary file beside path, then os.replace: several workers on one
-    node may build the same cache at once, and a reader must never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _cache_folder(cache_dir, prefix: str, settings: str, files: list) -> Path:
-    """cache_dir (default ~/.cache/flops_fit) / <prefix>-<hash of the settings and of every
-    file's path, size and mtime>: a changed file means a new cache, never a stale one."""
-    h = hashlib.sha256(f"v{CACHE_VERSION} {settings}\n".encode())
-    for f in files:  # a pathlib.Path or a RemoteFile
-        st = f.stat()
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return _cache_base(cache_dir) / f"{prefix}-{h.hexdigest()[:16]}"
-
-
-def write_token_file(path, tokens, dtype: str = "uint16") -> Path:
-    """Write token ids as a flat little-endian binary file (nanoGPT's train.bin layout)."""
-    path = Path(path)
-    dt = np.dtype(dtype).newbyteorder("<")
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1:
-        raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
-    if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(dt).max):
-        raise ValueError(f"token ids span [{tokens.min()}, {tokens.max()}], outside {dtype}; pass a wider dtype")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: f.write(tokens.astype(dt).tobytes()))
-    return path
-
-
-def _open_tokens(path: Path, dtype: np.dtype) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"token file {path} does not exist")
-    size = path.stat().st_size
-    if size % dtype.itemsize != 0:
-        raise ValueError(
-            f"{path} has {size} bytes, not a multiple of {dtype.itemsize}: "
-            f"truncated or not a {dtype.name} token file (set dtype=...)"
-        )
-    if size == 0:
-        raise ValueError(f"token file {path} is empty")
-    return np.memmap(path, dtype=dtype, mode="r")
-
-
-class TextCorpus(_WindowSource):
+class TextCorpus(WindowSource):
     """Byte-level corpus from text files, split into train / validation by file.
 
     paths: files and/or directories (walked recursively for TEXT_SUFFIXES), local or
@@ -377,7 +57,7 @@ class TextCorpus(_WindowSource):
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.paths = None if paths is None else [location(p) for p in paths]
-        _check_windows("TextCorpus", seq_len, val_every)
+        check_windows("TextCorpus", seq_len, val_every)
         self.seq_len = seq_len
         self.val_every = val_every
         self.cache_dir = None if cache_dir is None else absolute(cache_dir)
@@ -428,7 +108,7 @@ class TextCorpus(_WindowSource):
         read_head(str(self.files()[0]), "corpus file")
 
     def _cache_path(self, files: list) -> Path:
-        return _cache_folder(self.cache_dir, "corpus", f"sep={SEPARATOR} val_every={self.val_every}", files)
+        return cache_folder(self.cache_dir, "corpus", f"sep={SEPARATOR} val_every={self.val_every}", files)
 
     def __call__(self) -> tuple:
         """Build (or reuse) the token cache; return (train, validation) TokenDatasets."""
@@ -440,11 +120,11 @@ class TextCorpus(_WindowSource):
             counts = {}
             for name, split in zip(("train", "val"), self._split(files)):
                 counts[name] = {"files": len(split), "tokens": self._write_split(cache / f"{name}.bin", split)}
-            _atomic_write(meta, lambda f: f.write(json.dumps(counts, indent=1).encode()))
+            replace_atomically(meta, lambda f: f.write(json.dumps(counts, indent=1).encode()))
         train, val = (np.memmap(cache / f"{n}.bin", dtype=np.uint16, mode="r")
                       if (cache / f"{n}.bin").stat().st_size else np.zeros(0, np.uint16)
                       for n in ("train", "val"))
-        _check_splits(train, val, self.seq_len, f"text corpus of {len(files)} files",
+        check_splits(train, val, self.seq_len, f"text corpus of {len(files)} files",
                       ("add files", "add files or lower val_every"))
         return TokenDataset(train, self.seq_len), TokenDataset(val, self.seq_len)
 
@@ -460,7 +140,7 @@ class TextCorpus(_WindowSource):
                 out.write(tokens.tobytes())
                 out.write(sep.tobytes())
                 n += len(tokens) + 1
-        _atomic_write(path, write)
+        replace_atomically(path, write)
         return n
 
     def describe(self) -> str:
@@ -479,7 +159,7 @@ class TextCorpus(_WindowSource):
                              cache_dir=self.cache_dir)
 
 
-class TokenFile(_WindowSource):
+class TokenFile(WindowSource):
     """Pre-tokenized binary token files (nanoGPT layout: train.bin / val.bin, uint16 LE).
 
     train: a file, or a directory holding train.bin (and optionally val.bin); local, or an
@@ -493,17 +173,17 @@ class TokenFile(_WindowSource):
                  vocab_size: int | None = None, val_fraction: float = 0.05, cache_dir=None):
         train = location(train)
         val = None if val is None else location(val)
-        if _path_type(train) == "dir":
-            if val is None and _path_type(_join(train, "val.bin")) == "file":
-                val = _join(train, "val.bin")
-            train = _join(train, "train.bin")
-        if _path_type(train) != "file":
+        if path_type(train) == "dir":
+            if val is None and path_type(join(train, "val.bin")) == "file":
+                val = join(train, "val.bin")
+            train = join(train, "train.bin")
+        if path_type(train) != "file":
             raise FileNotFoundError(f"token file {train} does not exist")
-        if val is not None and _path_type(val) != "file":
+        if val is not None and path_type(val) != "file":
             raise FileNotFoundError(f"validation token file {val} does not exist")
         checks.fraction(val_fraction, "TokenFile", "val_fraction", "the held-out share of train", open_low=True,
                    open_high=True)
-        _check_windows("TokenFile", seq_len)
+        check_windows("TokenFile", seq_len)
         keep_settings(self, train=train, val=val, seq_len=seq_len,
                       dtype=np.dtype(dtype).newbyteorder("<").str,  # a string: pickles everywhere
                       val_fraction=val_fraction, cache_dir=None if cache_dir is None else absolute(cache_dir),
@@ -524,16 +204,16 @@ class TokenFile(_WindowSource):
                 read_head(path, "token file")
 
     def _arrays(self) -> tuple:
-        tokens = _open_tokens(self._local(self.train), np.dtype(self.dtype))
+        tokens = open_tokens(self._local(self.train), np.dtype(self.dtype))
         if self.val is not None:
-            return tokens, _open_tokens(self._local(self.val), np.dtype(self.dtype))
+            return tokens, open_tokens(self._local(self.val), np.dtype(self.dtype))
         n_val = int(len(tokens) * self.val_fraction)
         return tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:]
 
     def __call__(self) -> tuple:
         train, val = self._arrays()
         fixes = ("use a larger token file", "use a larger validation file" if self.val else "raise val_fraction")
-        _check_splits(train, val, self.seq_len, f"token file {self.train}", fixes)
+        check_splits(train, val, self.seq_len, f"token file {self.train}", fixes)
         vocab = self.vocab_size
         return TokenDataset(train, self.seq_len, vocab), TokenDataset(val, self.seq_len, vocab)
 
@@ -556,14 +236,14 @@ HF_MARKERS = ("dataset_dict.json", "state.json")  # what DatasetDict / Dataset.s
 
 def is_token_folder(path) -> bool:
     """Whether `path` (a folder or a URI prefix) holds train.bin (nanoGPT's layout)."""
-    return _path_type(_join(location(path), "train.bin")) == "file"
+    return path_type(join(location(path), "train.bin")) == "file"
 
 
 def is_hf_dataset(path) -> bool:
     """Whether `path` (a folder or a URI prefix) is what `Dataset.save_to_disk` /
     `DatasetDict.save_to_disk` wrote."""
     path = location(path)
-    return any(_path_type(_join(path, marker)) == "file" for marker in HF_MARKERS)
+    return any(path_type(join(path, marker)) == "file" for marker in HF_MARKERS)
 
 
 def hf_dataset_folder(path, who: str) -> str:
@@ -591,7 +271,7 @@ def load_hf_dataset(path: str, who: str, cache_dir=None):
     return datasets.load_from_disk(path)
 
 
-class HFText(_WindowSource):
+class HFText(WindowSource):
     """A Hugging Face `datasets` dataset on disk, read with `datasets.load_from_disk`
     (what `Dataset.save_to_disk` / `DatasetDict.save_to_disk` wrote): a local folder, or a
     prefix in object storage (s3://bucket/ds), copied once per node into cache_dir; nothing
@@ -610,7 +290,7 @@ class HFText(_WindowSource):
                  val_split: str = "validation", val_every: int = 10, vocab_size: int | None = None,
                  cache_dir=None):
         path = hf_dataset_folder(path, "HFText")
-        _check_windows("HFText", seq_len, val_every, unit="row")
+        check_windows("HFText", seq_len, val_every, unit="row")
         keep_settings(self, path=path, column=column, seq_len=seq_len, train_split=train_split,
                       val_split=val_split, val_every=val_every,
                       cache_dir=None if cache_dir is None else absolute(cache_dir),
@@ -656,14 +336,14 @@ class HFText(_WindowSource):
         """Where this runs (a node of the cluster): stat the saved dataset's folder and read
         the first bytes of its dataset_dict.json / state.json; FileNotFoundError naming the
         path if it is missing. Copies nothing."""
-        marker = next((m for m in HF_MARKERS if _path_type(_join(self.path, m)) == "file"), HF_MARKERS[0])
-        read_head(_join(self.path, marker), "HFText dataset file")
+        marker = next((m for m in HF_MARKERS if path_type(join(self.path, m)) == "file"), HF_MARKERS[0])
+        read_head(join(self.path, marker), "HFText dataset file")
 
     def _cache_path(self) -> Path:
         # the objects' listing keys a remote dataset: no copy is needed to find the cache
         files = (remote_files(self.path, "HFText dataset") if is_uri(self.path)
                  else sorted(p for p in Path(self.path).rglob("*") if p.is_file()))
-        return _cache_folder(self.cache_dir, "hf", f"sep={SEPARATOR} column={self.column} splits="
+        return cache_folder(self.cache_dir, "hf", f"sep={SEPARATOR} column={self.column} splits="
                              f"{self.train_split},{self.val_split} val_every={self.val_every}", files)
 
     def _build(self) -> tuple:
@@ -685,7 +365,7 @@ class HFText(_WindowSource):
         for name, tokens in arrays.items():
             write_token_file(cache / f"{name}.bin", tokens, dtype)
         meta = {"dtype": dtype, "vocab_size": vocab, "tokens": {n: int(a.size) for n, a in arrays.items()}}
-        _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        replace_atomically(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
         return cache, meta
 
     def _tokens(self, ds):
@@ -707,9 +387,9 @@ class HFText(_WindowSource):
     def __call__(self) -> tuple:
         """Build (or reuse) the token cache; return (train, validation) TokenDatasets."""
         cache, meta = self._build()
-        train, val = (_open_tokens(cache / f"{n}.bin", np.dtype(meta["dtype"]))
+        train, val = (open_tokens(cache / f"{n}.bin", np.dtype(meta["dtype"]))
                       if meta["tokens"][n] else np.zeros(0, meta["dtype"]) for n in ("train", "val"))
-        _check_splits(train, val, self.seq_len, f"HFText({self.path}, column={self.column!r})",
+        check_splits(train, val, self.seq_len, f"HFText({self.path}, column={self.column!r})",
                       ("add rows", "add validation rows or lower val_every"))
         vocab = self._vocab_size or meta["vocab_size"]
         return TokenDataset(train, self.seq_len, vocab), TokenDataset(val, self.seq_len, vocab)

@@ -26,7 +26,6 @@ import base64
 import dataclasses
 import math
 import pickle
-from pathlib import Path
 
 from . import ray_setup  # sets RAY_TRAIN_V2_ENABLED before ray.train is imported
 
@@ -40,6 +39,8 @@ from . import results as R
 from .lr_search import check_lr_search, sibling_id
 from .callbacks import LiveFit, ProgressPrinter, ResultsWriter, SweepMetrics, check_callbacks, point_id
 from .plan import SweepPlan, SweepPoint
+from .storage import join, read_text, resolved, write_text
+from .sweep_folder import LR_SEARCH_FILE, SEARCH_FILE, SweepFolder
 from .task import Task, check_task
 from .train import train_point
 
@@ -173,9 +174,9 @@ def run_sweep(
     if dry_run is None:
         check_task(task, plan)
     storage = _storage_uri(storage_path)
-    sweep_dir = R.join(storage, name)
+    sweep_dir = join(storage, name)
     # Refuses another plan or task under this name, and a second live driver of this sweep.
-    claim = R.claim_sweep_dir(sweep_dir, plan, task)
+    claim = SweepFolder(sweep_dir).claim(plan, task)
     try:
         _check_same_lr_search(sweep_dir, multipliers)
         # The task's data opens on every node type, or no point starts; a dry run reads no
@@ -194,7 +195,7 @@ def run_sweep(
 def _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, resources,
          max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose, bracket_search,
          multipliers):
-    finished = R.finished_ids(sweep_dir)
+    finished = SweepFolder(sweep_dir).finished_ids()
     _check_same_search(sweep_dir, bracket_search is not None, finished)
     searcher = None
     if bracket_search is not None:
@@ -227,7 +228,7 @@ def _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu
         use_gpu=use_gpu,
         resources_per_worker=resources,
         max_failures=max_failures,
-        train_storage=R.join(sweep_dir, "train"),
+        train_storage=SweepFolder(sweep_dir).train_dir,
         dry_run=dry_run,
     )
     if verbose:
@@ -314,7 +315,7 @@ def run_point(config: dict, task_pickle: bytes, settings: PointSettings) -> None
     read by results.load_results and the progress line).
     """
     point = SweepPoint.from_dict(config["point"])
-    record = R.join(settings.train_storage, FAILURE_RECORD.format(
+    record = join(settings.train_storage, FAILURE_RECORD.format(
         point_id=point.point_id, trial_id=tune.get_context().get_trial_id()))
     earlier = _read_failure(record)
     if earlier is not None:
@@ -374,7 +375,7 @@ def _record_failure(path: str, error: Exception) -> None:
     except Exception:  # an exception that does not pickle: its type and text
         blob = ray.cloudpickle.dumps(RuntimeError(f"{type(error).__name__}: {error}"))
     try:
-        R.write_text_atomic(path, base64.b64encode(blob).decode("ascii"))
+        write_text(path, base64.b64encode(blob).decode("ascii"))
     except OSError:
         # Storage out of reach: the error is raised all the same; a Tune retry of this trial
         # would then train the point again, as any rerun of a failed point does.
@@ -383,17 +384,14 @@ def _record_failure(path: str, error: Exception) -> None:
 
 def _read_failure(path: str) -> Exception | None:
     """The error recorded by _record_failure for this trial, or None."""
-    from pyarrow import fs as pafs
-
-    fs, p = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+    text = read_text(path)
+    if text is None:
         return None
-    with fs.open_input_stream(p) as f:
-        return ray.cloudpickle.loads(base64.b64decode(f.read()))
+    return ray.cloudpickle.loads(base64.b64decode(text))
 
 
 def _all_finished(plan, task, sweep_dir: str, multipliers) -> bool:
-    finished = R.finished_ids(sweep_dir)
+    finished = SweepFolder(sweep_dir).finished_ids()
     return all(t["point_id"] in finished
                for p in plan for t in trial_points(dataclasses.asdict(p), task, multipliers))
 
@@ -414,18 +412,18 @@ def trial_points(point: dict, task: Task, multipliers) -> list:
 
 def _check_same_lr_search(sweep_dir: str, multipliers) -> None:
     """A sweep resumes with the learning-rate multipliers it started with; the first run
-    records them in the folder (results.LR_SEARCH_FILE)."""
-    recorded = R.read_lr_search(sweep_dir)
+    records them in the folder (sweep_folder.LR_SEARCH_FILE)."""
+    recorded = SweepFolder(sweep_dir).read_lr_search()
     if recorded is None:
-        if multipliers and R.finished_ids(sweep_dir):
+        if multipliers and SweepFolder(sweep_dir).finished_ids():
             raise ValueError(f"The sweep at {sweep_dir} was started without lr_search; resume it without "
                              "lr_search (--lr-search), or pass another name for a searched sweep.")
         if multipliers:
-            R.write_lr_search(sweep_dir, multipliers)
+            SweepFolder(sweep_dir).write_lr_search(multipliers)
         return
     if tuple(recorded) != tuple(multipliers or ()):
         raise ValueError(f"The sweep at {sweep_dir} was started with other lr_search multipliers (see its "
-                         f"{R.LR_SEARCH_FILE}); resume it with those, or pass another name.")
+                         f"{LR_SEARCH_FILE}); resume it with those, or pass another name.")
 
 
 def _make_search(search, plan, task, max_points, search_sizes):
@@ -451,10 +449,10 @@ def _make_search(search, plan, task, max_points, search_sizes):
 def _check_same_search(sweep_dir: str, search: bool, finished: set) -> None:
     """A sweep resumes the way it started: searched (it has a search record) or as planned
     (`finished`: the ids of its finished points)."""
-    searched = R.read_search(sweep_dir) is not None
+    searched = SweepFolder(sweep_dir).read_search() is not None
     if searched and not search:
         raise ValueError(f"The sweep at {sweep_dir} was started with search='bracket' (see its "
-                         f"{R.SEARCH_FILE}); resume it with search='bracket' (--adaptive), or pass another name.")
+                         f"{SEARCH_FILE}); resume it with search='bracket' (--adaptive), or pass another name.")
     if search and not searched and finished:
         raise ValueError(f"The sweep at {sweep_dir} was started without a search; resume it with "
                          "search=None (without --adaptive), or pass another name for a searched sweep.")
@@ -483,10 +481,7 @@ def _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent
 
 
 def _storage_uri(storage_path) -> str:
-    storage = str(storage_path or DEFAULT_STORAGE)
-    if "://" in storage:
-        return storage
-    return str(Path(storage).expanduser().resolve())
+    return resolved(str(storage_path or DEFAULT_STORAGE))
 
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 
 from . import ray_setup
-from .data import NODE_FIX
+from .storage import NODE_FIX, mentions_uri
 
 PREFLIGHT_TIMEOUT_S = 60.0  # the whole check: node types are checked at once
 NODE_GROUP_LABEL = "ray.io/node-group"  # ray._raylet.RAY_NODE_GROUP_KEY (a private module: spelled here)
@@ -96,8 +96,8 @@ def check_nodes(task_pickle: bytes, resources: dict, *, verbose: bool = True,
             kind, message = failure
             where = (f"on node {node['NodeManagerAddress']} (type {refs[ref]}, id {node['NodeID'][:12]})")
             if kind == "FileNotFoundError":
-                # flops_fit's sources name the fix themselves (data.NODE_FIX, or the URI's)
-                fix = "" if FIX in message or "://" in message else f"; {FIX}"
+                # flops_fit's sources name the fix themselves (storage.NODE_FIX, or the URI's)
+                fix = "" if FIX in message or mentions_uri(message) else f"; {FIX}"
                 raise FileNotFoundError(f"Pre-flight check {where}: {message.rstrip('.')}{fix}. "
                                         "No point was started.")
             raise RuntimeError(f"Pre-flight check {where}: opening the task's data raised {kind}: "

@@ -261,3 +261,48 @@ def _fmt_any(x, spec=".3g"):
         return _fmt(float(x), spec)
     except (TypeError, ValueError):
         return ""
+
+
+# --- the report's files, in a local folder or in object storage ------------------------------
+
+
+def write_report(folder, laws, *, texts: bool = True, plots: bool = True, prediction=None,
+                 lr_search=None) -> list:
+    """Write the fit `laws` into `folder` (a local path or a URI; made if missing) and
+    return the paths written, spelled as `folder` is: summary.txt and table.md (with
+    `texts`), prediction.csv (the DataFrame `prediction`, when given), the plots (with
+    `plots`, as laws.plot draws them) and, for an LR-searched sweep, lr_search.md and
+    optimal_lr.png (`lr_search`: its (text, figure), sweep_script.lr_search_report).
+
+    The one writer of a fit's files: the live fit, the sweep scripts' closing report and
+    `flops-fit fit --plots`. Every figure is drawn before any file is written, so a fit
+    whose rows a log axis cannot draw (laws.plot raises) leaves the folder as it was.
+    Each file is replaced atomically (flops_fit/storage.py), in a bucket by one PUT.
+    """
+    from flops_fit import storage
+
+    drawn = {f"{name}.png": fig for name, fig in laws.plot().items()} if plots else {}
+    files = {}
+    if texts:
+        files["summary.txt"] = (laws.summary() + "\n").encode()
+        files["table.md"] = (laws.to_markdown() + "\n").encode()
+    if prediction is not None:
+        files["prediction.csv"] = prediction.to_csv(index=False).encode()
+    files.update({name: _png(fig) for name, fig in drawn.items()})
+    if lr_search is not None:
+        text, figure = lr_search
+        files["lr_search.md"] = (text + "\n").encode()
+        files["optimal_lr.png"] = _png(figure)
+    out = storage.Folder(folder)
+    for name, data in files.items():
+        out.write_bytes(name, data)
+    return [out.uri(name) for name in files]
+
+
+def _png(fig) -> bytes:
+    """A figure as PNG bytes (what fig.savefig("x.png") writes)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

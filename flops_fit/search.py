@@ -652,7 +652,7 @@ class BracketSearch:
 
     # -- persistence ----------------------------------------------------------------------
     def state(self) -> dict:
-        """JSON-safe record of the search (written in the sweep folder as results.SEARCH_FILE)."""
+        """JSON-safe record of the search (written in the sweep folder as sweep_folder.SEARCH_FILE)."""
         return {
             "max_points": self.max_points,
             "max_added_per_budget": self.max_added_per_budget,

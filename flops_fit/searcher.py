@@ -18,14 +18,13 @@ as finished are never handed to Tune again.
 
 from __future__ import annotations
 
-import json
 import pickle
 
 from ray.tune.search import Searcher
 
-from . import results as R
 from .lr_search import choose
 from .search import BracketSearch
+from .sweep_folder import ENDED_STATUSES, SweepFolder, ended
 
 POINT_KEY = "point"  # the trial config holds the point under this key (as a planned sweep's)
 
@@ -83,7 +82,7 @@ class BracketSearcher(Searcher):
         if tid is None:
             return
         result = result or {}
-        if not error and R.ended(result):
+        if not error and ended(result):
             self.ended[tid] = {"status": result["status"], "loss": result.get("loss")}
         else:
             self.ended[tid] = {"status": "failed", "loss": None}
@@ -116,9 +115,9 @@ class BracketSearcher(Searcher):
 
     # The sweep folder ----------------------------------------------------------------------
     def _sync_from_folder(self):
-        saved = R.read_search(self.sweep_dir)
+        saved = SweepFolder(self.sweep_dir).read_search()
         proposed = saved.get("proposed", []) if saved else []
-        records = R.finished_records(self.sweep_dir)
+        records = SweepFolder(self.sweep_dir).finished_records()
         for tid, metrics in records.items():
             self.ended[tid] = {"status": metrics["status"], "loss": metrics.get("loss")}
         # A point finished when all its trials did: the search takes in its best sibling.
@@ -138,7 +137,7 @@ class BracketSearcher(Searcher):
         self._printed = len(self.search.log)
 
     def _write(self):
-        R.write_text_atomic(R.join(self.sweep_dir, R.SEARCH_FILE), json.dumps(self.search.state(), indent=1))
+        SweepFolder(self.sweep_dir).write_search(self.search.state())
         if self.verbose:
             for line in self.search.log[self._printed:]:
                 print(f"  search: {line}", flush=True)
@@ -153,7 +152,7 @@ def _point_result(trials: list, ended: dict) -> tuple:
         return res["status"], res.get("loss")
     rows = sorted(trials, key=lambda t: t["lr_multiplier"])
     results = [ended[t["point_id"]] for t in rows]
-    if any(r["status"] not in R.ENDED_STATUSES for r in results):
+    if any(r["status"] not in ENDED_STATUSES for r in results):
         return "failed", None
     choice = choose([t["lr_multiplier"] for t in rows],
                     [r["loss"] if r.get("loss") is not None else float("nan") for r in results],

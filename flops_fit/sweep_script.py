@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import flops_fit as ff
 from flops_fit.plan import DEFAULT_SIZE_SPREAD
@@ -254,17 +251,14 @@ def report(results, args, loss_unit: str = "nats/token"):
     # judge the approaches' agreement where the prediction below is made
     laws = dataclasses.replace(laws, agreement=laws.compare(target))
     # The report goes to the sweep folder, never to the working directory (under `ray job
-    # submit` that is a temporary copy deleted with the job). A sweep in cloud storage gets
-    # it drawn in a local temporary folder and copied up.
-    remote = "://" in results.path
-    out = Path(tempfile.mkdtemp(prefix="flops_fit-report-")) if remote else Path(results.path) / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    plots = laws.plot(out)
-    (out / "summary.txt").write_text(laws.summary() + "\n")
-    (out / "table.md").write_text(laws.to_markdown() + "\n")
-    prediction = laws.predict(target)
-    prediction.to_csv(out / "prediction.csv", index=False)
+    # submit` that is a temporary copy deleted with the job); a sweep in cloud storage gets
+    # it in its bucket.
+    from flops_fit.report import write_report
+    from flops_fit.sweep_folder import SweepFolder
 
+    prediction = laws.predict(target)
+    written = write_report(SweepFolder(results.path).report_dir, laws, prediction=prediction,
+                           lr_search=lr_lines)
     print("\n" + laws.summary())
     print("\nCompute-optimal allocation (Chinchilla Table 3 style):\n" + laws.to_markdown())
     print(f"\nPrediction for C = {target:.3g} FLOPs ({PREDICTION_FACTOR}x the largest budget):")
@@ -272,21 +266,6 @@ def report(results, args, loss_unit: str = "nats/token"):
         print(f"  {row.approach:<11} N = {row.params:,.0f} [{row.params_low:,.0f}, {row.params_high:,.0f}]"
               f"  D = {row.tokens:,.0f} [{row.tokens_low:,.0f}, {row.tokens_high:,.0f}]"
               f"  loss = {row.loss:.3f} [{row.loss_low:.3f}, {row.loss_high:.3f}] {loss_unit}")
-    written = [out / "summary.txt", out / "table.md", out / "prediction.csv", *map(Path, plots)]
-    if lr_lines is not None:
-        text, figure = lr_lines
-        (out / "lr_search.md").write_text(text + "\n")
-        figure.savefig(out / "optimal_lr.png")
-        written += [out / "lr_search.md", out / "optimal_lr.png"]
-    if remote:
-        import pyarrow.fs
-
-        dest = results.path.rstrip("/") + "/report"
-        fs, dest_path = pyarrow.fs.FileSystem.from_uri(dest)
-        fs.create_dir(dest_path, recursive=True)
-        pyarrow.fs.copy_files(str(out), dest_path, destination_filesystem=fs)
-        shutil.rmtree(out)
-        written = [f"{dest}/{p.name}" for p in written]
     print("\nWritten:")
     for path in [results.results_csv, *written]:
         print(f"  {path}")

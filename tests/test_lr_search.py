@@ -17,6 +17,7 @@ from flops_fit import lr_search as L
 from flops_fit import results as R
 from flops_fit.plan import SweepPlan, SweepPoint
 from flops_fit.dry_run import CHINCHILLA_LAW, dry_run_loss
+from flops_fit.sweep_folder import PLAN_FILE, SweepFolder
 
 MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -231,8 +232,8 @@ def _fake_sweep(folder, loss_of, plan=None):
     one trial folder and finished record per sibling; loss_of(point, multiplier) -> loss."""
     plan = plan or _plan()
     folder.mkdir(parents=True)
-    (folder / R.PLAN_FILE).write_text(plan.to_json())
-    R.write_lr_search(str(folder), MULTIPLIERS)
+    (folder / PLAN_FILE).write_text(plan.to_json())
+    SweepFolder(str(folder)).write_lr_search(MULTIPLIERS)
     for p in plan:
         for m in MULTIPLIERS:
             sid = L.sibling_id(p.point_id, m)
@@ -240,8 +241,8 @@ def _fake_sweep(folder, loss_of, plan=None):
                      "lr_multiplier": m}
             (folder / sid).mkdir()
             (folder / sid / "params.json").write_text(json.dumps({"point": point}))
-            R.write_finished(str(folder), sid, {"final": True, "status": "ok", "loss": loss_of(p, m),
-                                                "tokens": p.tokens, "flops": p.flops})
+            SweepFolder(str(folder)).write_finished(sid, {"final": True, "status": "ok", "loss": loss_of(p, m),
+                                                          "tokens": p.tokens, "flops": p.flops})
     return plan
 
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import flops_fit as ff
-from flops_fit import results as R
 from flops_fit.lr_search import sibling_id
+from flops_fit.sweep_folder import SweepFolder
 from toy import tiny_task
 
 pytestmark = pytest.mark.slow
@@ -25,9 +25,9 @@ def test_a_searched_dry_run_trains_each_sibling_once_and_keeps_them_all(ray_sess
     (point,) = plan.points
     sweep = tmp_path / "runs" / "lr"
     # An earlier run of this sweep, killed after the 1x sibling finished: its record.
-    R.write_lr_search(str(sweep), MULTIPLIERS)
+    SweepFolder(str(sweep)).write_lr_search(MULTIPLIERS)
     done = sibling_id(point.point_id, 1.0)
-    R.write_finished(str(sweep), done, {"point_id": done, "status": "ok", "final": True, "loss": 1.0,
+    SweepFolder(str(sweep)).write_finished(done, {"point_id": done, "status": "ok", "final": True, "loss": 1.0,
                                         "tokens": point.tokens, "flops": point.flops, "peak_lr": 3e-3})
     res = ff.run_sweep(plan, task, name="lr", storage_path=tmp_path / "runs", dry_run=LAW, live_fit=False,
                        verbose=False, lr_search=list(MULTIPLIERS))

@@ -202,11 +202,11 @@ def test_bad_run_arguments_fail_before_ray_starts(bad_run_outcomes, overrides, m
 
 
 def test_a_name_reused_with_another_plan_is_refused_before_ray_starts(tmp_path):
-    from flops_fit.results import claim_sweep_dir
+    from flops_fit.sweep_folder import SweepFolder
 
     task = tiny_task(tmp_path)
     other = ff.plan_sweep(task, [1e10], sizes=[1, 2, 3])
-    claim_sweep_dir(str(tmp_path / "runs" / "x"), other, task)
+    SweepFolder(str(tmp_path / "runs" / "x")).claim(other, task)
     [outcome] = run_before_ray(tmp_path, ["{}"])
     assert "different plan already exists" in outcome["error"] and "To resume it" in outcome["error"]
     assert outcome["ray_started"] is False
@@ -315,15 +315,15 @@ FINISHED_RERUN = textwrap.dedent(
     import sys, ray, flops_fit as ff
     sys.path.insert(0, {tests!r})
     from toy import tiny_task
-    from flops_fit import results as R
+    from flops_fit.sweep_folder import SweepFolder
     from pathlib import Path
     tmp = Path({tmp!r})
     task = tiny_task(tmp)
     plan = ff.plan_sweep(task, [5e9], sizes=[1, 2])
     folder = str(tmp / "runs" / "done")
-    R.claim_sweep_dir(folder, plan, task).release()
+    SweepFolder(folder).claim(plan, task).release()
     for p in plan:
-        R.write_finished(folder, p.point_id, dict(final=True, status="ok", loss=3.0 + p.size, tokens=p.tokens))
+        SweepFolder(folder).write_finished(p.point_id, dict(final=True, status="ok", loss=3.0 + p.size, tokens=p.tokens))
     res = ff.run_sweep(plan, task, name="done", storage_path=str(tmp / "runs"), verbose=False)
     print("STATUS", list(res.table.status), list(res.table.loss))
     print("RAY_STARTED", ray.is_initialized())

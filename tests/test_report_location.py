@@ -4,6 +4,7 @@
 import types
 
 import flops_fit.results as R
+from flops_fit import storage
 from conftest import synthetic_sweep
 from toy import load_example
 
@@ -27,7 +28,7 @@ def test_report_of_a_sweep_in_storage_given_as_uri_goes_to_the_sweep_folder(tmp_
 
 def test_text_written_to_a_uri_creates_its_folders(tmp_path):
     path = f"file://{tmp_path}/runs/sweep/finished/C1e+10-s1.json"
-    R.write_text_atomic(path, '{"loss": 2.5}')
+    storage.write_text(path, '{"loss": 2.5}')
     assert (tmp_path / "runs/sweep/finished/C1e+10-s1.json").read_text() == '{"loss": 2.5}'
 
 
@@ -47,3 +48,17 @@ def test_report_of_a_sweep_in_object_storage_goes_to_the_bucket(tmp_path, monkey
     summary = s3_server.client().get_object(Bucket="reports", Key="runs/my-sweep/report/summary.txt")["Body"].read()
     assert summary.startswith(b"Scaling-law fit") and b"budgets in the power laws: 7 of 7" in summary
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_writer_writes_a_fits_files_to_a_folder_or_a_uri(tmp_path):
+    from flops_fit import fit
+    from flops_fit.report import write_report
+
+    laws = fit(synthetic_sweep(), bootstrap=0)
+    plots = write_report(str(tmp_path / "plots"), laws, texts=False)  # flops-fit fit --plots
+    assert sorted(p.rsplit("/", 1)[1] for p in plots) == sorted(f.name for f in (tmp_path / "plots").iterdir())
+    assert all(p.endswith(".png") for p in plots) and len(plots) >= 2
+    texts = write_report(f"file://{tmp_path}/live", laws, plots=False)  # a live fit's table and summary
+    assert texts == [f"file://{tmp_path}/live/summary.txt", f"file://{tmp_path}/live/table.md"]
+    assert (tmp_path / "live" / "table.md").read_text() == laws.to_markdown() + "\n"
+    assert (tmp_path / "live" / "summary.txt").read_text() == laws.summary() + "\n"

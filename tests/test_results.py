@@ -19,6 +19,9 @@ import pandas as pd
 import pytest
 
 from flops_fit import results as R
+from flops_fit import storage
+from flops_fit import sweep_folder as F
+from flops_fit.sweep_folder import SweepFolder
 from flops_fit.plan import SweepPlan, SweepPoint, point_id
 from flops_fit.task import Task
 
@@ -91,7 +94,7 @@ def sweep(tmp_path):
     plan = make_plan()
     root = tmp_path / "storage" / "my-sweep"
     root.mkdir(parents=True)
-    plan.to_json(root / R.PLAN_FILE)
+    plan.to_json(root / F.PLAN_FILE)
     p1, p2, p3, p4, _ = plan.points
     # folders written out of plan order: the table must follow the plan, not the disk
     write_trial(root, p4, [progress(p4, 10), progress(p4, 20, 2)])  # interrupted
@@ -156,7 +159,7 @@ def test_a_final_result_wins_over_a_stale_error(tmp_path):
     plan = make_plan((2,))
     (p,) = plan.points
     write_trial(tmp_path, p, [progress(p, 10), final(p, attempts=2)], error=TRACEBACK)
-    plan.to_json(tmp_path / R.PLAN_FILE)
+    plan.to_json(tmp_path / F.PLAN_FILE)
     row = R.load_results(tmp_path).table.iloc[0]
     assert (row["status"], row["loss"], row["error"], row["attempts"]) == ("ok", 2.75, "", 2)
 
@@ -191,7 +194,7 @@ def test_trials_without_a_plan_come_sorted_by_budget_then_size(tmp_path):
 
 def test_a_plan_without_trials_lists_every_point_as_not_started(tmp_path):
     plan = make_plan()
-    plan.to_json(tmp_path / R.PLAN_FILE)
+    plan.to_json(tmp_path / F.PLAN_FILE)
     t = R.load_results(tmp_path).table
     assert list(t["point_id"]) == [p.point_id for p in plan]
     assert set(t["status"]) == {"incomplete"} and set(t["error"]) == {"not started"}
@@ -256,7 +259,7 @@ def test_a_folder_that_is_not_a_sweep_is_refused(tmp_path):
 
 
 def test_an_empty_plan_file_is_reported_as_a_corrupt_plan(tmp_path):
-    (tmp_path / R.PLAN_FILE).write_text("")
+    (tmp_path / F.PLAN_FILE).write_text("")
     with pytest.raises(ValueError):
         R.load_results(tmp_path)
 
@@ -267,12 +270,12 @@ def test_an_empty_plan_file_is_reported_as_a_corrupt_plan(tmp_path):
 def test_results_csv_is_written_atomically_and_round_trips(sweep):
     root, plan = sweep
     res = R.load_results(root)
-    (root / R.RESULTS_CSV).write_text("stale table\n")  # replaced, not appended to
+    (root / F.RESULTS_CSV).write_text("stale table\n")  # replaced, not appended to
     path = R.write_results_csv(res)
-    assert path == str(root / R.RESULTS_CSV)
+    assert path == str(root / F.RESULTS_CSV)
     # no temporary file is left beside the table
     assert sorted(f.name for f in root.iterdir() if f.is_file()) == sorted(
-        [R.PLAN_FILE, R.RESULTS_CSV, "task.json", "experiment_state-2026-11-25_10-00-00.json"]
+        [F.PLAN_FILE, F.RESULTS_CSV, "task.json", "experiment_state-2026-11-25_10-00-00.json"]
     )
     back = pd.read_csv(path)
     assert list(back.columns) == R.COLUMNS
@@ -310,30 +313,30 @@ def no_loss(model, batch):
 
 @pytest.fixture
 def task():
-    # claim_sweep_dir only records the task: factories that build nothing will do
+    # SweepFolder.claim only records the task: factories that build nothing will do
     return Task(no_model, no_data, no_loss, tokens_per_sample=128, batch_size=4, lr=2e-3, extra={"note": "x"})
 
 
 def test_claim_creates_the_folder_and_records_plan_and_task(tmp_path, task):
     plan = make_plan()
     sweep_dir = tmp_path / "storage" / "nested" / "my-sweep"
-    R.claim_sweep_dir(str(sweep_dir), plan, task)
-    assert SweepPlan.from_json(sweep_dir / R.PLAN_FILE) == plan
-    recorded = json.loads((sweep_dir / R.TASK_FILE).read_text())
+    SweepFolder(str(sweep_dir)).claim(plan, task)
+    assert SweepPlan.from_json(sweep_dir / F.PLAN_FILE) == plan
+    recorded = json.loads((sweep_dir / F.TASK_FILE).read_text())
     assert recorded["batch_size"] == 4 and recorded["lr"] == 2e-3 and recorded["betas"] == [0.9, 0.95]
     assert "no_model" in recorded["model_fn"]  # factories are recorded by name
     # write probe removed; the lock and the task's fingerprint beside plan and task
-    assert sorted(os.listdir(sweep_dir)) == sorted([R.LOCK_FILE, R.PLAN_FILE, R.TASK_FILE, R.TASK_FINGERPRINT_FILE])
+    assert sorted(os.listdir(sweep_dir)) == sorted([F.LOCK_FILE, F.PLAN_FILE, F.TASK_FILE, F.TASK_FINGERPRINT_FILE])
     # the folder loads as a sweep with every point still to run
     assert set(R.load_results(sweep_dir).table["error"]) == {"not started"}
 
 
 def test_claim_accepts_the_same_plan_again(tmp_path, task):
     plan = make_plan()
-    R.claim_sweep_dir(str(tmp_path / "s"), plan, task)
-    before = (tmp_path / "s" / R.PLAN_FILE).read_text()
-    R.claim_sweep_dir(str(tmp_path / "s"), SweepPlan.from_json(before), task)  # resume
-    assert (tmp_path / "s" / R.PLAN_FILE).read_text() == before
+    SweepFolder(str(tmp_path / "s")).claim(plan, task)
+    before = (tmp_path / "s" / F.PLAN_FILE).read_text()
+    SweepFolder(str(tmp_path / "s")).claim(SweepPlan.from_json(before), task)  # resume
+    assert (tmp_path / "s" / F.PLAN_FILE).read_text() == before
 
 
 @pytest.mark.parametrize("existing", ["other plan", "{not json"])
@@ -341,13 +344,13 @@ def test_claim_refuses_a_different_plan_and_says_what_to_do(tmp_path, task, exis
     sweep_dir = tmp_path / "s"
     sweep_dir.mkdir()
     old = make_plan((1, 2, 3)).to_json() if existing == "other plan" else existing
-    (sweep_dir / R.PLAN_FILE).write_text(old)
+    (sweep_dir / F.PLAN_FILE).write_text(old)
     with pytest.raises(ValueError, match="different plan") as e:
-        R.claim_sweep_dir(str(sweep_dir), make_plan(), task)
+        SweepFolder(str(sweep_dir)).claim(make_plan(), task)
     message = str(e.value)
     assert str(sweep_dir) in message
     assert "To resume it" in message and "plan.json" in message and "another name" in message
-    assert (sweep_dir / R.PLAN_FILE).read_text() == old  # the existing sweep is left as it was
+    assert (sweep_dir / F.PLAN_FILE).read_text() == old  # the existing sweep is left as it was
 
 
 def test_claim_refuses_a_path_that_cannot_be_a_folder(tmp_path, task):
@@ -356,7 +359,7 @@ def test_claim_refuses_a_path_that_cannot_be_a_folder(tmp_path, task):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(PermissionError, match="storage_path") as e:
-        R.claim_sweep_dir(str(blocker / "my-sweep"), make_plan(), task)
+        SweepFolder(str(blocker / "my-sweep")).claim(make_plan(), task)
     assert str(blocker / "my-sweep") in str(e.value)
 
 
@@ -378,21 +381,21 @@ def test_claim_refuses_a_different_task_and_names_what_differs(tmp_path, task, c
     import dataclasses
 
     plan = make_plan()
-    R.claim_sweep_dir(str(tmp_path / "s"), plan, task).release()
+    SweepFolder(str(tmp_path / "s")).claim(plan, task).release()
     with pytest.raises(ValueError, match="different task") as e:
-        R.claim_sweep_dir(str(tmp_path / "s"), plan, dataclasses.replace(task, **change))
+        SweepFolder(str(tmp_path / "s")).claim(plan, dataclasses.replace(task, **change))
     message = str(e.value)
     assert named in message and "another name" in message
     unchanged = [f for f in ("lr", "model_fn", "data", "extra", "batch_size") if f not in change]
     assert not any(f"{f}:" in message for f in unchanged), message
-    R.claim_sweep_dir(str(tmp_path / "s"), plan, task).release()  # the task it began with resumes
+    SweepFolder(str(tmp_path / "s")).claim(plan, task).release()  # the task it began with resumes
 
 
 FINGERPRINT = """
 import functools, json, sys
 from flops_fit.data import TextCorpus
 from flops_fit.models import GPT, lm_loss
-from flops_fit.results import task_fingerprint
+from flops_fit.sweep_folder import task_fingerprint
 from flops_fit.task import Task
 task = Task(functools.partial(GPT.from_size, aspect=8), TextCorpus(seq_len=32, cache_dir=sys.argv[1]),
             lm_loss, tokens_per_sample=32, lr=lambda n: 0.01 * n ** -0.1)
@@ -411,23 +414,23 @@ def test_a_task_fingerprint_is_the_same_in_every_process(tmp_path):
 
 def test_a_second_driver_on_a_live_sweep_is_refused(tmp_path, task):
     plan = make_plan()
-    claim = R.claim_sweep_dir(str(tmp_path / "s"), plan, task)
+    claim = SweepFolder(str(tmp_path / "s")).claim(plan, task)
     with pytest.raises(RuntimeError, match=r"being run by another driver \(pid \d+") as e:
-        R.claim_sweep_dir(str(tmp_path / "s"), plan, task)
+        SweepFolder(str(tmp_path / "s")).claim(plan, task)
     assert "another name" in str(e.value)
     claim.release()
-    R.claim_sweep_dir(str(tmp_path / "s"), plan, task).release()  # free again once released
+    SweepFolder(str(tmp_path / "s")).claim(plan, task).release()  # free again once released
 
 
 HOLD = """
 import sys, time
-from flops_fit import results as R
+from flops_fit.sweep_folder import SweepFolder
 from flops_fit.plan import SweepPlan
 sys.path.insert(0, sys.argv[2])
 from test_results import no_data, no_loss, no_model
 from flops_fit.task import Task
 task = Task(no_model, no_data, no_loss, tokens_per_sample=128, batch_size=4, lr=2e-3, extra={"note": "x"})
-claim = R.claim_sweep_dir(sys.argv[1], SweepPlan.from_json(sys.argv[1] + "/plan.json"), task)
+claim = SweepFolder(sys.argv[1]).claim(SweepPlan.from_json(sys.argv[1] + "/plan.json"), task)
 print("HELD", flush=True)
 time.sleep(600)
 """
@@ -438,17 +441,17 @@ def test_a_driver_that_was_killed_leaves_no_lock_behind(tmp_path, task):
 
     plan = make_plan()
     folder = tmp_path / "s"
-    R.claim_sweep_dir(str(folder), plan, task).release()
+    SweepFolder(str(folder)).claim(plan, task).release()
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(Path(__file__).parent)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "HELD"
         with pytest.raises(RuntimeError, match=f"pid {holder.pid}"):
-            R.claim_sweep_dir(str(folder), plan, task)
+            SweepFolder(str(folder)).claim(plan, task)
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    R.claim_sweep_dir(str(folder), plan, task).release()  # the dead driver's lock went with it
+    SweepFolder(str(folder)).claim(plan, task).release()  # the dead driver's lock went with it
 
 
 def test_a_result_file_is_flushed_to_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
@@ -457,7 +460,7 @@ def test_a_result_file_is_flushed_to_disk_before_it_replaces_the_old_one(tmp_pat
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
                                                   real_fsync(fd)))
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b)))
-    R.write_text_atomic(str(tmp_path / "results.csv"), "a,b\n1,2\n")
+    storage.write_text(str(tmp_path / "results.csv"), "a,b\n1,2\n")
     assert (tmp_path / "results.csv").read_text() == "a,b\n1,2\n"
     kinds = [k for k, _ in events]
     assert kinds[:2] == ["fsync", "replace"], events
@@ -468,7 +471,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
     target = tmp_path / "results.csv"
     target.write_text("the old table\n")
     with pytest.raises(UnicodeEncodeError):
-        R.write_text_atomic(str(target), "half a table \ud800 that cannot be encoded")
+        storage.write_text(str(target), "half a table \ud800 that cannot be encoded")
     assert os.listdir(tmp_path) == ["results.csv"]
     assert target.read_text() == "the old table\n"
 
@@ -477,10 +480,10 @@ def test_a_finished_point_is_recorded_once_and_its_record_wins(sweep):
     root, plan = sweep
     p = plan.points[0]
     first = {"final": True, "status": "ok", "loss": 3.25, "tokens": p.tokens, "attempts": 1}
-    assert R.write_finished(str(root), p.point_id, first) is True
-    assert R.write_finished(str(root), p.point_id, {**first, "loss": 9.0}) is False
-    assert R.read_finished(str(root), p.point_id)["loss"] == 3.25
-    assert R.finished_ids(str(root)) == {p.point_id}
+    assert SweepFolder(str(root)).write_finished(p.point_id, first) is True
+    assert SweepFolder(str(root)).write_finished(p.point_id, {**first, "loss": 9.0}) is False
+    assert SweepFolder(str(root)).read_finished(p.point_id)["loss"] == 3.25
+    assert SweepFolder(str(root)).finished_ids() == {p.point_id}
     # Its trial folder may say otherwise (a later attempt's rows, an old error): the record wins.
     (root / p.point_id / "error.txt").write_text("RuntimeError: an earlier attempt failed\n")
     row = R.load_results(root).table.set_index("point_id").loc[p.point_id]

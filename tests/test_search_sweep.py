@@ -6,7 +6,7 @@ import pytest
 
 import flops_fit as ff
 from flops_fit.fitting import budget_optima
-from flops_fit.results import SEARCH_FILE
+from flops_fit.sweep_folder import SEARCH_FILE
 from flops_fit.search import ORIGIN_EXTENDED, ORIGIN_PLANNED
 from toy import tiny_task
 

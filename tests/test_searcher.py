@@ -3,8 +3,7 @@ Ray cluster is started: the searcher is plain Python that Tune calls)."""
 
 import json
 
-from flops_fit import results as R
-from flops_fit.results import SEARCH_FILE
+from flops_fit.sweep_folder import SEARCH_FILE, SweepFolder
 from flops_fit.searcher import BracketSearcher
 from flops_fit.search import BracketSearch
 from ray.tune.search import Searcher
@@ -15,7 +14,7 @@ def finish(searcher, sweep, trial_id, point):
     """What a finished trial leaves: its finished/<id>.json record, then Tune's call."""
     metrics = {"point_id": point["point_id"], "status": "ok", "final": True,
                "loss": law_loss(point["params"], point["tokens"])}
-    R.write_finished(str(sweep), point["point_id"], metrics)
+    SweepFolder(str(sweep)).write_finished(point["point_id"], metrics)
     searcher.on_trial_complete(trial_id, metrics)
 
 
@@ -97,7 +96,7 @@ def test_a_sweep_resumes_only_the_way_it_started_and_search_names_are_checked(tm
     (searched / SEARCH_FILE).write_text(json.dumps({"proposed": [], "skipped": {}, "log": []}))
     with pytest.raises(ValueError, match="started with search='bracket'"):
         ff.run_sweep(plan, task, name="searched", storage_path=tmp_path, dry_run=True)
-    R.write_finished(str(tmp_path / "static"), plan.points[0].point_id, {"status": "ok", "final": True})
+    SweepFolder(str(tmp_path / "static")).write_finished(plan.points[0].point_id, {"status": "ok", "final": True})
     with pytest.raises(ValueError, match="started without a search"):
         ff.run_sweep(plan, task, name="static", storage_path=tmp_path, dry_run=True, search="bracket")
 
@@ -122,7 +121,7 @@ def test_a_searcher_with_lr_siblings_hears_of_a_point_once_all_its_siblings_ende
         m = trial["lr_multiplier"]
         metrics = {"point_id": trial["point_id"], "status": "ok", "final": True,
                    "loss": law_loss(trial["params"], trial["tokens"]) + 0.1 * (m != 1.0)}
-        R.write_finished(str(tmp_path), trial["point_id"], metrics)
+        SweepFolder(str(tmp_path)).write_finished(trial["point_id"], metrics)
         searcher.on_trial_complete(trial_id, metrics)
 
     plan = make_plan(BUDGETS, prior_sizes(300))

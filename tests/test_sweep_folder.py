@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from flops_fit import results as R
 from flops_fit import sweep_folder as F
+from flops_fit.sweep_folder import SweepFolder
 from flops_fit.task import Task
 from test_results import make_plan, no_data, no_loss, no_model
 
@@ -54,12 +54,12 @@ def foreign(beat: int = 0, heartbeat_s: float = BEAT_S) -> dict:
 def test_a_second_driver_on_a_live_object_store_sweep_is_refused(s3_server, bucket, fast_lease, task):
     sweep = f"{bucket}/runs/live"
     plan = make_plan()
-    first = R.claim_sweep_dir(sweep, plan, task)
+    first = SweepFolder(sweep).claim(plan, task)
     try:
         held = lease_of(s3_server, sweep)
         assert (held["host"], held["pid"]) == (socket.gethostname(), os.getpid())
         with pytest.raises(RuntimeError, match="being run by another driver") as e:
-            R.claim_sweep_dir(sweep, plan, task)
+            SweepFolder(sweep).claim(plan, task)
         message = str(e.value)
         assert f"pid {os.getpid()} on {socket.gethostname()}, started {held['started']}" in message
         assert "another name" in message and "\n" not in message
@@ -67,7 +67,7 @@ def test_a_second_driver_on_a_live_object_store_sweep_is_refused(s3_server, buck
     finally:
         first.release()
     assert lease_of(s3_server, sweep) is None  # release deletes the lease
-    R.claim_sweep_dir(sweep, plan, task).release()  # and the sweep is free at once
+    SweepFolder(sweep).claim(plan, task).release()  # and the sweep is free at once
 
 
 def test_a_lease_whose_heartbeat_stopped_is_taken_over(s3_server, bucket, fast_lease):

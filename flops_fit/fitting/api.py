@@ -225,9 +225,11 @@ def _provenance(data, prep, **options):
     import pandas as pd
     import scipy
 
+    from flops_fit import storage
+
     if isinstance(data, (str, Path)):
         p = Path(data).expanduser()
-        if "://" not in str(data) and p.is_file():
+        if not storage.is_uri(data) and p.is_file():
             digest = "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()[:16]
         else:  # a sweep folder or a remote table: hash the rows fitted
             digest = "sha256 of the rows fitted:" + _frame_hash(prep)

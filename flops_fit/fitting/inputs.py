@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
+from flops_fit import storage
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -63,20 +65,15 @@ def read_table(data) -> pd.DataFrame:
 
 def _read_bytes(path: str) -> bytes | None:
     """File bytes from a local path or pyarrow URI; None for a folder; FitError if missing."""
-    if "://" in path:
-        from pyarrow import fs as pafs
-
+    if storage.is_uri(path):
         try:
-            fs, root = pafs.FileSystem.from_uri(path)
-            info = fs.get_file_info(root)
+            found = storage.Folder(path)
+            kind = found.kind()
         except (OSError, ValueError) as err:
             raise FitError(f"data: cannot open {path} ({err}); check the URI and credentials") from None
-        if info.type.name == "NotFound":
+        if kind is None:
             raise FitError(f"data: no such file or folder: {path}")
-        if info.type.name == "Directory":
-            return None
-        with fs.open_input_stream(root) as fh:
-            return fh.read()
+        return None if kind == "dir" else found.read_bytes()
     local = Path(path).expanduser()
     if not local.exists():
         raise FitError(f"data: no such file or directory: {path}")
@@ -87,7 +84,7 @@ def _read_path(path: str):
     import io
 
     import pandas as pd
-    suffix = Path(path.split("://")[-1]).suffix.lower()
+    suffix = storage.suffix(path).lower()
     if suffix and suffix not in TABLE_SUFFIXES and not path.endswith("/"):
         raise FitError(f"data: cannot read {path}; use a .csv, .json or .jsonl file or a stored sweep folder")
     raw = _read_bytes(path)

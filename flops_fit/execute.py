@@ -439,11 +439,11 @@ def _make_search(search, plan, task, max_points, search_sizes):
     if search != "bracket":
         raise ValueError(f"run_sweep(search={search!r}): use None (the plan as it is) or 'bracket' "
                          "(add sizes where a budget's optimum is not bracketed).")
-    from .plan import DEFAULT_CANDIDATE_SIZES, _check_sizes
+    from .plan import DEFAULT_CANDIDATE_SIZES, check_sizes
     from .search import BracketSearch, batch_table, size_table
 
     given = DEFAULT_CANDIDATE_SIZES if search_sizes is None else search_sizes
-    candidates = sorted(set(_check_sizes(given, "search_sizes", call="run_sweep")) | {p.size for p in plan})
+    candidates = sorted(set(check_sizes(given, "search_sizes", call="run_sweep")) | {p.size for p in plan})
     sizes = size_table(task, plan, candidates)
     return BracketSearch(plan, sizes, max_points=max_points, batches=batch_table(task, plan, sizes))
 

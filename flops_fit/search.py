@@ -34,8 +34,10 @@ import numpy as np
 from . import checks
 from .contract import MIN_POINTS_PER_BUDGET, ORIGIN_PLANNED
 from .plan import (
+    DEFAULT_CANDIDATE_SIZES,
     DEFAULT_MIN_STEPS,
     SweepPlan,
+    check_sizes,
     point_id,
     steps_for,
     sweep_point,
@@ -55,6 +57,8 @@ from .valley import (
     pooled_relative_noise,
     recentred_sizes,
     short_of_sizes_each_side,
+    batch_table,
+    size_table,
     usable_sizes,
     valley_parabola,
 )
@@ -77,6 +81,35 @@ RECENTRE_TOLERANCE = 0.25
 # ---------------------------------------------------------------------------------------
 # The search: which point next
 # ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BracketSearchOptions:
+    """A bracket-seeking sweep, as `run_sweep(plan, task, search=BracketSearchOptions(...))`
+    runs it: it starts from the plan, adds sizes where a budget's valley is not bracketed
+    and re-centres budgets not yet started on the power law of those that are. A sweep
+    resumes the way it started."""
+
+    # Points trained in all, planned ones included; None: the plan's points plus
+    # max_added_per_budget per budget.
+    max_points: int | None = None
+    # Model dial values the search may add, each one model_fn accepts; None: the plan's
+    # sizes and plan.DEFAULT_CANDIDATE_SIZES.
+    sizes: tuple | None = None
+    max_added_per_budget: int = DEFAULT_MAX_ADDED_PER_BUDGET  # sizes added to one budget at most
+    vertex_se_target: float = VERTEX_SE_TARGET  # a budget is done at this vertex standard error (ln N)
+    min_sizes_each_side: int = MIN_SIZES_EACH_SIDE  # sizes wanted on either side of a budget's vertex
+
+    def __post_init__(self):
+        call = "BracketSearchOptions"
+        if self.sizes is not None:
+            object.__setattr__(self, "sizes", tuple(check_sizes(self.sizes, "sizes", call=call)))
+        max_points, added, _ = check_search_arguments(self.max_points, self.max_added_per_budget,
+                                                      DEFAULT_MIN_STEPS, call)
+        target, each_side = check_rule_arguments(self.vertex_se_target, self.min_sizes_each_side, call)
+        for name, value in (("max_points", max_points), ("max_added_per_budget", added),
+                            ("vertex_se_target", target), ("min_sizes_each_side", each_side)):
+            object.__setattr__(self, name, value)
 
 
 @dataclass
@@ -117,8 +150,9 @@ class BracketSearch:
     batches: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        _check_size_table(self.plan, self.sizes)
         self.max_points, self.max_added_per_budget, self.min_steps = check_search_arguments(
-            self.plan, self.sizes, self.max_points, self.max_added_per_budget, self.min_steps)
+            self.max_points, self.max_added_per_budget, self.min_steps)
         self.vertex_se_target, self.min_sizes_each_side = check_rule_arguments(
             self.vertex_se_target, self.min_sizes_each_side)
         if self.max_points is None:
@@ -129,6 +163,16 @@ class BracketSearch:
             self._budgets.setdefault(p.budget, _Budget(p.budget, [])).planned.append(p)
         for p in self.proposed.values():  # a restored search
             self._budgets[p["budget"]].started = True
+
+    @classmethod
+    def from_options(cls, plan: SweepPlan, task, options: BracketSearchOptions) -> "BracketSearch":
+        """The search run_sweep runs for `options`: every size it may use probed on the meta
+        device (`size_table`) before Ray starts, its batches under a batch rule (`batch_table`)."""
+        given = DEFAULT_CANDIDATE_SIZES if options.sizes is None else options.sizes
+        sizes = size_table(task, plan, sorted(set(given) | {p.size for p in plan}))
+        return cls(plan, sizes, max_points=options.max_points, max_added_per_budget=options.max_added_per_budget,
+                   vertex_se_target=options.vertex_se_target, min_sizes_each_side=options.min_sizes_each_side,
+                   batches=batch_table(task, plan, sizes))
 
     # -- what Tune asks -------------------------------------------------------------------
     def next_point(self) -> dict | None:
@@ -359,61 +403,35 @@ class BracketSearch:
         }
 
 
-def size_table(task, plan: SweepPlan, candidate_sizes) -> dict:
-    """Model dial -> (params, flops per token) under the plan's conventions, for every
-    candidate size (models built on the meta device, as plan_sweep does)."""
-    from .plan import ModelProbe
-
-    probe = ModelProbe(task, plan.param_convention, plan.flops_convention)
-    table = {int(s): (int(probe.params(s)), float(probe.flops_per_token(s))) for s in candidate_sizes}
-    for p in plan.points:  # the plan's own numbers win (a counted FLOP probe is not re-run)
-        table[p.size] = (p.params, p.flops_per_token)
-    return table
-
-
-def batch_table(task, plan: SweepPlan, sizes: dict) -> dict:
-    """Under a Task.batch_size rule: (budget, size) -> (batch in samples, tokens per step)
-    for every plan budget and size of `sizes` (as plan_sweep resolves them); a size whose
-    batch the rule cannot give there is left out (the search never adds it). {} otherwise."""
-    from .plan import point_batch
-
-    if not task.batch_rule:
-        return {}
-    table = {}
-    for budget in plan.budgets:
-        for size, (params, fpt) in sizes.items():
-            try:
-                table[(budget, size)] = point_batch(task, params, budget, fpt)
-            except ValueError:
-                continue
-    return table
+def check_search_arguments(max_points, max_added_per_budget, min_steps, call: str = "BracketSearch") -> tuple:
+    """(max_points, max_added_per_budget, min_steps) as plain ints, checked (`call`: the
+    name the errors give)."""
+    if max_points is not None:
+        max_points = checks.integer(
+            max_points, call, "max_points",
+            f"points trained in all, planned ones included, or None for the plan's points plus "
+            f"{DEFAULT_MAX_ADDED_PER_BUDGET} per budget", minimum=MIN_POINTS_PER_BUDGET)
+    max_added_per_budget = checks.integer(max_added_per_budget, call, "max_added_per_budget",
+                                          "0 adds no size", minimum=0)
+    min_steps = checks.integer(min_steps, call, "min_steps", "optimizer steps a point needs")
+    return max_points, max_added_per_budget, min_steps
 
 
-def check_search_arguments(plan, sizes, max_points, max_added_per_budget, min_steps) -> tuple:
-    """(max_points, max_added_per_budget, min_steps) as plain ints, checked."""
+def check_rule_arguments(vertex_se_target, min_sizes_each_side, call: str = "BracketSearch") -> tuple:
+    """(vertex_se_target, min_sizes_each_side) of the stopping rule as float and int, checked."""
+    if not (checks.is_real(vertex_se_target) and vertex_se_target > 0):
+        raise ValueError(f"{call}(vertex_se_target={vertex_se_target!r}): needs a number > 0, the standard "
+                         f"error of a budget's vertex in natural log of N (default {VERTEX_SE_TARGET}; math.inf "
+                         "stops each budget once it is bracketed).")
+    min_sizes_each_side = checks.integer(min_sizes_each_side, call, "min_sizes_each_side",
+                                         f"sizes wanted on either side of a budget's vertex (default "
+                                         f"{MIN_SIZES_EACH_SIDE})", minimum=1)
+    return float(vertex_se_target), min_sizes_each_side
+
+
+def _check_size_table(plan, sizes: dict) -> None:
     if not isinstance(plan, SweepPlan):
         raise TypeError(f"BracketSearch(plan=...) needs a SweepPlan, got {type(plan).__name__}.")
     missing = sorted({p.size for p in plan.points} - set(sizes))
     if missing:
         raise ValueError(f"the size table lacks the plan's sizes {missing}: build it with size_table(task, plan, ...).")
-    if max_points is not None:  # given to run_sweep
-        max_points = checks.integer(
-            max_points, "run_sweep", "max_points",
-            f"points trained in all, planned ones included, or None for the plan's points plus "
-            f"{DEFAULT_MAX_ADDED_PER_BUDGET} per budget", minimum=MIN_POINTS_PER_BUDGET)
-    max_added_per_budget = checks.integer(max_added_per_budget, "BracketSearch", "max_added_per_budget",
-                                          "0 adds no size", minimum=0)
-    min_steps = checks.integer(min_steps, "BracketSearch", "min_steps", "optimizer steps a point needs")
-    return max_points, max_added_per_budget, min_steps
-
-
-def check_rule_arguments(vertex_se_target, min_sizes_each_side) -> tuple:
-    """(vertex_se_target, min_sizes_each_side) of the stopping rule as float and int, checked."""
-    if not (checks.is_real(vertex_se_target) and vertex_se_target > 0):
-        raise ValueError(f"BracketSearch(vertex_se_target={vertex_se_target!r}): needs a number > 0, the standard "
-                         f"error of a budget's vertex in natural log of N (default {VERTEX_SE_TARGET}; math.inf "
-                         "stops each budget once it is bracketed).")
-    min_sizes_each_side = checks.integer(min_sizes_each_side, "BracketSearch", "min_sizes_each_side",
-                                         f"sizes wanted on either side of a budget's vertex (default "
-                                         f"{MIN_SIZES_EACH_SIDE})", minimum=1)
-    return float(vertex_se_target), min_sizes_each_side

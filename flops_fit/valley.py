@@ -1,4 +1,5 @@
-"""A budget's IsoFLOP valley judged from its finished points (pure numpy; never imports ray).
+"""A budget's IsoFLOP valley judged from its finished points, and the sizes that close it
+(numpy; never imports ray; torch only where `size_table` builds models on the meta device).
 
 The fit keeps a budget when the vertex of a parabola in ln N through the points near its
 lowest loss lies inside the sampled sizes (Hoffmann et al. 2022, Approach 2). The
@@ -7,7 +8,8 @@ sizes there: the lowest loss not at an edge, and the vertex's standard error in 
 most `VERTEX_SE_TARGET`. This module holds that verdict (`check_valley`), the parabola and
 its standard error behind it, the loss noise pooled over budgets, the power law N_opt(C)
 through the budgets' optima, and the sizes that close a valley: beyond its edge
-(`extension_sizes`) or around a predicted optimum (`recentred_sizes`).
+(`extension_sizes`) or around a predicted optimum (`recentred_sizes`), chosen from a
+table of the model dial (`size_table`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from . import flops
 from .contract import MIN_POINTS_PER_BUDGET
 from .fitting.isoflop import valley_mask
-from .plan import DEFAULT_SIZE_SPREAD, sizes_around_prior, steps_for
+from .plan import DEFAULT_SIZE_SPREAD, SweepPlan, sizes_around_prior, steps_for
 
 
 # Budgets needed for a power law N_opt = k C^a through the bracketed optima (two points
@@ -258,7 +260,8 @@ def optimum_law(optima: dict):
 
 
 # ---------------------------------------------------------------------------------------
-# Which sizes next: beyond a valley's edge, or around a predicted optimum
+# Which sizes next: beyond a valley's edge, or around a predicted optimum; the size tables
+# (dial -> params, flops per token; batches under a batch rule) they choose from
 # ---------------------------------------------------------------------------------------
 
 
@@ -344,3 +347,33 @@ def recentred_sizes(budget: float, params_pred: float, planned_params, usable, s
     n = len(chosen)
     start = min(max(0, first_above - n // 2), len(order) - n)
     return order[start:start + n]
+
+
+def size_table(task, plan: SweepPlan, candidate_sizes) -> dict:
+    """Model dial -> (params, flops per token) under the plan's conventions, for every
+    candidate size (models built on the meta device, as plan_sweep does)."""
+    from .plan import ModelProbe
+
+    probe = ModelProbe(task, plan.param_convention, plan.flops_convention)
+    table = {int(s): (int(probe.params(s)), float(probe.flops_per_token(s))) for s in candidate_sizes}
+    for p in plan.points:  # the plan's own numbers win (a counted FLOP probe is not re-run)
+        table[p.size] = (p.params, p.flops_per_token)
+    return table
+
+
+def batch_table(task, plan: SweepPlan, sizes: dict) -> dict:
+    """Under a Task.batch_size rule: (budget, size) -> (batch in samples, tokens per step)
+    for every plan budget and size of `sizes` (as plan_sweep resolves them); a size whose
+    batch the rule cannot give there is left out (the search never adds it). {} otherwise."""
+    from .plan import point_batch
+
+    if not task.batch_rule:
+        return {}
+    table = {}
+    for budget in plan.budgets:
+        for size, (params, fpt) in sizes.items():
+            try:
+                table[(budget, size)] = point_batch(task, params, budget, fpt)
+            except ValueError:
+                continue
+    return table

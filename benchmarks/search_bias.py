@@ -28,7 +28,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from flops_fit.plan import SweepPlan, SweepPoint, point_id, steps_for  # noqa: E402
-from flops_fit.search import MIN_SIZES_EACH_SIDE, VERTEX_SE_TARGET, BracketSearch  # noqa: E402
+from flops_fit.search import BracketSearch  # noqa: E402
+from flops_fit.valley import MIN_SIZES_EACH_SIDE, VERTEX_SE_TARGET  # noqa: E402
 
 # Chinchilla's fit (Hoffmann et al. 2022, eq. 10): N_opt = G (C/6)^a with a = 0.452.
 LAW = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)

@@ -21,6 +21,7 @@ _EXPORTS = {
     "SweepPoint": "flops_fit.plan",
     "Task": "flops_fit.task",
     "run_sweep": "flops_fit.execute",
+    "BracketSearchOptions": "flops_fit.search",
     "SweepResults": "flops_fit.results",
     "load_results": "flops_fit.results",
 }

@@ -25,7 +25,7 @@ from .sweep_folder import SweepFolder, ended
 ERROR_SHOWN_CHARS = 200
 
 
-def point_id(trial) -> str:
+def trial_point_id(trial) -> str:
     """The sweep point a Tune trial trains (its config holds the point)."""
     return trial.config["point"]["point_id"]
 
@@ -56,7 +56,7 @@ class ProgressPrinter(tune.Callback):
         if error:
             why = _trial_error(trial, self.sweep_dir) or why
         print(
-            f"[{self.done}/{self.total}] {point_id(trial):<18} {status:<8} {loss_text}  "
+            f"[{self.done}/{self.total}] {trial_point_id(trial):<18} {status:<8} {loss_text}  "
             f"{results.hardware_use(result)}({time.time() - self.t0:.0f} s)"
             + (f"  {why[:ERROR_SHOWN_CHARS]}" if why else ""),
             flush=True,
@@ -74,7 +74,7 @@ def _trial_error(trial, sweep_dir: str | None) -> str:
                 return results.short_error(f.read())
         except OSError:
             pass
-    return results.point_error(sweep_dir, point_id(trial)) if sweep_dir else ""
+    return results.point_error(sweep_dir, trial_point_id(trial)) if sweep_dir else ""
 
 
 class ResultsWriter(tune.Callback):
@@ -91,7 +91,7 @@ class ResultsWriter(tune.Callback):
 
             # Tune's own keys (trial id, timings, its pid) describe this run, not the point.
             mine = {k: v for k, v in last.items() if k not in AUTO_RESULT_KEYS + ("trial_id", "experiment_tag")}
-            SweepFolder(self.sweep_dir).write_finished(point_id(trial), mine)
+            SweepFolder(self.sweep_dir).write_finished(trial_point_id(trial), mine)
         results.write_results_csv(results.load_results(self.sweep_dir))
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -244,7 +244,7 @@ class SweepMetrics(tune.Callback):
         rate = result.get("tokens_per_s")
         if isinstance(rate, (int, float)) and math.isfinite(rate) and not result.get("final"):
             with self._lock:
-                self._rate[point_id(trial)] = float(rate)
+                self._rate[trial_point_id(trial)] = float(rate)
         self._publish()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -267,9 +267,9 @@ class SweepMetrics(tune.Callback):
 
     def _set(self, trial, state: str) -> None:
         with self._lock:
-            self._state[point_id(trial)] = state
+            self._state[trial_point_id(trial)] = state
             if state != "running":
-                self._rate.pop(point_id(trial), None)
+                self._rate.pop(trial_point_id(trial), None)
         self._publish()
 
     def _publish(self) -> None:

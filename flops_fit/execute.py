@@ -15,7 +15,7 @@ The pattern of Ray's own `doc_code/train_tune_interop.py`, public API only:
   the other points, so this run's callbacks are the ones that run (a restored Tuner keeps
   the pickled callbacks of the first run, and Ray has no public way to replace them,
   ray#41364).
-- Searched sweep (`search="bracket"`): the same trials, proposed by a Tune `Searcher`
+- Searched sweep (`search=BracketSearchOptions(...)`): the same trials, proposed by a Tune `Searcher`
   (`searcher.BracketSearcher`, decisions in `search.py`) instead of a grid; its record
   lives in the sweep folder, so a rerun resumes the search the same way.
 """
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import math
-import pickle
 
 from . import ray_setup  # sets RAY_TRAIN_V2_ENABLED before ray.train is imported
 
@@ -34,21 +32,21 @@ import ray.cloudpickle
 import ray.train
 from ray import tune
 
-from . import checks
-from . import results as R
+from .results import SweepResults, load_results, write_results_csv
 from .lr_search import check_lr_search, sibling_id
-from .callbacks import LiveFit, ProgressPrinter, ResultsWriter, SweepMetrics, check_callbacks, point_id
+from .callbacks import LiveFit, ProgressPrinter, ResultsWriter, SweepMetrics, check_callbacks, trial_point_id
 from .plan import SweepPlan, SweepPoint
 from .storage import join, read_text, resolved, write_text
 from .sweep_folder import LR_SEARCH_FILE, SEARCH_FILE, SweepFolder
+from .search import BracketSearch, BracketSearchOptions
+from .sweep_checks import (DEFAULT_RESOURCES_PER_WORKER, check_group_functions, check_learning_rates,
+                           check_sweep_arguments, distinct_groups, dry_run_law, least_resources, pickled_task,
+                           search_options, worker_group, worker_groups)
 from .task import Task, check_task
 from .train import train_point
 
 DEFAULT_STORAGE = "~/flops_fit_runs"
-RETRY_FOREVER = -1  # max_failures=-1: restart a point's worker group without limit (FailureConfig)
 CHECKPOINTS_KEPT = 2  # per point; the older one survives a crash while the newer is written
-DEFAULT_RESOURCES_PER_WORKER = {"CPU": 1}  # one CPU core per Ray Train worker
-GPUS_PER_WORKER = 1  # with use_gpu: one whole GPU per worker (data parallel, no GPU sharing)
 # Tune's own console output: off, the sweep prints one line per point (callbacks.ProgressPrinter)
 TUNE_VERBOSITY = 0
 # Tune-level retries of a trial whose driver process died (killed for memory, its node lost):
@@ -73,40 +71,32 @@ class PointSettings:
     dry_run: dict | None  # None: train; a law dict ({} = the default law): draw the loss
 
 
-def dry_run_law(dry_run) -> dict | None:
-    """run_sweep's `dry_run` as the law to draw losses from: None to train, else a dict
-    over the default law ({} and True both mean the default law as it is)."""
-    if dry_run is None or dry_run is False:
-        return None
-    if dry_run is True:
-        return {}
-    if isinstance(dry_run, dict):
-        return dict(dry_run)
-    raise TypeError(f"run_sweep(dry_run={dry_run!r}) must be True, False or a dict of law parameters "
-                    "(E, A, B, alpha, beta, noise), e.g. dry_run={'alpha': 0.3}.")
+@dataclasses.dataclass(frozen=True)
+class _Sweep:
+    """One run_sweep call, its arguments checked: what its Tuner needs."""
+
+    plan: SweepPlan
+    task: Task
+    name: str  # the sweep's folder under `storage`
+    storage: str  # a local folder or a pyarrow URI (s3://, gs://)
+    sweep_dir: str  # <storage>/<name>
+    task_pickle: bytes  # the Task as ray.cloudpickle bytes, unpickled on the workers only
+    settings: PointSettings  # how every trial driver runs its point
+    node_resources: dict  # the least any point's worker reserves, for checks of nodes
+    max_concurrent: int | None  # points at once; None: as many as the cluster holds
+    callbacks: list  # the user's Tune callbacks, checked
+    address: str | None  # Ray cluster address; None: RAY_ADDRESS, else a local Ray
+    live_fit: bool
+    verbose: bool
+    search: BracketSearch | None  # None: the plan as it is
+    multipliers: tuple | None  # lr_search's, checked; None: no learning-rate search
 
 
-def run_sweep(
-    plan: SweepPlan,
-    task: Task,
-    *,
-    name: str,
-    storage_path: str | None = None,
-    num_workers: int = 1,
-    use_gpu: bool = False,
-    resources_per_worker: dict | None = None,
-    max_concurrent: int | None = None,
-    max_failures: int = 2,
-    callbacks=(),
-    dry_run: bool | dict = False,
-    address: str | None = None,
-    live_fit: bool = True,
-    verbose: bool = True,
-    search: str | None = None,
-    max_points: int | None = None,
-    search_sizes=None,
-    lr_search=None,
-) -> "R.SweepResults":
+def run_sweep(plan: SweepPlan, task: Task, *, name: str, storage_path: str | None = None, num_workers: int = 1,
+              use_gpu: bool = False, resources_per_worker: dict | None = None, max_concurrent: int | None = None,
+              max_failures: int = 2, callbacks=(), dry_run: bool | dict = False, address: str | None = None,
+              live_fit: bool = True, verbose: bool = True, search: BracketSearchOptions | None = None,
+              lr_search=None, **deprecated) -> SweepResults:
     """Run every point of `plan` as a Ray Tune trial (one Ray Train worker group each).
 
     Returns the sweep's results.
@@ -117,21 +107,19 @@ def run_sweep(
             (each from its last checkpoint). The folder belongs to one plan and one task.
         storage_path: local folder or pyarrow URI (s3://, gs://); default ~/flops_fit_runs.
         num_workers: Ray Train workers per point (data parallel): an int, or a function of
-            the point (a SweepPoint: size, params, budget...) returning one, e.g. more
-            workers for the largest sizes. Functions are called in this process for every
-            planned point before Ray starts (a point whose group never fits the cluster is
-            refused then), and in each trial driver for its point; they must be pure and
-            picklable (module-level functions, or functools.partial of them).
+            the point (a SweepPoint) returning one, e.g. more workers for the largest sizes.
+            Functions are called here for every planned point before Ray starts (a group
+            that never fits the cluster is refused then) and in each trial driver for its
+            point; they must be pure and picklable (module-level, or functools.partial).
         use_gpu: one GPU per worker; precision from the device unless Task.precision says
             otherwise (bf16 from compute capability 8.0, else fp16); a worker whose torch
             sees no CUDA device fails its point rather than train on the CPU.
         resources_per_worker: Ray resources per worker, default {"CPU": 1} (+ {"GPU": 1});
             or a function of the point returning such a dict (None: the default).
         max_concurrent: points trained at once; default: as many as the cluster holds, each
-            a worker group (the largest of the points') and its trial driver. A driver takes a
-            trial slot where the cluster has `trial_slot` resources, else a hundredth of a CPU
-            on a CPU-only node that is not spot, where the cluster has one
-            (ray_setup.driver_resources); a driver that dies is retried (TRIAL_RETRIES) and
+            a worker group (the largest of the points') and its trial driver (a trial slot,
+            else a hundredth of a CPU on a CPU-only node that is not spot:
+            ray_setup.driver_resources); a driver that dies is retried (TRIAL_RETRIES) and
             its point resumes from its last checkpoint.
         max_failures: worker-group restarts per point (resuming from its last checkpoint);
             -1 retries without limit (for spot / preemptible nodes), as Ray's FailureConfig.
@@ -142,119 +130,139 @@ def run_sweep(
         address: Ray cluster address; default RAY_ADDRESS, else a local Ray is started
             (with settings for a small machine; a cluster keeps its own).
         live_fit: refit and redraw the table and plots in the sweep folder as points finish.
-        search: None trains the plan as it is; "bracket" starts from the plan, adds sizes
-            where a budget's valley is not bracketed and re-centres budgets not yet started
-            on the power law of those that are (flops_fit/search.py). A sweep resumes the
-            way it started.
-        max_points: with search, the most points trained in all, planned ones included
-            (default: the plan's points plus search.DEFAULT_MAX_ADDED_PER_BUDGET per budget).
-        search_sizes: with search, the model dial values it may add (default: the plan's
-            sizes and plan.DEFAULT_CANDIDATE_SIZES); each must be a size model_fn accepts.
+        search: None trains the plan as it is; a flops_fit.BracketSearchOptions adds sizes
+            where a budget's valley is not bracketed (flops_fit/search.py). A sweep resumes
+            the way it started.
         lr_search: multipliers of each point's learning rate (Task.lr's value there), e.g.
             [0.25, 0.5, 1, 2, 4]: every point is trained once per multiplier, as sibling
-            trials `<point id>-lr<multiplier>` trained exactly like any point, and its loss
-            is its best sibling's (flops_fit/lr_search.py). A point whose best multiplier is
-            the smallest or largest one is marked "lr-not-bracketed" and left out of the fit.
-            No scheduler stops siblings early: the cosine schedule of each sibling spans its
-            own steps, and losses part-way through a decay are not comparable between LRs.
-            A sweep resumes the way it started (the multipliers are recorded in its folder).
+            trials `<point id>-lr<multiplier>`, and its loss is its best sibling's
+            (flops_fit/lr_search.py); a point whose best multiplier is the smallest or
+            largest is marked "lr-not-bracketed" and left out of the fit. No scheduler
+            stops siblings early: losses part-way through a cosine decay are not comparable
+            between LRs. A sweep resumes the way it started.
     """
-    num_workers, max_failures, max_concurrent = _check_arguments(
-        plan, task, name, num_workers, max_failures, max_concurrent)
-    callbacks = check_callbacks(callbacks)
-    worker_resources = _check_group_functions(num_workers, resources_per_worker, use_gpu)
-    # Every planned point's worker group, checked before Ray starts; `resources`: the least
-    # any point's worker reserves (each resource's smallest amount), for checks of nodes.
-    resources = _least_resources(worker_groups(plan.points, task, num_workers, worker_resources, use_gpu))
-    task_pickle = _pickled_task(task)
-    multipliers = check_lr_search(lr_search)
-    _check_learning_rates(task, plan, multipliers)
-    bracket_search = _make_search(search, plan, task, max_points, search_sizes)
-    dry_run = dry_run_law(dry_run)
-    if dry_run is None:
-        check_task(task, plan)
-    storage = _storage_uri(storage_path)
-    sweep_dir = join(storage, name)
+    sweep = _checked_sweep(plan, task, name=name, storage_path=storage_path, num_workers=num_workers,
+                           use_gpu=use_gpu, resources_per_worker=resources_per_worker,
+                           max_concurrent=max_concurrent, max_failures=max_failures, callbacks=callbacks,
+                           dry_run=dry_run, address=address, live_fit=live_fit, verbose=verbose,
+                           search=search, lr_search=lr_search, deprecated=deprecated)
+    sweep_dir, multipliers = sweep.sweep_dir, sweep.multipliers
     # Refuses another plan or task under this name, and a second live driver of this sweep.
     claim = SweepFolder(sweep_dir).claim(plan, task)
     try:
         _check_same_lr_search(sweep_dir, multipliers)
         # The task's data opens on every node type, or no point starts; a dry run reads no
         # data, and a planned sweep whose points all finished starts no Ray.
-        if dry_run is None and (bracket_search is not None or not _all_finished(plan, task, sweep_dir, multipliers)):
+        dry_run = sweep.settings.dry_run
+        if dry_run is None and (sweep.search is not None or not _all_finished(plan, task, sweep_dir, multipliers)):
             from .preflight import check_before_sweep
 
-            check_before_sweep(task, resources, address=address, verbose=verbose)
-        return _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, worker_resources,
-                    max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose,
-                    bracket_search, multipliers)
+            check_before_sweep(task, sweep.node_resources, address=address, verbose=verbose)
+        return _run(sweep)
     finally:
         claim.release()
 
 
-def _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu, resources,
-         max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose, bracket_search,
-         multipliers):
+def _checked_sweep(plan, task, *, name, storage_path, num_workers, use_gpu, resources_per_worker,
+                   max_concurrent, max_failures, callbacks, dry_run, address, live_fit, verbose, search,
+                   lr_search, deprecated) -> _Sweep:
+    """run_sweep's arguments checked before Ray starts (each refusal names the argument)."""
+    num_workers, max_failures, max_concurrent = check_sweep_arguments(
+        plan, task, name, num_workers, max_failures, max_concurrent)
+    callbacks = check_callbacks(callbacks)
+    worker_resources = check_group_functions(num_workers, resources_per_worker, use_gpu)
+    # Every planned point's worker group, checked before Ray starts; `resources`: the least
+    # any point's worker reserves (each resource's smallest amount), for checks of nodes.
+    resources = least_resources(worker_groups(plan.points, task, num_workers, worker_resources, use_gpu))
+    task_pickle = pickled_task(task)
+    multipliers = check_lr_search(lr_search)
+    check_learning_rates(task, plan, multipliers)
+    options = search_options(search, deprecated)
+    bracket_search = None if options is None else BracketSearch.from_options(plan, task, options)
+    dry_run = dry_run_law(dry_run)
+    if dry_run is None:
+        check_task(task, plan)
+    storage = _storage_uri(storage_path)
+    sweep_dir = join(storage, name)
+    settings = PointSettings(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=worker_resources,
+                             max_failures=max_failures, train_storage=SweepFolder(sweep_dir).train_dir, dry_run=dry_run)
+    return _Sweep(plan=plan, task=task, name=name, storage=storage, sweep_dir=sweep_dir, task_pickle=task_pickle,
+                  settings=settings, node_resources=resources, max_concurrent=max_concurrent,
+                  callbacks=callbacks, address=address, live_fit=live_fit, verbose=verbose,
+                  search=bracket_search, multipliers=multipliers)
+
+
+def _run(sweep: _Sweep) -> SweepResults:
+    """The Tuner over the sweep's trials not yet finished; the table when none is left."""
+    plan, task, sweep_dir, multipliers = sweep.plan, sweep.task, sweep.sweep_dir, sweep.multipliers
     finished = SweepFolder(sweep_dir).finished_ids()
-    _check_same_search(sweep_dir, bracket_search is not None, finished)
+    _check_same_search(sweep_dir, sweep.search is not None, finished)
     searcher = None
-    if bracket_search is not None:
+    if sweep.search is not None:
         from .searcher import BracketSearcher
 
         # Takes in the folder's record: a rerun continues the search where it stopped.
-        searcher = BracketSearcher(bracket_search, sweep_dir, verbose=verbose,
+        searcher = BracketSearcher(sweep.search, sweep_dir, verbose=sweep.verbose,
                                    trial_points=lambda p: trial_points(p, task, multipliers))
         if searcher.finished:  # the search ended earlier: the table, without starting Ray
-            return _finish(sweep_dir, verbose)
+            return _finish(sweep_dir, sweep.verbose)
         todo = []
-        total = bracket_search.max_points * (len(multipliers) if multipliers else 1)
+        total = sweep.search.max_points * (len(multipliers) if multipliers else 1)
     else:
         every = [t for p in plan for t in trial_points(dataclasses.asdict(p), task, multipliers)]
         todo, total = [t for t in every if t["point_id"] not in finished], len(every)
         if not todo:  # every point finished earlier: the table, without starting Ray
-            return _finish(sweep_dir, verbose)
+            return _finish(sweep_dir, sweep.verbose)
     # The groups of the points to train (a search's added points: checked by their drivers).
     points = [SweepPoint.from_dict(t) for t in todo] if todo else list(plan.points)
-    groups = _distinct_groups(worker_groups(points, task, num_workers, resources, use_gpu))
-    ray_setup.ensure_ray(address, verbose=verbose)
+    settings = sweep.settings
+    groups = distinct_groups(worker_groups(points, task, settings.num_workers, settings.resources_per_worker,
+                                           settings.use_gpu))
+    ray_setup.ensure_ray(sweep.address, verbose=sweep.verbose)
     for n, res, pid in groups:
-        ray_setup.check_cluster_fits(res, n, use_gpu, point_id=pid if len(groups) > 1 else None)
+        ray_setup.check_cluster_fits(res, n, settings.use_gpu, point_id=pid if len(groups) > 1 else None)
     driver = ray_setup.driver_resources()
-    concurrency = max_concurrent or ray_setup.concurrency([(res, n) for n, res, _ in groups],
-                                                          len(todo) or total - len(finished),
-                                                          driver=ray_setup.driver_demand(driver))
-    settings = PointSettings(
-        num_workers=num_workers,
-        use_gpu=use_gpu,
-        resources_per_worker=resources,
-        max_failures=max_failures,
-        train_storage=SweepFolder(sweep_dir).train_dir,
-        dry_run=dry_run,
-    )
-    if verbose:
-        print(plan.summary())
-        if len(groups) == 1:
-            each = f"{groups[0][0]} worker(s) each, {groups[0][1]} per worker"
-        else:
-            each = "worker groups by point: " + ", ".join(f"{n} x {res} (e.g. {pid})" for n, res, pid in groups)
-        print(f"Sweep folder: {sweep_dir}  ({concurrency} point(s) at a time, {each})", flush=True)
-        if searcher is not None:
-            print(f"Bracket-seeking search: at most {bracket_search.max_points} points in all"
-                  + (f"; resuming, {len(finished)} finished point(s) kept." if finished else "."), flush=True)
-        if multipliers:
-            print(f"Learning-rate search: each point at {len(multipliers)} multiples of its rule's LR "
-                  f"({', '.join(f'{m:g}' for m in multipliers)}), {total} trials", flush=True)
-        if searcher is None and finished:
-            print(f"Resuming sweep {name!r}: {total - len(todo)} finished trial(s) kept, "
-                  f"{len(todo)} to run.", flush=True)
+    concurrency = sweep.max_concurrent or ray_setup.concurrency([(res, n) for n, res, _ in groups],
+                                                                len(todo) or total - len(finished),
+                                                                driver=ray_setup.driver_demand(driver))
+    if sweep.verbose:
+        _print_start(sweep, groups, concurrency, finished, todo, total)
+    _tuner(sweep, searcher, todo, total, len(finished), concurrency, driver).fit()
+    return _finish(sweep_dir, sweep.verbose)
+
+
+def _print_start(sweep: _Sweep, groups: list, concurrency: int, finished: set, todo: list, total: int) -> None:
+    """The sweep's opening lines: its plan, folder, worker groups, search and what it resumes."""
+    multipliers = sweep.multipliers
+    print(sweep.plan.summary())
+    if len(groups) == 1:
+        each = f"{groups[0][0]} worker(s) each, {groups[0][1]} per worker"
+    else:
+        each = "worker groups by point: " + ", ".join(f"{n} x {res} (e.g. {pid})" for n, res, pid in groups)
+    print(f"Sweep folder: {sweep.sweep_dir}  ({concurrency} point(s) at a time, {each})", flush=True)
+    if sweep.search is not None:
+        print(f"Bracket-seeking search: at most {sweep.search.max_points} points in all"
+              + (f"; resuming, {len(finished)} finished point(s) kept." if finished else "."), flush=True)
+    if multipliers:
+        print(f"Learning-rate search: each point at {len(multipliers)} multiples of its rule's LR "
+              f"({', '.join(f'{m:g}' for m in multipliers)}), {total} trials", flush=True)
+    if sweep.search is None and finished:
+        print(f"Resuming sweep {sweep.name!r}: {total - len(todo)} finished trial(s) kept, "
+              f"{len(todo)} to run.", flush=True)
+
+
+def _tuner(sweep: _Sweep, searcher, todo: list, total: int, already_done: int, concurrency: int,
+           driver: dict) -> tune.Tuner:
+    """One Tuner over the trials: a grid of `todo`, or the searcher's proposals."""
+    name, sweep_dir, plan = sweep.name, sweep.sweep_dir, sweep.plan
     trainable = tune.with_resources(
         # The task travels pickled and is unpickled on the workers only: unpickling
         # imports its model code, which the trial driver does not need.
-        tune.with_parameters(run_point, task_pickle=task_pickle, settings=settings),
+        tune.with_parameters(run_point, task_pickle=sweep.task_pickle, settings=sweep.settings),
         driver,
     )
     metrics = SweepMetrics(name, total)  # the dashboard's and Prometheus' view of the sweep
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         # A search proposes its own points (its own search space); a plan is a grid.
         param_space=None if searcher else {"point": tune.grid_search(todo)},
@@ -262,8 +270,8 @@ def _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu
             search_alg=searcher,
             num_samples=-1 if searcher else 1,  # -1: until the searcher says it is finished
             max_concurrent_trials=concurrency,
-            trial_name_creator=point_id,
-            trial_dirname_creator=point_id,
+            trial_name_creator=trial_point_id,
+            trial_dirname_creator=trial_point_id,
             # A finished point's driver process runs the next point: every point is spared
             # a process start and the import of Ray Train and Tune in it (the driver's CPU
             # per point 4.5 -> 1.5 of about 27 CPU-s of Ray processes on 2 cores;
@@ -274,27 +282,25 @@ def _run(plan, task, sweep_dir, storage, name, task_pickle, num_workers, use_gpu
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=storage,
+            storage_path=sweep.storage,
             callbacks=[
                 ResultsWriter(sweep_dir, plan),
-                *([ProgressPrinter(total, already_done=len(finished), bound=searcher is not None,
-                                   sweep_dir=sweep_dir)]
-                  if verbose else []),
-                *([LiveFit(sweep_dir, plan, verbose=verbose, on_fit=metrics.record_fit)] if live_fit else []),
+                *([ProgressPrinter(total, already_done=already_done, bound=searcher is not None,
+                                   sweep_dir=sweep_dir)] if sweep.verbose else []),
+                *([LiveFit(sweep_dir, plan, verbose=sweep.verbose, on_fit=metrics.record_fit)]
+                  if sweep.live_fit else []),
                 metrics,
-                *callbacks,
+                *sweep.callbacks,
             ],
             verbose=TUNE_VERBOSITY,
             failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
         ),
     )
-    tuner.fit()
-    return _finish(sweep_dir, verbose)
 
 
-def _finish(sweep_dir: str, verbose: bool) -> "R.SweepResults":
-    results = R.load_results(sweep_dir)
-    R.write_results_csv(results)
+def _finish(sweep_dir: str, verbose: bool) -> SweepResults:
+    results = load_results(sweep_dir)
+    write_results_csv(results)
     if verbose:
         print(results.status_line(), flush=True)
     return results
@@ -340,7 +346,7 @@ def _train_point(point: SweepPoint, config: dict, task_pickle: bytes, settings: 
     trainer = TorchTrainer(
         train_point,
         # A group of one never uses its process group (the worker trains as the single
-        # process it is, device.make_accelerator), so it needs no NCCL: with gloo a GPU
+        # process it is, train._make_accelerator), so it needs no NCCL: with gloo a GPU
         # worker on a node whose CUDA is broken reaches the worker's own check, which names
         # the node and CUDA_VISIBLE_DEVICES, instead of failing in NCCL set-up.
         torch_config=TorchConfig(backend="gloo") if num_workers == 1 else None,
@@ -351,11 +357,8 @@ def _train_point(point: SweepPoint, config: dict, task_pickle: bytes, settings: 
             # torch threads per worker on CPU: the CPUs it reserved; 0 on GPU
             "threads": 0 if settings.use_gpu else int(resources.get("CPU", DEFAULT_RESOURCES_PER_WORKER["CPU"])),
         },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers,
-            use_gpu=settings.use_gpu,
-            resources_per_worker=resources,
-        ),
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=settings.use_gpu,
+                                               resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             # A stable name: a rerun of this point finds and resumes its own checkpoints.
             name=point.point_id,
@@ -426,190 +429,17 @@ def _check_same_lr_search(sweep_dir: str, multipliers) -> None:
                          f"{LR_SEARCH_FILE}); resume it with those, or pass another name.")
 
 
-def _make_search(search, plan, task, max_points, search_sizes):
-    """The decisions of a searched sweep (search.BracketSearch), checked before Ray starts;
-    None for a sweep of the plan as it is."""
-    if search is None:
-        if max_points is not None or search_sizes is not None:
-            raise ValueError("run_sweep(max_points=..., search_sizes=...) bound a search: pass search='bracket' "
-                             "with them, or leave them out to train the plan as it is.")
-        return None
-    if search != "bracket":
-        raise ValueError(f"run_sweep(search={search!r}): use None (the plan as it is) or 'bracket' "
-                         "(add sizes where a budget's optimum is not bracketed).")
-    from .plan import DEFAULT_CANDIDATE_SIZES, _check_sizes
-    from .search import BracketSearch, batch_table, size_table
-
-    given = DEFAULT_CANDIDATE_SIZES if search_sizes is None else search_sizes
-    candidates = sorted(set(_check_sizes(given, "search_sizes", call="run_sweep")) | {p.size for p in plan})
-    sizes = size_table(task, plan, candidates)
-    return BracketSearch(plan, sizes, max_points=max_points, batches=batch_table(task, plan, sizes))
-
-
 def _check_same_search(sweep_dir: str, search: bool, finished: set) -> None:
     """A sweep resumes the way it started: searched (it has a search record) or as planned
     (`finished`: the ids of its finished points)."""
     searched = SweepFolder(sweep_dir).read_search() is not None
     if searched and not search:
-        raise ValueError(f"The sweep at {sweep_dir} was started with search='bracket' (see its "
-                         f"{SEARCH_FILE}); resume it with search='bracket' (--adaptive), or pass another name.")
+        raise ValueError(f"The sweep at {sweep_dir} was started with a bracket search (see its {SEARCH_FILE}); "
+                         "resume it with search=BracketSearchOptions(...) (--adaptive), or pass another name.")
     if search and not searched and finished:
         raise ValueError(f"The sweep at {sweep_dir} was started without a search; resume it with "
                          "search=None (without --adaptive), or pass another name for a searched sweep.")
 
 
-def _check_arguments(plan, task, name, num_workers, max_failures, max_concurrent):
-    if not isinstance(plan, SweepPlan):
-        raise TypeError(f"run_sweep(plan=...) needs a SweepPlan from flops_fit.plan_sweep, got {type(plan).__name__}.")
-    if not isinstance(task, Task):
-        raise TypeError(f"run_sweep(task=...) needs a flops_fit.Task, got {type(task).__name__}.")
-    if task.batch_rule != (plan.batch_tokens == 0) or (not task.batch_rule and plan.batch_tokens != task.batch_tokens):
-        raise ValueError(
-            "The plan's global batch is not the task's (batch_size x tokens_per_sample, or a batch "
-            "rule per point); plan with the same Task."
-        )
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise ValueError(f"run_sweep(name={name!r}): give a plain folder name such as 'gpt-cpu-sweep'.")
-    if not callable(num_workers):  # a function of the point: checked point by point (worker_groups)
-        num_workers = checks.integer(num_workers, "run_sweep", "num_workers",
-                                     "workers per point, or a function of the SweepPoint returning them")
-    max_failures = checks.integer(max_failures, "run_sweep", "max_failures", "or -1 to retry without limit",
-                             minimum=RETRY_FOREVER)
-    if max_concurrent is not None:
-        max_concurrent = checks.integer(max_concurrent, "run_sweep", "max_concurrent", "or None for as many as fit")
-    return num_workers, max_failures, max_concurrent
-
-
 def _storage_uri(storage_path) -> str:
     return resolved(str(storage_path or DEFAULT_STORAGE))
-
-
-
-
-def _check_resources(resources: dict, arg: str = "resources_per_worker") -> dict:
-    """The resources as plain Python numbers (Ray's placement groups take no numpy scalars)."""
-    for key, value in resources.items():
-        if not isinstance(key, str):
-            raise TypeError(f"run_sweep({arg}=...) has a key of type {type(key).__name__}: "
-                            "name Ray resources by strings, e.g. {'CPU': 2, 'GPU': 1}.")
-        checks.positive_number(value, "run_sweep", f"{arg}[{key!r}]",
-                          "leave a resource out rather than ask for 0 of it")
-    return {key: int(value) if checks.is_int(value) else float(value) for key, value in resources.items()}
-
-
-def _worker_resources(resources, use_gpu: bool, arg: str = "resources_per_worker") -> dict:
-    """Resources per worker from a dict or None (the default), GPU added with use_gpu, checked."""
-    if resources is not None and not isinstance(resources, dict):
-        raise TypeError(f"run_sweep({arg}=...) is a {type(resources).__name__}: give a dict of Ray resources "
-                        "per worker, e.g. {'CPU': 2}, or None for the default.")
-    resources = dict(resources or DEFAULT_RESOURCES_PER_WORKER)
-    if use_gpu:
-        resources.setdefault("GPU", GPUS_PER_WORKER)
-    return _check_resources(resources, arg)
-
-
-def _check_group_functions(num_workers, resources_per_worker, use_gpu: bool):
-    """resources_per_worker as run_point takes it: a checked dict, or the user's function;
-    a function of either argument must pickle (it travels to every trial driver)."""
-    for arg, value in (("num_workers", num_workers), ("resources_per_worker", resources_per_worker)):
-        if callable(value) and not _pickles(value):
-            raise TypeError(f"run_sweep({arg}=<function>) cannot be pickled for Ray's trial drivers: use a "
-                            "module-level function (or functools.partial of one).")
-    return resources_per_worker if callable(resources_per_worker) else _worker_resources(resources_per_worker, use_gpu)
-
-
-def worker_group(point: SweepPoint, num_workers, resources_per_worker, use_gpu: bool) -> tuple:
-    """One point's worker group: (workers, Ray resources per worker). `num_workers` is an
-    int or a function of the SweepPoint returning one; `resources_per_worker` a checked dict
-    or a function of the SweepPoint returning a dict (or None: the default)."""
-    if callable(num_workers):
-        n = _of_point(num_workers, point, "num_workers")
-        if not (checks.is_int(n) and n >= 1):
-            what = "an int < 1" if checks.is_int(n) else f"a {type(n).__name__}"
-            raise TypeError(f"run_sweep(num_workers=<function>) returned {what} for point {point.point_id}: "
-                            "return the point's Ray Train workers as an int >= 1.")
-        num_workers = int(n)
-    if callable(resources_per_worker):
-        resources = _of_point(resources_per_worker, point, "resources_per_worker")
-        resources_per_worker = _worker_resources(resources, use_gpu,
-                                                 f"resources_per_worker(<point {point.point_id}>)")
-    return num_workers, resources_per_worker
-
-
-def worker_groups(points, task: Task, num_workers, resources_per_worker, use_gpu: bool) -> dict:
-    """Point id -> worker_group() of each of `points`, each checked against its global batch
-    (equal micro-batches on every worker, Task.accumulation_steps)."""
-    groups = {}
-    for p in points:
-        n, resources = worker_group(p, num_workers, resources_per_worker, use_gpu)
-        try:
-            task.accumulation_steps(n, p.batch_size if task.batch_rule else None)
-        except ValueError as e:
-            if not callable(num_workers):
-                raise
-            raise ValueError(f"Point {p.point_id}, run_sweep(num_workers=<function>): {e}") from e
-        groups[p.point_id] = (n, resources)
-    return groups
-
-
-def _of_point(function, point: SweepPoint, arg: str):
-    try:
-        return function(point)
-    except Exception as e:
-        raise ValueError(f"run_sweep({arg}=<function>) raised {type(e).__name__} for point {point.point_id}: "
-                         "it must return a value for every point of the plan.") from e
-
-
-def _distinct_groups(groups: dict) -> list:
-    """The different (workers, resources per worker) of `groups` (point id -> group), each
-    with the first point that has it."""
-    seen = {}
-    for pid, (n, resources) in groups.items():
-        seen.setdefault((n, tuple(sorted(resources.items()))), (n, resources, pid))
-    return list(seen.values())
-
-
-def _least_resources(groups: dict) -> dict:
-    """Each resource's smallest amount per worker over `groups` (point id -> group), among
-    the resources every group asks for: a node that holds no such worker holds none at all."""
-    dicts = [resources for _, resources in groups.values()]
-    common = set.intersection(*(set(d) for d in dicts)) if dicts else set()
-    return {k: min(d[k] for d in dicts) for k in sorted(common)}
-
-
-def _pickled_task(task: Task) -> bytes:
-    """The Task as Ray will ship it; a part that cannot be pickled is named now."""
-    try:
-        return ray.cloudpickle.dumps(task)
-    except Exception as e:  # which field: pickled one by one to name it
-        bad = [f.name for f in dataclasses.fields(task) if not _pickles(getattr(task, f.name))]
-        raise TypeError(
-            f"The Task cannot be pickled for Ray's workers ({type(e).__name__}: {e}); the part that "
-            f"fails: {', '.join(bad) or 'unknown'}. Use module-level functions (or functools.partial "
-            "of them) and data factories without open files, locks or live connections."
-        ) from e
-
-
-def _pickles(value) -> bool:
-    try:
-        ray.cloudpickle.dumps(value)
-        return True
-    except (pickle.PicklingError, TypeError, AttributeError, ValueError):
-        return False
-
-
-def _check_learning_rates(task: Task, plan: SweepPlan, multipliers=None) -> None:
-    """Every planned point's settings (Task.lr, Task.warmup_fraction, numbers or rules) are
-    usable: lr finite and > 0, times every lr_search multiplier too; warmup in [0, 1]."""
-    for p in plan:
-        try:
-            hp = task.hyperparameters(p.params, p.tokens, p.flops)
-        except (ValueError, ArithmeticError, TypeError) as e:
-            raise ValueError(
-                f"Task(lr=..., warmup_fraction=...) at point {p.point_id} (N={p.params:,}): "
-                f"{type(e).__name__}: {e}; lr must suit every planned N."
-            ) from e
-        for m in multipliers or ():
-            if not math.isfinite(hp["lr"] * m):
-                raise ValueError(f"run_sweep(lr_search=...): a multiplier takes the learning rate of point "
-                                 f"{p.point_id} out of the floats; use multipliers near 1.")

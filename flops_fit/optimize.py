@@ -87,91 +87,25 @@ def batched_lbfgs(fun_grad, x0, *, max_iter, memory=LBFGS_MEMORY, ftol=LBFGS_FTO
     """
     x = np.array(x0, float)
     n_start, dim = x.shape
-    rows = np.arange(n_start)
-    f, g = fun_grad(x, rows)
-    s_hist = np.zeros((n_start, memory, dim))
-    y_hist = np.zeros((n_start, memory, dim))
-    rho = np.zeros((n_start, memory))
-    n_stored = np.zeros(n_start, int)
+    f, g = fun_grad(x, np.arange(n_start))
+    # Each start's last `memory` updates (s, y, rho), slot j holding update j % memory.
+    history = {"s": np.zeros((n_start, memory, dim)), "y": np.zeros((n_start, memory, dim)),
+               "rho": np.zeros((n_start, memory)), "stored": np.zeros(n_start, int)}
     active = np.ones(n_start, bool)
     it = 0
     for it in range(1, max_iter + 1):
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        gi = g[idx]
-        # Two-loop recursion over the circular history (slot j holds update j % memory).
-        q = gi.copy()
-        k = n_stored[idx]
-        alphas = np.zeros((idx.size, memory))
-
-        def pair(back):
-            """(s, y, rho) of the update `back` steps ago; rho 0 where there is none yet."""
-            slot_pos = k - 1 - back
-            slot = np.mod(slot_pos, memory)
-            return s_hist[idx, slot], y_hist[idx, slot], np.where(slot_pos >= 0, rho[idx, slot], 0.0)
-
-        for back in range(memory):
-            s, y, r = pair(back)
-            al = r * np.einsum("ij,ij->i", s, q)
-            alphas[:, back] = al
-            q -= al[:, None] * y
-        last = np.mod(k - 1, memory)
-        s_l = s_hist[idx, last]
-        y_l = y_hist[idx, last]
-        yy = np.einsum("ij,ij->i", y_l, y_l)
-        sy = np.einsum("ij,ij->i", s_l, y_l)
-        gamma = np.where((k > 0) & (yy > 0), sy / np.where(yy > 0, yy, 1.0), 1.0)
-        q *= gamma[:, None]
-        for back in reversed(range(memory)):
-            s, y, r = pair(back)
-            be = r * np.einsum("ij,ij->i", y, q)
-            q += s * (alphas[:, back] - be)[:, None]
-        p = -q
-        # Fall back to steepest descent where the quasi-Newton direction is not downhill.
-        slope = np.einsum("ij,ij->i", p, gi)
-        bad = ~(slope < 0)
-        p[bad] = -gi[bad]
-        slope[bad] = -np.einsum("ij,ij->i", gi[bad], gi[bad])
-        # Cap the step so one iteration cannot throw a start into overflow territory.
-        biggest = np.abs(p).max(axis=1)
-        p *= np.minimum(1.0, LBFGS_MAX_STEP / np.where(biggest > 0, biggest, 1.0))[:, None]
-        slope = np.einsum("ij,ij->i", p, gi)
-        # Armijo backtracking, evaluating only the starts whose step was rejected.
-        step = np.ones(idx.size)
-        f_new = np.empty(idx.size)
-        g_new = np.empty((idx.size, dim))
-        pending = np.arange(idx.size)
-        for _ in range(MAX_BACKTRACKS):
-            xt = x[idx[pending]] + step[pending, None] * p[pending]
-            if lower is not None:
-                xt = np.clip(xt, lower, upper)
-            ft, gt = fun_grad(xt, idx[pending])
-            accept = np.isfinite(ft) & (ft <= f[idx[pending]] + ARMIJO_C1 * step[pending] * slope[pending])
-            f_new[pending[accept]] = ft[accept]
-            g_new[pending[accept]] = gt[accept]
-            pending = pending[~accept]
-            if pending.size == 0:
-                break
-            step[pending] *= 0.5
+        p, slope = _search_direction(g[idx], history, idx, memory)
+        step, f_new, g_new, stuck = _armijo_steps(fun_grad, x, f, idx, p, slope, lower, upper)
         # Starts with no acceptable step are at a (numerical) minimum: stop them there.
-        stuck = np.zeros(idx.size, bool)
-        stuck[pending] = True
         moved = ~stuck
         mi = idx[moved]
         s_new = step[moved, None] * p[moved]
         if lower is not None:
             s_new = np.clip(x[mi] + s_new, lower, upper) - x[mi]
-        y_new = g_new[moved] - g[mi]
-        sy_new = np.einsum("ij,ij->i", s_new, y_new)
-        # Store the pair only where curvature is positive (keeps the inverse Hessian SPD).
-        good = sy_new > 1e-12 * np.einsum("ij,ij->i", y_new, y_new).clip(min=1e-300) ** 0.5
-        slot = np.mod(n_stored[mi], memory)
-        gi_rows = mi[good]
-        s_hist[gi_rows, slot[good]] = s_new[good]
-        y_hist[gi_rows, slot[good]] = y_new[good]
-        rho[gi_rows, slot[good]] = 1.0 / sy_new[good]
-        n_stored[gi_rows] += 1
+        _store_pairs(history, mi, s_new, g_new[moved] - g[mi], memory)
         f_old = f[mi]
         x[mi] += s_new
         f[mi] = f_new[moved]
@@ -180,6 +114,87 @@ def batched_lbfgs(fun_grad, x0, *, max_iter, memory=LBFGS_MEMORY, ftol=LBFGS_FTO
         active[mi[converged]] = False
         active[idx[stuck]] = False
     return x, f, it
+
+
+def _search_direction(gi, history, idx, memory):
+    """(p, slope): the L-BFGS direction of starts `idx` from their gradients `gi` by the
+    two-loop recursion over their stored pairs, steepest descent where that is not
+    downhill, capped at LBFGS_MAX_STEP per coordinate; slope = p . gi."""
+    s_hist, y_hist, rho = history["s"], history["y"], history["rho"]
+    q = gi.copy()
+    k = history["stored"][idx]
+    alphas = np.zeros((idx.size, memory))
+
+    def pair(back):
+        """(s, y, rho) of the update `back` steps ago; rho 0 where there is none yet."""
+        slot_pos = k - 1 - back
+        slot = np.mod(slot_pos, memory)
+        return s_hist[idx, slot], y_hist[idx, slot], np.where(slot_pos >= 0, rho[idx, slot], 0.0)
+
+    for back in range(memory):
+        s, y, r = pair(back)
+        al = r * np.einsum("ij,ij->i", s, q)
+        alphas[:, back] = al
+        q -= al[:, None] * y
+    last = np.mod(k - 1, memory)
+    s_l = s_hist[idx, last]
+    y_l = y_hist[idx, last]
+    yy = np.einsum("ij,ij->i", y_l, y_l)
+    sy = np.einsum("ij,ij->i", s_l, y_l)
+    gamma = np.where((k > 0) & (yy > 0), sy / np.where(yy > 0, yy, 1.0), 1.0)
+    q *= gamma[:, None]
+    for back in reversed(range(memory)):
+        s, y, r = pair(back)
+        be = r * np.einsum("ij,ij->i", y, q)
+        q += s * (alphas[:, back] - be)[:, None]
+    p = -q
+    # Fall back to steepest descent where the quasi-Newton direction is not downhill.
+    slope = np.einsum("ij,ij->i", p, gi)
+    bad = ~(slope < 0)
+    p[bad] = -gi[bad]
+    slope[bad] = -np.einsum("ij,ij->i", gi[bad], gi[bad])
+    # Cap the step so one iteration cannot throw a start into overflow territory.
+    biggest = np.abs(p).max(axis=1)
+    p *= np.minimum(1.0, LBFGS_MAX_STEP / np.where(biggest > 0, biggest, 1.0))[:, None]
+    return p, np.einsum("ij,ij->i", p, gi)
+
+
+def _armijo_steps(fun_grad, x, f, idx, p, slope, lower, upper):
+    """Armijo backtracking (halving from 1) along p for starts `idx`, evaluating only the
+    starts whose step was rejected. Returns (step, f_new, g_new, stuck): stuck where no
+    step of MAX_BACKTRACKS halvings was accepted."""
+    step = np.ones(idx.size)
+    f_new = np.empty(idx.size)
+    g_new = np.empty((idx.size, x.shape[1]))
+    pending = np.arange(idx.size)
+    for _ in range(MAX_BACKTRACKS):
+        xt = x[idx[pending]] + step[pending, None] * p[pending]
+        if lower is not None:
+            xt = np.clip(xt, lower, upper)
+        ft, gt = fun_grad(xt, idx[pending])
+        accept = np.isfinite(ft) & (ft <= f[idx[pending]] + ARMIJO_C1 * step[pending] * slope[pending])
+        f_new[pending[accept]] = ft[accept]
+        g_new[pending[accept]] = gt[accept]
+        pending = pending[~accept]
+        if pending.size == 0:
+            break
+        step[pending] *= 0.5
+    stuck = np.zeros(idx.size, bool)
+    stuck[pending] = True
+    return step, f_new, g_new, stuck
+
+
+def _store_pairs(history, rows, s_new, y_new, memory) -> None:
+    """Keep the update (s, y) of starts `rows`, only where its curvature s . y is positive
+    (keeps the inverse Hessian SPD)."""
+    sy_new = np.einsum("ij,ij->i", s_new, y_new)
+    good = sy_new > 1e-12 * np.einsum("ij,ij->i", y_new, y_new).clip(min=1e-300) ** 0.5
+    slot = np.mod(history["stored"][rows], memory)
+    kept = rows[good]
+    history["s"][kept, slot[good]] = s_new[good]
+    history["y"][kept, slot[good]] = y_new[good]
+    history["rho"][kept, slot[good]] = 1.0 / sy_new[good]
+    history["stored"][kept] += 1
 
 
 def _distinct_best(x, f, count, decimals=4):

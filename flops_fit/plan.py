@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import checks
-from . import flops as F
+from . import flops
+from .contract import MIN_BUDGETS, MIN_POINTS_PER_BUDGET
 
 DEFAULT_POINTS_PER_BUDGET = 7  # Chinchilla used 9-ish per budget; 7 brackets a parabola well
 DEFAULT_TOKENS_PER_PARAM = 20.0  # prior optimum D/N (Hoffmann et al. 2022, Table 3) to centre sizes
 DEFAULT_SIZE_SPREAD = 4.0  # sizes span N*/spread .. N*·spread around the prior optimum N*
 DEFAULT_CANDIDATE_SIZES = range(1, 33)  # dial values searched when `sizes` is not given
 DEFAULT_MIN_STEPS = 20  # fewer optimizer steps than this is not a training run (warmup alone)
-_MIN_SIZES_PER_BUDGET = 3  # a parabola in log N through a budget's losses needs three distinct sizes
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ def point_id(budget: float, size: int) -> str:
 def steps_for(budget: float, flops_per_token: float, batch_tokens: int) -> int:
     """Optimizer steps (whole global batches of `batch_tokens`) that spend `budget` FLOPs at
     this many training FLOPs per token."""
-    return round(F.tokens_for_budget(budget, flops_per_token) / batch_tokens)
+    return round(flops.tokens_for_budget(budget, flops_per_token) / batch_tokens)
 
 
 def sweep_point(pid: str, budget: float, size: int, params: int, flops_per_token: float, steps: int,
@@ -200,7 +200,7 @@ def point_batch(task, params: int, budget: float, flops_per_token: float) -> tup
     point's target D = budget / flops_per_token (the D that whole steps then round)."""
     if not task.batch_rule:
         return 0, task.batch_tokens
-    batch = task.batch_at(params, F.tokens_for_budget(budget, flops_per_token), budget)
+    batch = task.batch_at(params, flops.tokens_for_budget(budget, flops_per_token), budget)
     return batch, batch * task.tokens_per_sample
 
 
@@ -237,16 +237,16 @@ def plan_sweep(
         flops_per_token: "6N" or "counted" (torch flop counter on the real model).
         min_steps: points with fewer optimizer steps are dropped and reported.
     """
-    F.check_param_convention(param_convention)
-    F.check_flops_convention(flops_per_token)
+    flops.check_param_convention(param_convention)
+    flops.check_flops_convention(flops_per_token)
     budgets = _check_budgets(budgets)
     if sizes is not None:
-        sizes = _check_sizes(sizes, "sizes")
+        sizes = check_sizes(sizes, "sizes")
     else:
         points_per_budget = checks.integer(points_per_budget, "plan_sweep", "points_per_budget",
                                       "sizes per budget, enough to fit a parabola",
-                                      minimum=_MIN_SIZES_PER_BUDGET)
-        candidate_sizes = _check_sizes(candidate_sizes, "candidate_sizes")
+                                      minimum=MIN_POINTS_PER_BUDGET)
+        candidate_sizes = check_sizes(candidate_sizes, "candidate_sizes")
     tokens_per_param = checks.positive_number(
         tokens_per_param, "plan_sweep", "tokens_per_param",
         f"the prior optimum D/N that centres the sizes (Chinchilla: {DEFAULT_TOKENS_PER_PARAM:g})")
@@ -254,38 +254,19 @@ def plan_sweep(
                                     "sizes span N*/spread .. N*·spread", above=1)
     min_steps = checks.integer(min_steps, "plan_sweep", "min_steps", "optimizer steps a point needs", minimum=1)
 
-    probe = _Probe(task, param_convention, flops_per_token)
+    probe = ModelProbe(task, param_convention, flops_per_token)
     points, dropped = [], []
     for budget in budgets:
-        chosen = (
-            sizes
-            if sizes is not None
-            else _sizes_around_prior(budget, candidate_sizes, points_per_budget, tokens_per_param, size_spread, probe)
-        )
-        if sizes is None:
-            n_star = _prior_optimum(budget, tokens_per_param)
-            span = [probe.params(s) for s in candidate_sizes]
-            # Sizes all on one side of N* cannot bracket the optimum a sweep is for.
-            if len(chosen) < _MIN_SIZES_PER_BUDGET or not min(span) <= n_star <= max(span):
-                raise ValueError(
-                    f"budget {budget:.4g}: the prior optimum N* = {n_star:.3g} parameters is outside the "
-                    f"{min(span):.3g}..{max(span):.3g} parameters of candidate_sizes "
-                    f"{min(candidate_sizes)}..{max(candidate_sizes)} (or they give fewer than "
-                    f"{_MIN_SIZES_PER_BUDGET} sizes). Widen candidate_sizes to reach N*, or give `sizes`."
-                )
+        chosen = sizes if sizes is not None else _prior_sizes(
+            budget, candidate_sizes, points_per_budget, tokens_per_param, size_spread, probe)
         for size in chosen:
             params, fpt = probe.params(size), probe.flops_per_token(size)
             batch, batch_tokens = point_batch(task, params, budget, fpt)
             steps = steps_for(budget, fpt, batch_tokens)
             if steps < min_steps:
-                dropped.append(
-                    {
-                        "budget": budget,
-                        "size": size,
-                        "reason": f"{steps} optimizer steps < min_steps={min_steps} "
-                        f"(raise the budget or lower the batch size)",
-                    }
-                )
+                dropped.append({"budget": budget, "size": size,
+                                "reason": f"{steps} optimizer steps < min_steps={min_steps} "
+                                "(raise the budget or lower the batch size)"})
                 continue
             points.append(sweep_point(point_id(budget, size), budget, size, params, fpt, steps, batch_tokens, batch))
     if not points:
@@ -301,12 +282,25 @@ def plan_sweep(
                      flops_per_token, tuple(dropped))
 
 
+def _prior_sizes(budget, candidate_sizes, points_per_budget, tokens_per_param, size_spread, probe) -> list:
+    """plan_sweep's sizes at `budget` when none are given: `sizes_around_prior`, refused
+    where the prior optimum N* lies outside the candidates' span."""
+    chosen = sizes_around_prior(budget, candidate_sizes, points_per_budget, tokens_per_param, size_spread, probe)
+    n_star = _prior_optimum(budget, tokens_per_param)
+    span = [probe.params(s) for s in candidate_sizes]
+    # Sizes all on one side of N* cannot bracket the optimum a sweep is for.
+    if len(chosen) < MIN_POINTS_PER_BUDGET or not min(span) <= n_star <= max(span):
+        raise ValueError(
+            f"budget {budget:.4g}: the prior optimum N* = {n_star:.3g} parameters is outside the "
+            f"{min(span):.3g}..{max(span):.3g} parameters of candidate_sizes "
+            f"{min(candidate_sizes)}..{max(candidate_sizes)} (or they give fewer than "
+            f"{MIN_POINTS_PER_BUDGET} sizes). Widen candidate_sizes to reach N*, or give `sizes`."
+        )
+    return chosen
+
+
 class PlanWarning(UserWarning):
     """The plan runs, but its points cannot support every law the fit offers."""
-
-
-# A power law in C needs this many budgets with a parabola each (flops_fit.fitting).
-_MIN_BUDGETS = 3
 
 
 def _check_design(points, budgets, dropped) -> None:
@@ -330,21 +324,21 @@ def _check_design(points, budgets, dropped) -> None:
         warnings.warn(
             f"plan_sweep: budget(s) {', '.join(f'{b:.3g}' for b in emptied)} FLOPs lost every point to "
             "min_steps (see plan.dropped); raise them or lower Task.batch_size.", PlanWarning, stacklevel=3)
-    thin = {b: len(n) for b, n in sizes_at.items() if len(n) < _MIN_SIZES_PER_BUDGET}
+    thin = {b: len(n) for b, n in sizes_at.items() if len(n) < MIN_POINTS_PER_BUDGET}
     if thin:
         warnings.warn(
             "plan_sweep: budget(s) " + ", ".join(f"{b:.3g} ({n} size{'s' if n != 1 else ''})" for b, n in thin.items())
-            + f" FLOPs have fewer than {_MIN_SIZES_PER_BUDGET} distinct model sizes: no IsoFLOP parabola "
+            + f" FLOPs have fewer than {MIN_POINTS_PER_BUDGET} distinct model sizes: no IsoFLOP parabola "
             "there; give more sizes.", PlanWarning, stacklevel=3)
     usable = len(sizes_at) - len(thin)
-    if usable < _MIN_BUDGETS:
+    if usable < MIN_BUDGETS:
         warnings.warn(
-            f"plan_sweep: {usable} budget(s) with at least {_MIN_SIZES_PER_BUDGET} sizes; the IsoFLOP power "
-            f"laws need {_MIN_BUDGETS} (only the parametric law L(N, D) can be fitted). Add budgets.",
+            f"plan_sweep: {usable} budget(s) with at least {MIN_POINTS_PER_BUDGET} sizes; the IsoFLOP power "
+            f"laws need {MIN_BUDGETS} (only the parametric law L(N, D) can be fitted). Add budgets.",
             PlanWarning, stacklevel=3)
 
 
-class _Probe:
+class ModelProbe:
     """Parameter and FLOP counts per size, from models built on the meta device (cached)."""
 
     def __init__(self, task, param_convention, flops_convention):
@@ -365,7 +359,7 @@ class _Probe:
 
     def params(self, size) -> int:
         if size not in self._params:
-            n = F.count_params(self.model(size), self.param_convention)
+            n = flops.count_params(self.model(size), self.param_convention)
             if n < 1:
                 raise ValueError(f"model_fn({size}) has no {self.param_convention} parameters.")
             self._params[size] = n
@@ -373,9 +367,9 @@ class _Probe:
 
     def flops_per_token(self, size) -> float:
         if self.flops_convention == "6N":
-            return F.flops_per_token_6n(self.params(size))
+            return flops.flops_per_token_6n(self.params(size))
         if size not in self._fpt:
-            self._fpt[size] = F.counted_flops_per_token(
+            self._fpt[size] = flops.counted_flops_per_token(
                 self.model(size), self.task.loss_fn, self._probe_batch(), self.task.tokens_per_sample
             )
         return self._fpt[size]
@@ -395,10 +389,10 @@ class _Probe:
 
 def _prior_optimum(budget, tokens_per_param) -> float:
     """N* with C = 6 N D and D = tokens_per_param · N."""
-    return math.sqrt(budget / (F.FLOPS_PER_PARAM_TOKEN * tokens_per_param))
+    return math.sqrt(budget / (flops.FLOPS_PER_PARAM_TOKEN * tokens_per_param))
 
 
-def _sizes_around_prior(budget, candidates, k, tokens_per_param, spread, probe) -> list:
+def sizes_around_prior(budget, candidates, k, tokens_per_param, spread, probe) -> list:
     """k candidate sizes around the prior optimum N*: the one nearest each point of a
     log-spaced grid N*/spread .. N*·spread, then, where a coarse dial maps several grid
     points to one size, the unused sizes nearest N* until there are k."""
@@ -440,7 +434,7 @@ def _check_budgets(budgets) -> list:
                              repeat_note="; each budget is one IsoFLOP curve")
 
 
-def _check_sizes(sizes, name, call: str = "plan_sweep") -> list:
+def check_sizes(sizes, name, call: str = "plan_sweep") -> list:
     # numpy integers (np.arange) become plain ints for the plan's JSON and model_fn
     return checks.distinct_sorted(sizes, call, name, integers=True,
                              what="a positive int (model_fn takes one integer size dial)",

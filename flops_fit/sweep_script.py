@@ -197,7 +197,7 @@ def _run(plan, task, args, name, lr_search):
         plan, task, name=name, storage_path=args.storage_path, num_workers=args.num_workers,
         use_gpu=args.gpu, address=args.address, max_concurrent=args.max_concurrent,
         max_failures=args.max_failures, dry_run=args.dry_run,
-        search="bracket" if args.adaptive else None, max_points=args.max_points, lr_search=lr_search,
+        search=ff.BracketSearchOptions(max_points=args.max_points) if args.adaptive else None, lr_search=lr_search,
     )
 
 

@@ -48,10 +48,11 @@ def test_adaptive_asks_run_sweep_for_the_bracket_search_under_its_own_name(monke
     monkeypatch.setattr(ff, "run_sweep", lambda plan, task, **kw: seen.update(kw))
     args = sweep.parse_args(["--smoke", "--dry-run", "--adaptive", "--max-points", "12"])
     sweep.plan_and_run(sweep.make_task(args), args)
-    assert (seen["search"], seen["max_points"], seen["name"]) == ("bracket", 12, "smoke-adaptive")
+    assert (seen["search"], seen["name"]) == (ff.BracketSearchOptions(max_points=12), "smoke-adaptive")
     static = sweep.parse_args(["--smoke", "--dry-run"])
     sweep.plan_and_run(sweep.make_task(static), static)
-    assert (seen["search"], seen["max_points"], seen["name"]) == (None, None, "smoke")
+    assert (seen["search"], seen["name"]) == (None, "smoke")
+    assert "max_points" not in seen
 
 
 def test_max_points_without_adaptive_is_refused(capsys):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from flops_fit import FitError, cli, fit
-from flops_fit.search import check_valley
+from flops_fit.valley import check_valley
 from tests.conftest import synthetic_sweep
 
 BOOTSTRAP = 20  # replicates: enough to exercise the intervals, few enough to stay fast

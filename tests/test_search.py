@@ -5,26 +5,21 @@ import math
 import numpy as np
 import pytest
 
-from flops_fit.plan import SweepPlan, SweepPoint, point_id
-from flops_fit.search import (
-    ADDED_ID_SUFFIX,
+from flops_fit.plan import SweepPlan, SweepPoint, point_id, steps_for
+from flops_fit.search import ADDED_ID_SUFFIX, ORIGIN_EXTENDED, ORIGIN_PLANNED, ORIGIN_RECENTRED, BracketSearch
+from flops_fit.valley import (
     ASSUMED_RELATIVE_NOISE,
     HIGH,
     LOW,
     MAX_SIZES_PER_STEP,
     NOISE_PRIOR_DOF,
-    ORIGIN_EXTENDED,
-    ORIGIN_PLANNED,
-    ORIGIN_RECENTRED,
     VERTEX_SE_TARGET,
-    BracketSearch,
     check_valley,
     extension_sizes,
     optimum_law,
     pooled_relative_noise,
     recentred_sizes,
     sizes_each_side,
-    steps_for,
     valley_parabola,
     vertex_se,
 )
@@ -294,7 +289,7 @@ def test_room_tried_sizes_and_the_dial_limit_the_additions():
 
 
 def test_min_steps_bounds_the_largest_size_of_a_budget():
-    from flops_fit.search import usable_sizes
+    from flops_fit.valley import usable_sizes
 
     budget = 1e11
     usable = usable_sizes(budget, SIZES, BATCH_TOKENS, min_steps=20)

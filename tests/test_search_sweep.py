@@ -21,7 +21,7 @@ def test_a_searched_dry_run_adds_sizes_until_the_budget_is_bracketed(ray_session
     # it, so the static plan's lowest loss is at its largest size (no vertex inside).
     plan = ff.plan_sweep(task, [1e13], sizes=[2, 3, 4])
     res = ff.run_sweep(plan, task, name="searched", storage_path=tmp_path / "runs", dry_run=LAW,
-                       live_fit=False, verbose=False, search="bracket", search_sizes=range(1, 17))
+                       live_fit=False, verbose=False, search=ff.BracketSearchOptions(sizes=range(1, 17)))
     t = res.table
     assert (t.status == "ok").all(), t[["point_id", "status", "error"]]
     assert t.point_id.is_unique and len(t) <= len(plan) + 4  # the default bound: 4 added per budget

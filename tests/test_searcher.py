@@ -88,17 +88,55 @@ def test_a_sweep_resumes_only_the_way_it_started_and_search_names_are_checked(tm
     plan = ff.plan_sweep(task, [1e9], sizes=[1, 2, 3])
     with pytest.raises(ValueError, match="search='grid'"):
         ff.run_sweep(plan, task, name="s", storage_path=tmp_path, dry_run=True, search="grid")
-    with pytest.raises(ValueError, match=r"run_sweep\(search_sizes=\.\.\.\): 0 is not a positive int"):
-        ff.run_sweep(plan, task, name="s", storage_path=tmp_path, dry_run=True, search="bracket",
-                     search_sizes=[0, 5])
+    with pytest.raises(ValueError, match=r"BracketSearchOptions\(sizes=\.\.\.\): 0 is not a positive int"):
+        ff.run_sweep(plan, task, name="s", storage_path=tmp_path, dry_run=True,
+                     search=ff.BracketSearchOptions(sizes=[0, 5]))
+    with pytest.raises(ValueError, match=r"BracketSearchOptions\(max_points=2\) must be an int >= 3"):
+        ff.BracketSearchOptions(max_points=2)
     searched = tmp_path / "searched"
     (searched / SEARCH_FILE).parent.mkdir(parents=True)
     (searched / SEARCH_FILE).write_text(json.dumps({"proposed": [], "skipped": {}, "log": []}))
-    with pytest.raises(ValueError, match="started with search='bracket'"):
+    with pytest.raises(ValueError, match="started with a bracket search"):
         ff.run_sweep(plan, task, name="searched", storage_path=tmp_path, dry_run=True)
     SweepFolder(str(tmp_path / "static")).write_finished(plan.points[0].point_id, {"status": "ok", "final": True})
     with pytest.raises(ValueError, match="started without a search"):
-        ff.run_sweep(plan, task, name="static", storage_path=tmp_path, dry_run=True, search="bracket")
+        ff.run_sweep(plan, task, name="static", storage_path=tmp_path, dry_run=True,
+                     search=ff.BracketSearchOptions())
+
+
+def test_the_older_search_keywords_still_work_and_warn(tmp_path):
+    import warnings
+
+    import pytest
+
+    import flops_fit as ff
+    from flops_fit.sweep_checks import search_options
+
+    with pytest.warns(DeprecationWarning, match=r"search=flops_fit\.BracketSearchOptions\(max_points=\.\.\., sizes="):
+        options = search_options("bracket", {"max_points": 12, "search_sizes": range(1, 9)})
+    assert options == ff.BracketSearchOptions(max_points=12, sizes=tuple(range(1, 9)))
+    with pytest.warns(DeprecationWarning):
+        assert search_options("bracket", {}) == ff.BracketSearchOptions()
+    with pytest.warns(DeprecationWarning):  # the static plan, with the older keywords left at None
+        assert search_options(None, {"max_points": None}) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new form warns of nothing
+        assert search_options(ff.BracketSearchOptions(max_points=9), {}).max_points == 9
+        assert search_options(None, {}) is None
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="bound a search"):
+        search_options(None, {"max_points": 12})
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match=r"give them as BracketSearchOptions"):
+        search_options(ff.BracketSearchOptions(), {"search_sizes": [1, 2]})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_point'"):
+        search_options(None, {"max_point": 12})
+    # through run_sweep itself: the older form reaches the same checks (refused before Ray)
+    from toy import tiny_task
+
+    task = tiny_task(tmp_path)
+    plan = ff.plan_sweep(task, [1e9], sizes=[1, 2, 3])
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match=r"BracketSearchOptions\(sizes=\.\.\.\)"):
+        ff.run_sweep(plan, task, name="s", storage_path=tmp_path, dry_run=True, search="bracket",
+                     search_sizes=[0, 5])
 
 
 def test_a_searcher_with_lr_siblings_hears_of_a_point_once_all_its_siblings_ended(tmp_path):

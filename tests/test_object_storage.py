@@ -15,24 +15,25 @@ import numpy as np
 import pytest
 
 import flops_fit as ff
+from flops_fit import lease
 from flops_fit import sweep_folder as F
 from flops_fit.sweep_folder import SweepFolder
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.oldest_ray]
 TESTS_DIR = Path(__file__).resolve().parent
-# The drivers beat this often (seconds; flops_fit.sweep_folder.HEARTBEAT_S, set in their
+# The drivers beat this often (seconds; flops_fit.lease.HEARTBEAT_S, set in their
 # process), so the killed driver's lease goes stale in STALE_HEARTBEATS x this, not 30 s.
 DRIVER_HEARTBEAT_S = 0.5
 
 DRIVER = textwrap.dedent(
     """
     import sys, flops_fit as ff
-    from flops_fit import sweep_folder
+    from flops_fit import lease
     from flops_fit.data import TokenFile
     from flops_fit.models import gpt, lm_loss
     from pathlib import Path
     tmp, address, bucket, beat = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
-    sweep_folder.HEARTBEAT_S = beat
+    lease.HEARTBEAT_S = beat
     data = TokenFile(bucket + "/data", seq_len=32, vocab_size=256, cache_dir=tmp / "cache")
     task = ff.Task(model_fn=gpt, data=data, loss_fn=lm_loss, tokens_per_sample=32, batch_size=8,
                    eval_samples=64)
@@ -65,12 +66,12 @@ def test_a_killed_driver_of_an_object_store_sweep_is_resumed_by_the_next(ray_ses
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert len(done_before) == 1, "the driver was not killed mid-sweep"
-    assert f"runs/on-s3/{F.LEASE_FILE}" in s3_server.keys("sweeps", "runs/on-s3/")  # left by the dead
+    assert f"runs/on-s3/{lease.LEASE_FILE}" in s3_server.keys("sweeps", "runs/on-s3/")  # left by the dead
 
     resumed = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # the dead driver's lease was watched, found stale and taken over
-    assert f"{F.LEASE_FILE} held by pid {first.pid} on" in resumed.stderr, resumed.stderr[-3000:]
+    assert f"{lease.LEASE_FILE} held by pid {first.pid} on" in resumed.stderr, resumed.stderr[-3000:]
 
     final = ff.load_results(sweep).table.set_index("point_id")
     assert (final.status == "ok").all(), final[["status", "error"]]
@@ -82,4 +83,4 @@ def test_a_killed_driver_of_an_object_store_sweep_is_resumed_by_the_next(ray_ses
     assert {f"runs/on-s3/{name}" for name in (F.RESULTS_CSV, F.PLAN_FILE, F.TASK_FILE)} <= keys
     assert {f"runs/on-s3/{F.FINISHED_DIR}/{p}.json" for p in final.index} <= keys
     assert any(k.startswith("runs/on-s3/train/") for k in keys)  # Train's runs, in the bucket too
-    assert f"runs/on-s3/{F.LEASE_FILE}" not in keys  # released by the driver that finished
+    assert f"runs/on-s3/{lease.LEASE_FILE}" not in keys  # released by the driver that finished

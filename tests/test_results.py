@@ -20,6 +20,7 @@ import pytest
 
 from flops_fit import results as R
 from flops_fit import storage
+from flops_fit import lease
 from flops_fit import sweep_folder as F
 from flops_fit.sweep_folder import SweepFolder
 from flops_fit.plan import SweepPlan, SweepPoint, point_id
@@ -326,7 +327,7 @@ def test_claim_creates_the_folder_and_records_plan_and_task(tmp_path, task):
     assert recorded["batch_size"] == 4 and recorded["lr"] == 2e-3 and recorded["betas"] == [0.9, 0.95]
     assert "no_model" in recorded["model_fn"]  # factories are recorded by name
     # write probe removed; the lock and the task's fingerprint beside plan and task
-    assert sorted(os.listdir(sweep_dir)) == sorted([F.LOCK_FILE, F.PLAN_FILE, F.TASK_FILE, F.TASK_FINGERPRINT_FILE])
+    assert sorted(os.listdir(sweep_dir)) == sorted([lease.LOCK_FILE, F.PLAN_FILE, F.TASK_FILE, F.TASK_FINGERPRINT_FILE])
     # the folder loads as a sweep with every point still to run
     assert set(R.load_results(sweep_dir).table["error"]) == {"not started"}
 

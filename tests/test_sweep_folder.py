@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from flops_fit import sweep_folder as F
+from flops_fit import lease as F
 from flops_fit.sweep_folder import SweepFolder
 from flops_fit.task import Task
 from test_results import make_plan, no_data, no_loss, no_model

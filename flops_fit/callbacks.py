@@ -16,6 +16,7 @@ import time
 from ray import tune
 
 from . import results
+from .contract import DIVERGED_STATUS, FAILED_STATUS, OK_STATUS
 from .plan import SweepPlan
 from .storage import is_uri
 from .sweep_folder import SweepFolder, ended
@@ -49,7 +50,7 @@ class ProgressPrinter(tune.Callback):
 
     def _line(self, trial, result, error=False):
         self.done += 1
-        status = "failed" if error else result.get("status", "?")
+        status = FAILED_STATUS if error else result.get("status", "?")
         loss = result.get("loss")
         loss_text = f"loss {loss:.4f}" if isinstance(loss, float) else "no loss"
         why = result.get("error") or ""  # a diverged point says why in its own report
@@ -191,7 +192,7 @@ class LiveFit(tune.Callback):
 METRIC_PREFIX = "flops_fit_"
 POINT_STATES = ("finished", "diverged", "failed", "running", "pending")
 # A point's final status (train.py) -> its state in the metrics.
-FINAL_STATE = {"ok": "finished", "diverged": "diverged"}
+FINAL_STATE = {OK_STATUS: "finished", DIVERGED_STATUS: "diverged"}
 
 
 def check_callbacks(callbacks) -> list:

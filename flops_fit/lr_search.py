@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from . import checks
-from .contract import LR_NOT_BRACKETED
+from .contract import (DIVERGED_STATUS, ENDED_STATUSES, FAILED_STATUS, INCOMPLETE_STATUS, LR_NOT_BRACKETED,
+                       OK_STATUS)
 
 # A minimum inside the grid needs a multiplier on each side of the best one.
 MIN_MULTIPLIERS = 3
@@ -96,7 +97,7 @@ def choose(multipliers, losses, statuses) -> Choice:
     """Pick a point's best sibling. `multipliers` sorted ascending; `losses` held-out
     losses (NaN where none); `statuses` the siblings' statuses (ok, diverged, ...)."""
     m = np.asarray(multipliers, float)
-    loss = np.array([l if s == "ok" else (math.inf if s == "diverged" else math.nan)
+    loss = np.array([l if s == OK_STATUS else (math.inf if s == DIVERGED_STATUS else math.nan)
                      for l, s in zip(np.asarray(losses, float), statuses)])
     finite = np.isfinite(loss)
     if not finite.any():
@@ -157,14 +158,14 @@ def collapse(raw: pd.DataFrame, keep_unbracketed: bool = False) -> tuple[pd.Data
             row.update(lr_opt=rule_lr * choice.lr_opt_multiplier, lr_bracketed=choice.bracketed)
         row["point_id"] = point_of(str(group.iloc[0]["point_id"]))
         statuses = set(group["status"])
-        waiting = [s for s in ("incomplete", "failed") if s in statuses]
+        waiting = [s for s in (INCOMPLETE_STATUS, FAILED_STATUS) if s in statuses]
         tried = ", ".join(f"{m:g}" for m in group["lr_multiplier"])
         if waiting:
-            n = int(group["status"].isin(("ok", "diverged")).sum())
+            n = int(group["status"].isin(ENDED_STATUSES).sum())
             row.update(status=waiting[0], loss=math.nan,
                        error=f"{n} of {len(group)} learning rates finished (multipliers {tried})")
         elif choice.best is None:
-            row.update(status="diverged", error=f"every learning rate diverged (multipliers {tried})")
+            row.update(status=DIVERGED_STATUS, error=f"every learning rate diverged (multipliers {tried})")
         elif not choice.bracketed and not keep_unbracketed:
             row.update(status=LR_NOT_BRACKETED, error=f"LR not bracketed: {choice.reason}")
         else:

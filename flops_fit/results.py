@@ -15,16 +15,11 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from . import checks
-from .contract import LR_NOT_BRACKETED, ORIGIN_PLANNED
+from .contract import (FAILED_STATUS, INCOMPLETE_STATUS, ORIGIN_PLANNED, SKIPPED_STATUS,
+                       STATUSES)
 from .lr_search import SIBLING_SEPARATOR, collapse, point_of, sibling_id
 from .plan import SweepPlan
 from .sweep_folder import PLAN_FILE, SweepFolder, ended
-
-# "skipped": a planned point a bracket-seeking search chose not to train (the error column
-# says why; search/state.json holds the search's decisions)
-# LR_NOT_BRACKETED: a learning-rate searched point whose best multiplier is the smallest or
-# largest tried (flops_fit/lr_search.py): left out of the fit unless asked.
-STATUSES = ("ok", "diverged", "failed", "incomplete", "skipped", LR_NOT_BRACKETED)
 
 # The fixed schema: one row per planned point. Units: budget and flops in FLOPs, params in
 # parameters (plan's convention), tokens trained, loss = held-out nats per token at the end.
@@ -200,7 +195,7 @@ def result_row(point: dict, last: dict | None, error_text: str | None, started: 
     row = {c: None for c in COLUMNS}
     row.update(
         point_id=point["point_id"], budget=point["budget"], size=point["size"], params=point["params"],
-        planned_tokens=point["tokens"], loss=math.nan, status="incomplete", error="",
+        planned_tokens=point["tokens"], loss=math.nan, status=INCOMPLETE_STATUS, error="",
         origin=point.get("origin", ORIGIN_PLANNED),
         **{k: point.get(k) for k in POINT_SETTINGS},
     )
@@ -217,7 +212,7 @@ def result_row(point: dict, last: dict | None, error_text: str | None, started: 
             row["error"] = last.get("error", "") or ""
             return row
     if error_text:
-        row["status"] = "failed"
+        row["status"] = FAILED_STATUS
         row["error"] = short_error(error_text)
     else:
         row["error"] = "not finished (interrupted or still running)" if started else "not started"
@@ -245,7 +240,7 @@ def make_table(rows: dict, plan: SweepPlan | None, skipped: dict | None = None,
                     point = asdict(p) | {"point_id": pid, "lr_multiplier": m}
                     rows[pid] = result_row(point, None, None, started=False)
                     if pid in skipped:
-                        rows[pid].update(status="skipped", error=skipped[pid])
+                        rows[pid].update(status=SKIPPED_STATUS, error=skipped[pid])
             order += [pid for pid, _ in trials]
         planned = set(order)
         added = sorted((k for k in rows if k not in planned),

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from . import checks
-from .contract import MIN_POINTS_PER_BUDGET, ORIGIN_PLANNED
+from .contract import MIN_POINTS_PER_BUDGET, ORIGIN_EXTENDED, ORIGIN_PLANNED, ORIGIN_RECENTRED
 from .plan import (
     DEFAULT_CANDIDATE_SIZES,
     DEFAULT_MIN_STEPS,
@@ -63,8 +63,6 @@ from .valley import (
     valley_parabola,
 )
 
-ORIGIN_EXTENDED = "extended"  # added beyond the edge of a budget whose valley was not bracketed
-ORIGIN_RECENTRED = "re-centred"  # a size of a budget re-centred on the fitted power law
 # Ids of added points: the plan's id of (budget, size) plus this suffix, so an added point
 # can never take a planned point's id (nor its trial folder).
 ADDED_ID_SUFFIX = "-add"

@@ -24,7 +24,8 @@ from ray.tune.search import Searcher
 
 from .lr_search import choose
 from .search import BracketSearch
-from .sweep_folder import ENDED_STATUSES, SweepFolder, ended
+from .contract import DIVERGED_STATUS, ENDED_STATUSES, FAILED_STATUS
+from .sweep_folder import SweepFolder, ended
 
 POINT_KEY = "point"  # the trial config holds the point under this key (as a planned sweep's)
 
@@ -85,7 +86,7 @@ class BracketSearcher(Searcher):
         if not error and ended(result):
             self.ended[tid] = {"status": result["status"], "loss": result.get("loss")}
         else:
-            self.ended[tid] = {"status": "failed", "loss": None}
+            self.ended[tid] = {"status": FAILED_STATUS, "loss": None}
         for pid, trials in self.siblings.items():
             if tid in trials:
                 self._settle(pid)
@@ -153,10 +154,10 @@ def _point_result(trials: list, ended: dict) -> tuple:
     rows = sorted(trials, key=lambda t: t["lr_multiplier"])
     results = [ended[t["point_id"]] for t in rows]
     if any(r["status"] not in ENDED_STATUSES for r in results):
-        return "failed", None
+        return FAILED_STATUS, None
     choice = choose([t["lr_multiplier"] for t in rows],
                     [r["loss"] if r.get("loss") is not None else float("nan") for r in results],
                     [r["status"] for r in results])
     if choice.best is None:
-        return "diverged", None
+        return DIVERGED_STATUS, None
     return "ok", results[choice.best]["loss"]

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from . import storage
+from .contract import ENDED_STATUSES
 from .lease import SweepClaim, claim
 from .plan import SweepPlan
 
@@ -37,7 +38,6 @@ TRAIN_DIR = "train"  # Ray Train's runs and checkpoints, one folder per point
 # Tune's experiment folder is the sweep folder itself: its trial folders, named after the
 # points, hold these files.
 TRIAL_FILES = ("params.json", "result.json", "error.txt")
-ENDED_STATUSES = ("ok", "diverged")  # a point that ended with a loss
 JSON_INDENT = 1  # plan / task records: one key a line, readable in a diff, small on disk
 # task_fingerprint: hex digits of a function's bytecode hash, enough to tell two versions apart.
 CODE_HASH_CHARS = 12

@@ -13,13 +13,13 @@ import os
 
 import flops_fit as ff
 from flops_fit.plan import DEFAULT_SIZE_SPREAD
+from flops_fit.contract import UNFINISHED_STATUSES
 from flops_fit.task import PRECISIONS
 
 SMOKE_BOOTSTRAP = 200  # --smoke: fewer bootstrap resamples, a quicker fit
 FITTED_RULE = "fitted"  # --lr-rule fitted: the rule learned by this run's own LR search
 # Point statuses that make a finished sweep exit non-zero: points that did not train to the
 # end (diverged, skipped and lr-not-bracketed are results of a point, not failures).
-UNFINISHED_STATUSES = ("failed", "incomplete")
 PREDICTION_FACTOR = 100  # the report predicts for this many times the largest budget
 
 

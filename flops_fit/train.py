@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .contract import DIVERGED_STATUS, OK_STATUS
 from .checkpointing import ReportWindow, load_checkpoint, report, report_due, resume
 from .device import device_name, make_accelerator, release, to_device
 from .dry_run import dry_run_point
@@ -103,7 +104,7 @@ def _train(point: SweepPoint, task: Task, settings: dict, threads: int) -> dict:
             save, train_loss = due
             metrics = _progress(run, window, train_loss)
             if not math.isfinite(train_loss):
-                status = "diverged"
+                status = DIVERGED_STATUS
                 metrics.update(status=status, loss=float("nan"), final=True,
                                error=f"training loss became {train_loss} at step {run.step}")
                 report(metrics, None, run.rank)
@@ -112,7 +113,7 @@ def _train(point: SweepPoint, task: Task, settings: dict, threads: int) -> dict:
             window.restart(saved=save)
     finally:
         batches.close()
-    if status != "diverged":
+    if status != DIVERGED_STATUS:
         metrics = _evaluate_and_finish(run, metrics)
     release(run.accelerator, run.model, run.optimizer)
     return metrics
@@ -251,7 +252,7 @@ def _evaluate_and_finish(run: Run, metrics: dict) -> dict:
     """Evaluate on the held-out set and report the point's final metrics."""
     last_step_at = time.time()
     eval_loss = _evaluate(run.accelerator, run.net, run.task, run.val_set, run.rank, run.world)
-    status = "ok" if math.isfinite(eval_loss) else "diverged"
+    status = OK_STATUS if math.isfinite(eval_loss) else DIVERGED_STATUS
     # "final", never "done": Tune takes a reported done=True for the trial's end and kills
     # the trial driver at once, while the Train controller is still shutting down; the
     # worker group it then restarts holds its CPUs until the sweep ends (seen as a sweep
@@ -265,7 +266,7 @@ def _evaluate_and_finish(run: Run, metrics: dict) -> dict:
         "finished_at": time.time(),
         "final": True,
     }
-    if status == "diverged":
+    if status == DIVERGED_STATUS:
         final["error"] = f"held-out loss is {eval_loss}"
     report(final, None, run.rank)
     return final

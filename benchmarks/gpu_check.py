@@ -13,7 +13,7 @@ What it measures and runs, each side by side in one run:
             with --micro-batch-size micro-batches accumulated to the global batch;
         (c) both again with torch.compile (Task.compile=True).
       MFU = model FLOP/s / the GPU's dense bf16/fp16 peak (flops_fit/hardware.py), with the
-      model FLOPs counted per token (attention included: plan_sweep(flops_per_token="counted")).
+      model FLOPs counted per token (attention included: plan_sweep(flops_convention="counted")).
       Goal on an H100/H200: MFU >= 40 % and worker / plain >= 0.97.
   (2) a one-GPU dry run of a 15-point plan through the whole Ray path (no training);
   (3) a short real sweep: 3 sizes of a small GPT at one budget, on the GPU, each `ok`;
@@ -82,9 +82,9 @@ def point_for(task, size: int, steps: int):
     """A one-point plan of exactly `steps` optimizer steps at `size`."""
     import flops_fit as ff
 
-    probe = ff.plan_sweep(task, [1e18], sizes=[size], flops_per_token="counted", min_steps=1)
+    probe = ff.plan_sweep(task, [1e18], sizes=[size], flops_convention="counted", min_steps=1)
     budget = steps * task.batch_tokens * probe.points[0].flops_per_token
-    return ff.plan_sweep(task, [budget], sizes=[size], flops_per_token="counted", min_steps=1)
+    return ff.plan_sweep(task, [budget], sizes=[size], flops_convention="counted", min_steps=1)
 
 
 def plain_mfu(point, task, peak: float, precision: str, steps: int) -> float:
@@ -130,7 +130,7 @@ def plain_mfu(point, task, peak: float, precision: str, steps: int) -> float:
 def sweep_row(plan, task, storage, name, **kw):
     import flops_fit as ff
 
-    res = ff.run_sweep(plan, task, name=name, storage_path=storage, use_gpu=True, live_fit=False,
+    res = ff.run_sweep(task, plan, name=name, storage_path=storage, use_gpu=True, live_fit=False,
                        verbose=False, **kw)
     return res.table
 

@@ -70,7 +70,7 @@ def main(argv=None):
         task = make_task(str(work / "cache"))
         plan = ff.plan_sweep(task, [BUDGET], sizes=SIZES)
         with MemoryByTitle() as sampler:
-            res = ff.run_sweep(plan, task, name="head-memory", storage_path=str(work / "runs"), live_fit=False,
+            res = ff.run_sweep(task, plan, name="head-memory", storage_path=str(work / "runs"), live_fit=False,
                                verbose=False, max_concurrent=POINTS,
                                resources_per_worker={"CPU": (os.cpu_count() or 2) / POINTS})
         assert (res.table.status == "ok").all(), res.table[["status", "error"]]

@@ -299,7 +299,7 @@ def run_ray_arm(arm: str, plan, task, folder: Path) -> dict:
             if arm == FLOOR:
                 run_floor(plan, task, folder, [timeline])
             else:
-                ff.run_sweep(plan, task, name="overhead", storage_path=str(folder), live_fit=False,
+                ff.run_sweep(task, plan, name="overhead", storage_path=str(folder), live_fit=False,
                              verbose=False, callbacks=[timeline])
             wall = time.perf_counter() - t0
         cpu = sampler.by_title()

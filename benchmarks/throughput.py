@@ -86,7 +86,7 @@ def worker_tokens_per_s(plan, task, storage, num_workers, name, build_ahead: boo
     ray.init(address="local", resources={TRIAL_RESOURCE: LOCAL_TRIAL_SLOTS}, include_dashboard=False,
              runtime_env=runtime_env, log_to_driver=False)
     try:
-        res = ff.run_sweep(plan, task, name=name, storage_path=storage,
+        res = ff.run_sweep(task, plan, name=name, storage_path=storage,
                            num_workers=num_workers, live_fit=False, verbose=False)
     finally:
         ray.shutdown()

@@ -19,6 +19,7 @@ _EXPORTS = {
     "plan_sweep": "flops_fit.plan",
     "SweepPlan": "flops_fit.plan",
     "SweepPoint": "flops_fit.plan",
+    "PlanWarning": "flops_fit.plan",
     "Task": "flops_fit.task",
     "run_sweep": "flops_fit.execute",
     "BracketSearchOptions": "flops_fit.search",

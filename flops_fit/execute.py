@@ -41,7 +41,7 @@ from .sweep_folder import LR_SEARCH_FILE, SEARCH_FILE, SweepFolder
 from .search import BracketSearch, BracketSearchOptions
 from .sweep_checks import (DEFAULT_RESOURCES_PER_WORKER, check_group_functions, check_learning_rates,
                            check_sweep_arguments, distinct_groups, dry_run_law, least_resources, pickled_task,
-                           search_options, worker_group, worker_groups)
+                           search_options, task_then_plan, worker_group, worker_groups)
 from .task import Task, check_task
 from .train import train_point
 
@@ -92,12 +92,13 @@ class _Sweep:
     multipliers: tuple | None  # lr_search's, checked; None: no learning-rate search
 
 
-def run_sweep(plan: SweepPlan, task: Task, *, name: str, storage_path: str | None = None, num_workers: int = 1,
+def run_sweep(task: Task, plan: SweepPlan, *, name: str, storage_path: str | None = None, num_workers: int = 1,
               use_gpu: bool = False, resources_per_worker: dict | None = None, max_concurrent: int | None = None,
               max_failures: int = 2, callbacks=(), dry_run: bool | dict = False, address: str | None = None,
               live_fit: bool = True, verbose: bool = True, search: BracketSearchOptions | None = None,
               lr_search=None, **deprecated) -> SweepResults:
-    """Run every point of `plan` as a Ray Tune trial (one Ray Train worker group each).
+    """Run every point of `plan` (plan_sweep(task, ...)'s) as a Ray Tune trial, one Ray Train
+    worker group each, training `task`. The older order run_sweep(plan, task) warns.
 
     Returns the sweep's results.
 
@@ -141,6 +142,7 @@ def run_sweep(plan: SweepPlan, task: Task, *, name: str, storage_path: str | Non
             stops siblings early: losses part-way through a cosine decay are not comparable
             between LRs. A sweep resumes the way it started.
     """
+    task, plan = task_then_plan(task, plan)
     sweep = _checked_sweep(plan, task, name=name, storage_path=storage_path, num_workers=num_workers,
                            use_gpu=use_gpu, resources_per_worker=resources_per_worker,
                            max_concurrent=max_concurrent, max_failures=max_failures, callbacks=callbacks,

@@ -67,4 +67,4 @@ def check_param_convention(convention: str) -> None:
 
 def check_flops_convention(convention: str) -> None:
     if convention not in FLOPS_CONVENTIONS:
-        raise ValueError(f"flops_per_token={convention!r}: use one of {FLOPS_CONVENTIONS}.")
+        raise ValueError(f"flops_convention={convention!r}: use one of {FLOPS_CONVENTIONS}.")

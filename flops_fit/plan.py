@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections import defaultdict
 import dataclasses
 from dataclasses import asdict, dataclass, field, replace
@@ -211,6 +212,20 @@ def _is_file(text: str) -> bool:
         return False
 
 
+def _renamed_flops_convention(flops_convention: str, deprecated: dict) -> str:
+    """plan_sweep's `flops_convention`, also taken under its older name `flops_per_token`
+    (a float per point everywhere else: SweepPoint.flops_per_token), with a warning."""
+    unknown = sorted(set(deprecated) - {"flops_per_token"})
+    if unknown:
+        raise TypeError(f"plan_sweep() got an unexpected keyword argument {unknown[0]!r}")
+    if "flops_per_token" in deprecated:
+        warnings.warn("plan_sweep(flops_per_token=...) is deprecated: pass flops_convention=... (\"6N\" or "
+                      "\"counted\"); SweepPoint.flops_per_token is the FLOPs per token it gives",
+                      DeprecationWarning, stacklevel=3)
+        return deprecated["flops_per_token"]
+    return flops_convention
+
+
 def plan_sweep(
     task,
     budgets: Iterable[float],
@@ -218,11 +233,12 @@ def plan_sweep(
     sizes: Sequence[int] | None = None,
     points_per_budget: int = DEFAULT_POINTS_PER_BUDGET,
     param_convention: str = "non_embedding",
-    flops_per_token: str = "6N",
+    flops_convention: str = "6N",
     candidate_sizes: Sequence[int] = DEFAULT_CANDIDATE_SIZES,
     tokens_per_param: float = DEFAULT_TOKENS_PER_PARAM,
     size_spread: float = DEFAULT_SIZE_SPREAD,
     min_steps: int = DEFAULT_MIN_STEPS,
+    **deprecated,
 ) -> SweepPlan:
     """Plan an IsoFLOP sweep of `task.model_fn` over `budgets` (FLOPs).
 
@@ -234,11 +250,13 @@ def plan_sweep(
             `points_per_budget` sizes whose N is log-spaced around the prior optimum
             N* = sqrt(C / (6 · tokens_per_param)), chosen among `candidate_sizes`.
         param_convention: "non_embedding" (Kaplan) or "all" (Chinchilla); see flops.py.
-        flops_per_token: "6N" or "counted" (torch flop counter on the real model).
+        flops_convention: "6N" or "counted" (torch flop counter on the real model), as
+            SweepPlan.flops_convention records it (`flops_per_token=`, its older name, warns).
         min_steps: points with fewer optimizer steps are dropped and reported.
     """
+    flops_convention = _renamed_flops_convention(flops_convention, deprecated)
     flops.check_param_convention(param_convention)
-    flops.check_flops_convention(flops_per_token)
+    flops.check_flops_convention(flops_convention)
     budgets = _check_budgets(budgets)
     if sizes is not None:
         sizes = check_sizes(sizes, "sizes")
@@ -254,7 +272,7 @@ def plan_sweep(
                                     "sizes span N*/spread .. N*·spread", above=1)
     min_steps = checks.integer(min_steps, "plan_sweep", "min_steps", "optimizer steps a point needs", minimum=1)
 
-    probe = ModelProbe(task, param_convention, flops_per_token)
+    probe = ModelProbe(task, param_convention, flops_convention)
     points, dropped = [], []
     for budget in budgets:
         chosen = sizes if sizes is not None else _prior_sizes(
@@ -279,7 +297,7 @@ def plan_sweep(
     _check_design(points, budgets, dropped)
     # batch_tokens 0: each point has its own batch (a Task.batch_size rule)
     return SweepPlan(tuple(points), 0 if task.batch_rule else task.batch_tokens, param_convention,
-                     flops_per_token, tuple(dropped))
+                     flops_convention, tuple(dropped))
 
 
 def _prior_sizes(budget, candidate_sizes, points_per_budget, tokens_per_param, size_spread, probe) -> list:

@@ -83,7 +83,7 @@ RECENTRE_TOLERANCE = 0.25
 
 @dataclass(frozen=True)
 class BracketSearchOptions:
-    """A bracket-seeking sweep, as `run_sweep(plan, task, search=BracketSearchOptions(...))`
+    """A bracket-seeking sweep, as `run_sweep(task, plan, search=BracketSearchOptions(...))`
     runs it: it starts from the plan, adds sizes where a budget's valley is not bracketed
     and re-centres budgets not yet started on the power law of those that are. A sweep
     resumes the way it started."""

@@ -60,6 +60,17 @@ def check_sweep_arguments(plan, task, name, num_workers, max_failures, max_concu
     return num_workers, max_failures, max_concurrent
 
 
+def task_then_plan(task, plan) -> tuple:
+    """run_sweep's (task, plan), in plan_sweep's order; the older order (plan, task) is
+    taken with a DeprecationWarning."""
+    if isinstance(task, SweepPlan) and isinstance(plan, Task):
+        # stacklevel 3: the caller of run_sweep
+        warnings.warn("run_sweep(plan, task, ...) is deprecated: pass run_sweep(task, plan, ...), the order "
+                      "of plan_sweep(task, budgets)", DeprecationWarning, stacklevel=3)
+        return plan, task
+    return task, plan
+
+
 def search_options(search, deprecated: dict) -> BracketSearchOptions | None:
     """run_sweep's `search` as BracketSearchOptions, or None for the plan as it is. The
     older form, search="bracket" with max_points=... and search_sizes=... keywords, still

@@ -194,7 +194,7 @@ def plan_and_run(task, args):
 
 def _run(plan, task, args, name, lr_search):
     return ff.run_sweep(
-        plan, task, name=name, storage_path=args.storage_path, num_workers=args.num_workers,
+        task, plan, name=name, storage_path=args.storage_path, num_workers=args.num_workers,
         use_gpu=args.gpu, address=args.address, max_concurrent=args.max_concurrent,
         max_failures=args.max_failures, dry_run=args.dry_run,
         search=ff.BracketSearchOptions(max_points=args.max_points) if args.adaptive else None, lr_search=lr_search,

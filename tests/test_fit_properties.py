@@ -100,7 +100,7 @@ def _live_fit(table, folder):
     catches FitError from the fit and from the plots, nothing else."""
     laws = _only_fit_errors(lambda: fit(table, bootstrap=BOOTSTRAP))
     if laws is not None:
-        _only_fit_errors(lambda: laws.plot(folder))
+        _only_fit_errors(lambda: laws.save_plots(folder))
         _only_fit_errors(laws.to_markdown)
         _only_fit_errors(laws.summary)
 

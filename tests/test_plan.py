@@ -187,7 +187,7 @@ def recording_loss(model, batch):
 def test_counted_flops_include_attention_and_are_counted_on_meta(corpus):
     DEVICES_SEEN.clear()
     task = Task(recording_gpt, corpus, recording_loss, tokens_per_sample=SEQ_LEN, batch_size=BATCH_SIZE)
-    plan = plan_sweep(task, [1e12], sizes=[1, 2, 4], flops_per_token="counted")
+    plan = plan_sweep(task, [1e12], sizes=[1, 2, 4], flops_convention="counted")
     assert DEVICES_SEEN and set(DEVICES_SEEN) == {("model", "meta"), ("batch", "meta")}
     for p in plan:
         d, layers = ASPECT * p.size, p.size
@@ -287,7 +287,7 @@ def test_from_json_of_non_object_text_is_a_value_error(text):
         ([1e12], {"points_per_budget": 2}, r"plan_sweep\(points_per_budget=2\) must be an int >= 3"),
         ([1e12], {"points_per_budget": 5.0}, r"plan_sweep\(points_per_budget=5.0\)"),
         ([1e12], {"param_convention": "kaplan"}, "param_convention='kaplan'"),
-        ([1e12], {"flops_per_token": "5N"}, "flops_per_token='5N'"),
+        ([1e12], {"flops_convention": "5N"}, "flops_convention='5N'"),
         ([1e12], {"size_spread": 1.0}, r"plan_sweep\(size_spread=1.0\) must be a finite number > 1"),
         ([1e12], {"size_spread": float("nan")}, "size_spread=nan"),
     ],

@@ -50,7 +50,7 @@ def test_plots_written_without_touching_global_state(laws, tmp_path):
     before = dict(matplotlib.rcParams)
     backend = matplotlib.get_backend()
     out = tmp_path / "new" / "plots"
-    paths = laws.plot(out)
+    paths = laws.save_plots(out)
     assert [p.name for p in paths] == list(plots.PLOT_FILES[:3])  # no backtest without holdout
     for p in paths:
         assert p.stat().st_size > 10_000
@@ -63,7 +63,7 @@ def test_plots_with_lowest_optimum_and_no_bootstrap(tmp_path):
     from tests.conftest import synthetic_sweep
 
     laws = fit(synthetic_sweep(seed=2), optimum="lowest", bootstrap=0, approach="isoflop")
-    paths = laws.plot(tmp_path)
+    paths = laws.save_plots(tmp_path)
     assert len(paths) == 2 and all(p.exists() for p in paths)
     # the IsoFLOP intervals come from the regression, not the bootstrap: present without it
     pred = laws.predict(1e21).iloc[0]

@@ -266,19 +266,36 @@ class ScalingLaws:
 
         return report.summary_text(self)
 
-    def plot(self, out_dir=None):
-        """The plots this fit supports: IsoFLOP curves, optima vs compute, parametric
-        residuals, backtest. Without out_dir, {name: matplotlib Figure} (for a notebook;
-        nothing is written); with out_dir, PNG files written there, and their paths."""
+    def plot(self, out_dir=None) -> dict:
+        """The plots this fit supports, {name: matplotlib Figure}: IsoFLOP curves, optima
+        vs compute, parametric residuals, backtest (for a notebook; nothing is written).
+        `save_plots` writes them; plot(out_dir), its older form, warns and does that."""
+        if out_dir is not None:
+            import warnings
+
+            warnings.warn("ScalingLaws.plot(out_dir) is deprecated: use save_plots(out_dir) (plot() returns "
+                          "the figures)", DeprecationWarning, stacklevel=2)
+            return self.save_plots(out_dir)
+        from flops_fit import plots
+
+        self._check_drawable()
+        return plots.figures(self)
+
+    def save_plots(self, out_dir) -> list:
+        """Write the plots as PNG files into the local folder `out_dir` (made if missing);
+        return their paths."""
+        from flops_fit import plots
+
+        self._check_drawable()
+        return plots.write_figures(self, out_dir)
+
+    def _check_drawable(self) -> None:
         from flops_fit import plots
 
         for col in ("params", "tokens", "flops", "loss"):
             if np.isnan(plots.drawable(self.points[col])).any():
                 raise FitError(f"plot: the fitted rows' {col} reach beyond 1e+-{plots.DRAWABLE_DECADES}, "
                                "past what a log-scale axis can draw; check that column's units")
-        if out_dir is None:
-            return plots.figures(self)
-        return plots.write_figures(self, out_dir)
 
     def __str__(self):
         return self.summary()

@@ -239,12 +239,13 @@ def figures(laws) -> dict:
     return drawn
 
 
-def write_figures(laws, out_dir) -> list:
-    """Write the plots as PNG files to out_dir (created if missing); return their paths."""
+def write_figures(drawn: dict, out_dir) -> list:
+    """Write the figures `drawn` ({name: Figure}, as `figures` gives them) as PNG files to
+    out_dir (created if missing); return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, fig in figures(laws).items():
+    for name, fig in drawn.items():
         paths.append(out / f"{name}.png")
         fig.savefig(paths[-1])
     return paths

@@ -23,7 +23,8 @@ import numpy as np
 from . import flops
 from .contract import MIN_POINTS_PER_BUDGET
 from .fitting.isoflop import valley_mask
-from .plan import DEFAULT_SIZE_SPREAD, SweepPlan, sizes_around_prior, steps_for
+from .plan import DEFAULT_SIZE_SPREAD, SweepPlan, steps_for
+from .sizes import sizes_around_prior
 
 
 # Budgets needed for a power law N_opt = k C^a through the bracketed optima (two points
@@ -312,7 +313,7 @@ def extension_sizes(valley: Valley, ok_sizes, tried_sizes, usable, sizes: dict, 
 
 
 class _SizeProbe:
-    """The parameter counts of a size table, in the interface plan.sizes_around_prior uses."""
+    """The parameter counts of a size table, in the interface sizes.sizes_around_prior uses."""
 
     def __init__(self, sizes: dict):
         self.sizes = sizes
@@ -352,7 +353,7 @@ def recentred_sizes(budget: float, params_pred: float, planned_params, usable, s
 def size_table(task, plan: SweepPlan, candidate_sizes) -> dict:
     """Model dial -> (params, flops per token) under the plan's conventions, for every
     candidate size (models built on the meta device, as plan_sweep does)."""
-    from .plan import ModelProbe
+    from .sizes import ModelProbe
 
     probe = ModelProbe(task, plan.param_convention, plan.flops_convention)
     table = {int(s): (int(probe.params(s)), float(probe.flops_per_token(s))) for s in candidate_sizes}

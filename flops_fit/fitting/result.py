@@ -7,6 +7,7 @@ the methods here only delegate to it."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -230,8 +231,6 @@ class ScalingLaws:
     @property
     def table(self) -> pd.DataFrame:
         """Deprecated name of `predictions` (a sweep's `.table` is its measured rows)."""
-        import warnings
-
         warnings.warn("ScalingLaws.table is deprecated: use ScalingLaws.predictions (the name "
                       "`.table` belongs to a sweep's measured rows)", DeprecationWarning, stacklevel=2)
         return self.predictions
@@ -271,31 +270,22 @@ class ScalingLaws:
         vs compute, parametric residuals, backtest (for a notebook; nothing is written).
         `save_plots` writes them; plot(out_dir), its older form, warns and does that."""
         if out_dir is not None:
-            import warnings
-
             warnings.warn("ScalingLaws.plot(out_dir) is deprecated: use save_plots(out_dir) (plot() returns "
                           "the figures)", DeprecationWarning, stacklevel=2)
             return self.save_plots(out_dir)
-        from flops_fit import plots
-
-        self._check_drawable()
-        return plots.figures(self)
-
-    def save_plots(self, out_dir) -> list:
-        """Write the plots as PNG files into the local folder `out_dir` (made if missing);
-        return their paths."""
-        from flops_fit import plots
-
-        self._check_drawable()
-        return plots.write_figures(self, out_dir)
-
-    def _check_drawable(self) -> None:
         from flops_fit import plots
 
         for col in ("params", "tokens", "flops", "loss"):
             if np.isnan(plots.drawable(self.points[col])).any():
                 raise FitError(f"plot: the fitted rows' {col} reach beyond 1e+-{plots.DRAWABLE_DECADES}, "
                                "past what a log-scale axis can draw; check that column's units")
+        return plots.figures(self)
+
+    def save_plots(self, out_dir) -> list:
+        """Write the plots as PNG files into the local folder `out_dir` (made if missing): their paths."""
+        from flops_fit import plots
+
+        return plots.write_figures(self.plot(), out_dir)
 
     def __str__(self):
         return self.summary()

@@ -134,7 +134,7 @@ class SweepPlan:
         if not is_path:
             text = str(text_or_path)
             try:
-                return cls._from_text(text)
+                return cls.from_text(text)
             except ValueError as e:
                 if "\n" in text or text.lstrip().startswith(("{", "[")) or not text.strip():
                     raise
@@ -147,12 +147,12 @@ class SweepPlan:
                 f"Cannot read the sweep plan file {text_or_path} ({e}): give the path of a plan.json "
                 "that SweepPlan.to_json wrote."
             ) from e
-        return cls._from_text(text, source=str(text_or_path))
+        return cls.from_text(text, source=str(text_or_path))
 
     @classmethod
-    def _from_text(cls, text: str, source: str | None = None) -> "SweepPlan":
+    def from_text(cls, text: str, source: str | None = None) -> "SweepPlan":
         """Parse JSON text (never a path); `source` names the file it came from, if any."""
-        where = f"the file {source}" if source is not None else repr(text[:200])
+        where = f"the file {source}" if source is not None else "the text given"
         try:
             d = json.loads(text)
             if not isinstance(d, dict):

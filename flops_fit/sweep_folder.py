@@ -264,7 +264,7 @@ class SweepFolder:
 def _parse_plan(text: str, path: str) -> SweepPlan:
     """The plan in `text`, read from `path`; parsed as text, so an empty file is never
     mistaken for a path (that of the working directory)."""
-    return SweepPlan._from_text(text, source=path)
+    return SweepPlan.from_text(text, source=path)
 
 
 def describe_task(task) -> dict:

@@ -69,3 +69,63 @@ def test_every_module_of_the_fit_is_small():
                 code = node.body[1:] if ast.get_docstring(node) and len(node.body) > 1 else node.body
                 length = node.end_lineno - code[0].lineno + 1
                 assert length <= FITTING_MAX_FUNCTION_LINES, f"{path.name}:{node.name}: {length} lines"
+
+
+PACKAGE_MAX_LINES = 450  # a module one can hold in mind (the fit's own are smaller still)
+PACKAGE_MAX_FUNCTION_LINES = 80  # a function read on one screen, docstring included
+URI_MODULE = "storage.py"  # the one module that tells object-store URIs from local paths
+
+
+def _sources():
+    return sorted((path, path.read_text()) for path in PACKAGE.rglob("*.py"))
+
+
+def _private_imports(text: str) -> list:
+    """`from <package module> import _name` and `<package module alias>._name` in `text`."""
+    tree = ast.parse(text)
+    found, aliases = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("flops_fit")):
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    found.append(f"{node.lineno}: from {node.module} import {alias.name}")
+                aliases.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            aliases.update(a.asname or a.name for a in node.names if a.name.startswith("flops_fit"))
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name) and node.value.id in aliases):
+            found.append(f"{node.lineno}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_the_private_import_check_finds_both_forms():
+    assert len(_private_imports("from .plan import _hidden\n")) == 1
+    assert len(_private_imports("from flops_fit import plan\nplan._hidden()\n")) == 1
+    assert _private_imports("from .plan import shown\nimport os\nos._exit\n") == []
+
+
+def test_no_module_imports_a_private_name_of_another():
+    found = [f"{path.relative_to(PACKAGE)}:{hit}" for path, text in _sources() for hit in _private_imports(text)]
+    assert found == []
+
+
+def test_every_module_and_function_of_the_package_is_small():
+    too_long = []
+    for path, text in _sources():
+        lines = text.count("\n")
+        if lines > PACKAGE_MAX_LINES:
+            too_long.append(f"{path.relative_to(PACKAGE)}: {lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > PACKAGE_MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(PACKAGE)}:{node.name}: {length} lines")
+    assert too_long == []
+    assert len(_sources()) > 30  # the package was read
+
+
+def test_only_the_storage_module_tells_uris_from_paths():
+    tellers = sorted(str(path.relative_to(PACKAGE)) for path, text in _sources()
+                     if '"://"' in text or "'://'" in text)
+    assert tellers == [URI_MODULE]

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import flops_fit as ff
-from toy import EXAMPLES, load_example
+from driver_side import EXAMPLES, load_example
 
 
 @pytest.mark.parametrize("value", ["-1", "5"])

@@ -41,7 +41,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from toy import free_ports
+from driver_side import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 ONPREM_YAML = ROOT / "examples" / "cluster-onprem.yaml"

@@ -13,8 +13,8 @@ import pytest
 
 import flops_fit as ff
 from flops_fit import execute, ray_setup
-from toy import (FAILING_SIZE, KillDriverOnce, gpt_failing, tiny_task, wait_for, worker_groups_holding_cpus,
-                 workers_by_size)
+from driver_side import KillDriverOnce, wait_for, worker_groups_holding_cpus
+from worker_side import FAILING_SIZE, gpt_failing, tiny_task, workers_by_size
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -160,7 +160,8 @@ NO_SLOTS = textwrap.dedent(
     from ray.util.state import list_actors
     import flops_fit as ff
     from flops_fit.ray_setup import pin_local_address
-    from toy import free_ports, tiny_task
+    from driver_side import free_ports
+    from worker_side import tiny_task
     tmp = Path(sys.argv[1])
     pin_local_address()  # this cluster, not the test session's, is "the" Ray of its processes
     [dashboard_port] = free_ports(1)

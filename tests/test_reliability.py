@@ -16,7 +16,7 @@ import torch
 import flops_fit as ff
 from flops_fit.models import gpt, lm_loss
 from flops_fit.task import check_task
-from toy import tiny_task
+from worker_side import tiny_task
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -139,7 +139,7 @@ BEFORE_RAY = textwrap.dedent(
     """
     import dataclasses, json, sys, threading, ray, flops_fit as ff
     sys.path.insert(0, {tests!r})
-    from toy import tiny_task
+    from worker_side import tiny_task
     from pathlib import Path
     tmp = Path({tmp!r})
     task = tiny_task(tmp)
@@ -314,7 +314,7 @@ FINISHED_RERUN = textwrap.dedent(
     """
     import sys, ray, flops_fit as ff
     sys.path.insert(0, {tests!r})
-    from toy import tiny_task
+    from worker_side import tiny_task
     from flops_fit.sweep_folder import SweepFolder
     from pathlib import Path
     tmp = Path({tmp!r})

@@ -30,7 +30,7 @@ import pytest
 from flops_fit.data import write_token_file
 from flops_fit.preflight import PREFLIGHT_TIMEOUT_S
 from flops_fit.ray_setup import LOCAL_RAY_ENV, TRIAL_RESOURCE
-from toy import free_ports, stop_processes_under
+from driver_side import free_ports, stop_processes_under
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 import flops_fit as ff
-from toy import DIVERGING_SIZE, KillWorkerOnce, gpt_nan, tiny_task
+from driver_side import KillWorkerOnce
+from worker_side import DIVERGING_SIZE, gpt_nan, tiny_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 TESTS_DIR = Path(__file__).resolve().parent
@@ -114,7 +115,8 @@ NODE_LOSS = textwrap.dedent(
     from ray.cluster_utils import Cluster
     import flops_fit as ff
     from flops_fit.ray_setup import TRIAL_RESOURCE, pin_local_address
-    from toy import RemoveTrainingNode, tiny_task
+    from driver_side import RemoveTrainingNode
+    from worker_side import tiny_task
     tmp = Path(sys.argv[1])
     pin_local_address()  # this cluster, not the test session's, is "the" Ray of its processes
     def free_port():

@@ -16,7 +16,7 @@ from torch.utils.data import default_collate
 from flops_fit.flops import count_params
 from flops_fit.vision import (DigitsImages, ImageFolder, ViT, ViTConfig, classification_loss,
                               split_indices, vit)
-from toy import load_example
+from driver_side import load_example
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5])

@@ -20,7 +20,8 @@ from flops_fit import checkpointing, device, prefetch
 from flops_fit import train as T
 from flops_fit.hardware import PEAK_FLOPS, TFLOPS, choose_precision, peak_flops
 from flops_fit.plan import SweepPoint
-from toy import KillWorkerOnce, load_example, tiny_task
+from driver_side import KillWorkerOnce, load_example
+from worker_side import tiny_task
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -353,7 +354,7 @@ LOGICAL_GPU = textwrap.dedent(
     from ray.cluster_utils import Cluster
     import flops_fit as ff
     from flops_fit.ray_setup import TRIAL_RESOURCE, pin_local_address
-    from toy import tiny_task
+    from worker_side import tiny_task
     tmp = Path(sys.argv[1])
     pin_local_address()
     def free_port():

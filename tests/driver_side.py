@@ -6,6 +6,7 @@ module imports without them."""
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+JOBS = Path(__file__).resolve().parent / "jobs"  # programs the tests run as `python JOBS/name.py args`
 
 
 # --- Tune callbacks (mixed into tune.Callback at use) -----------------------------------------

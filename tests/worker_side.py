@@ -1,7 +1,7 @@
 """Test helpers that run inside Ray workers and trial drivers, or build what they run: model
-functions, data and tasks. Importable on Ray workers: the session fixture (conftest.py), and
-the jobs that start a Ray of their own, put this folder on their path, and Ray pickles these
-functions by module reference."""
+functions, data and tasks. Ray pickles these functions by module reference, so its workers
+import this module: the session fixture (conftest.py), and the tests whose jobs start a Ray
+of their own, put this folder on the PYTHONPATH that Ray's processes get."""
 
 import math
 from pathlib import Path

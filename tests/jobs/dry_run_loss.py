@@ -1,4 +1,4 @@
-"""The dry run's loss of one fixed point, without a law of its own and with seed 0
+"""The dry run's loss of one fixed point, under the default law (Chinchilla's) and task seed 0
 (tests/test_task.py runs it under several PYTHONHASHSEED values: the noise must not depend
 on str hashes, which are salted per process).
 

@@ -119,7 +119,7 @@ def ray_session():
 
     Token authentication is turned off for tests only (docs/architecture.md: Ray 2.60 turns it on
     for a local ray.init); workers get this folder on their path so that the helpers in
-    tests/toy.py can be used as model and loss functions.
+    tests/worker_side.py can be used as model and loss functions.
     """
     import os
 

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 
-from toy import free_ports
+from driver_side import free_ports
 
 # Credentials moto accepts; never real ones.
 S3_ENV = {

@@ -279,7 +279,7 @@ def test_open_data_returns_the_failure_as_data_for_the_drivers_error(tmp_path):
     import ray.cloudpickle
 
     from flops_fit.preflight import open_data
-    from toy import tiny_task
+    from worker_side import tiny_task
 
     write_token_file(tmp_path / "train.bin", np.arange(4000) % 256)
     task = tiny_task(tmp_path)

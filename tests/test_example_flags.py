@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import flops_fit as ff
-from toy import EXAMPLES, load_example
+from driver_side import EXAMPLES, JOBS, load_example
 
 
 @pytest.mark.parametrize("value", ["-1", "5"])
@@ -32,11 +32,8 @@ def test_each_example_runs_on_its_own_when_copied(tmp_path, example):
     # a copy alone in a folder (no other example beside it) parses its flags and builds its Task
     copy = tmp_path / f"my_{example}.py"
     shutil.copy(EXAMPLES / f"{example}.py", copy)
-    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import my_{example} as m; "
-            "args = m.parse_args(['--smoke', '--max-failures', '3']); task = m.make_task(args); "
-            "print(args.name, args.max_failures, args.budgets, task.batch_size)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path)
+    out = subprocess.run([sys.executable, str(JOBS / "copied_example.py"), str(tmp_path), f"my_{example}"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     name, failures = out.stdout.split()[:2]
     assert (name, failures) == ({"sweep": "smoke", "images": "vit-smoke"}[example], "3")

@@ -22,7 +22,7 @@ import pytest
 
 import flops_fit as ff
 from flops_fit.sweep_script import SMOKE_BOOTSTRAP
-from toy import free_ports
+from driver_side import free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 

@@ -462,7 +462,8 @@ def test_lr_rule_fitted_searches_the_small_budgets_then_trains_the_rest_with_the
         tmp_path, monkeypatch, capsys):
     from flops_fit.sweep_script import lr_search_report, plan_and_run
     from flops_fit.dry_run import DRY_RUN_LR_LAW
-    from toy import load_example, tiny_task
+    from driver_side import load_example
+    from worker_side import tiny_task
 
     calls = []
     monkeypatch.setattr(ff, "run_sweep", _in_process_run_sweep(calls, RECOVERY_LAW))
@@ -493,7 +494,8 @@ def test_lr_rule_fitted_searches_the_small_budgets_then_trains_the_rest_with_the
 
 def test_lr_rule_fitted_stops_before_the_rest_when_a_searched_point_failed(tmp_path, monkeypatch):
     from flops_fit.sweep_script import plan_and_run
-    from toy import load_example, tiny_task
+    from driver_side import load_example
+    from worker_side import tiny_task
 
     calls = []
     inner = _in_process_run_sweep(calls, RECOVERY_LAW)

@@ -9,7 +9,7 @@ import pytest
 import flops_fit as ff
 from flops_fit.lr_search import sibling_id
 from flops_fit.sweep_folder import SweepFolder
-from toy import tiny_task
+from worker_side import tiny_task
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import flops_fit as ff
 from flops_fit import lease
 from flops_fit import sweep_folder as F
 from flops_fit.sweep_folder import SweepFolder
+from driver_side import JOBS
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.oldest_ray]
 TESTS_DIR = Path(__file__).resolve().parent
@@ -25,36 +25,15 @@ TESTS_DIR = Path(__file__).resolve().parent
 # process), so the killed driver's lease goes stale in STALE_HEARTBEATS x this, not 30 s.
 DRIVER_HEARTBEAT_S = 0.5
 
-DRIVER = textwrap.dedent(
-    """
-    import sys, flops_fit as ff
-    from flops_fit import lease
-    from flops_fit.data import TokenFile
-    from flops_fit.models import gpt, lm_loss
-    from pathlib import Path
-    tmp, address, bucket, beat = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
-    lease.HEARTBEAT_S = beat
-    data = TokenFile(bucket + "/data", seq_len=32, vocab_size=256, cache_dir=tmp / "cache")
-    task = ff.Task(model_fn=gpt, data=data, loss_fn=lm_loss, tokens_per_sample=32, batch_size=8,
-                   eval_samples=64)
-    plan = ff.plan_sweep(task, [5e9], sizes=[1, 2])
-    ff.run_sweep(plan, task, name="on-s3", storage_path=bucket + "/runs", max_concurrent=1,
-                 address=address, live_fit=False)
-    """
-)
-
-
 def test_a_killed_driver_of_an_object_store_sweep_is_resumed_by_the_next(ray_session, s3_server, tmp_path):
     bucket = s3_server.bucket("sweeps")
     sweep = f"{bucket}/runs/on-s3"
     text = np.frombuffer(b"the quick brown fox jumps over the lazy dog. " * 800, dtype=np.uint8)
     for name, tokens in (("train.bin", text), ("val.bin", text[:4000])):  # nanoGPT's layout
         s3_server.client().put_object(Bucket="sweeps", Key=f"data/{name}", Body=tokens.astype("<u2").tobytes())
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
     address = ray_session.get_runtime_context().gcs_address
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(script), str(tmp_path), address, bucket, str(DRIVER_HEARTBEAT_S)]
+    cmd = [sys.executable, str(JOBS / "s3_sweep.py"), str(tmp_path), address, bucket, str(DRIVER_HEARTBEAT_S)]
 
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240

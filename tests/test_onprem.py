@@ -41,7 +41,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from toy import free_ports
+from driver_side import JOBS, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 ONPREM_YAML = ROOT / "examples" / "cluster-onprem.yaml"
@@ -62,19 +62,6 @@ HEAD_PORT_FLAGS = (
     "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
 )
 RAY_DAEMONS = ("raylet", "gcs_server")
-
-# Relay stdin/stdout <-> 127.0.0.1:port for ssh's ProxyCommand (standard library only).
-RELAY = """\
-import os, socket, sys, threading
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-def up():
-    while data := os.read(0, 65536):
-        s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-threading.Thread(target=up, daemon=True).start()
-while data := s.recv(65536):
-    os.write(1, data)
-"""
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 
@@ -130,8 +117,7 @@ LogLevel VERBOSE
         # The node's login shell (Ray runs `bash --login -i` and sources ~/.bashrc):
         # this checkout's venv first on PATH, so the node's python/pip/ray are the venv's.
         (self.home / ".bashrc").write_text(f"export PATH={shlex.quote(str(VENV_BIN))}:$PATH\n")
-        (work / "relay.py").write_text(RELAY)
-        self.proxy = f"{sys.executable} {work / 'relay.py'} {self.port}"
+        self.proxy = f"{sys.executable} {JOBS / 'ssh_relay.py'} {self.port}"
         # /run/sshd (privilege separation) does not exist unless the machine runs sshd:
         # then a tmpfs /run is mounted in the namespace's own mount table, not the machine's.
         inner = ("[ -d /run/sshd ] || { mount -t tmpfs -o mode=755 tmpfs /run && mkdir -m 755 /run/sshd; }; "

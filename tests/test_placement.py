@@ -6,15 +6,14 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 import flops_fit as ff
 from flops_fit import execute, ray_setup
-from toy import (FAILING_SIZE, KillDriverOnce, gpt_failing, tiny_task, wait_for, worker_groups_holding_cpus,
-                 workers_by_size)
+from driver_side import JOBS, KillDriverOnce, wait_for, worker_groups_holding_cpus
+from worker_side import FAILING_SIZE, gpt_failing, tiny_task, workers_by_size
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -149,52 +148,11 @@ def test_a_killed_trial_driver_resumes_its_point_and_a_failed_point_is_not_retra
 
 
 # --- a cluster without trial slots (ray.cluster_utils.Cluster) -------------------------------
-NO_SLOTS = textwrap.dedent(
-    """
-    import json, os, sys
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    from pathlib import Path
-    import ray
-    from ray.cluster_utils import Cluster
-    from ray.util.state import list_actors
-    import flops_fit as ff
-    from flops_fit.ray_setup import pin_local_address
-    from toy import free_ports, tiny_task
-    tmp = Path(sys.argv[1])
-    pin_local_address()  # this cluster, not the test session's, is "the" Ray of its processes
-    [dashboard_port] = free_ports(1)
-    # The head looks like a GPU node (a logical GPU), and has the most CPUs; no trial slots.
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 3, "num_gpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": dashboard_port})
-    try:
-        ray.init(address=cluster.address, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"],
-                                           "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}})
-        cpu_node = cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        task = tiny_task(tmp)
-        plan = ff.plan_sweep(task, [1e10], sizes=[1, 2])
-        res = ff.run_sweep(plan, task, name="no-slots", storage_path=tmp / "runs", dry_run=True,
-                           live_fit=False, verbose=False)
-        drivers = [a.node_id for a in list_actors(limit=10_000) if a.class_name.split(".")[-1] == "ImplicitFunc"]
-        print("RESULT", json.dumps({"statuses": list(res.table.status), "drivers": drivers,
-                                    "cpu_node": cpu_node.node_id, "head": cluster.head_node.node_id}))
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    """
-)
-
-
 @pytest.mark.slow
 def test_without_trial_slots_drivers_run_on_the_cpu_only_node(tmp_path):
-    script = tmp_path / "no_slots.py"
-    script.write_text(NO_SLOTS)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True,
-                         text=True, timeout=240)
+    out = subprocess.run([sys.executable, str(JOBS / "no_trial_slots.py"), str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=240)
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     assert lines, out.stdout[-3000:] + out.stderr[-3000:]
     r = json.loads(lines[0][len("RESULT "):])

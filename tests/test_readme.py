@@ -11,7 +11,7 @@ import pytest
 import flops_fit as ff
 from flops_fit.data import HFText, TextCorpus, TokenFile, write_token_file
 from flops_fit.task import check_task
-from toy import load_example
+from driver_side import load_example
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Bring your own data"

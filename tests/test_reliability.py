@@ -6,9 +6,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +13,8 @@ import torch
 import flops_fit as ff
 from flops_fit.models import gpt, lm_loss
 from flops_fit.task import check_task
-from toy import tiny_task
-
-TESTS_DIR = Path(__file__).resolve().parent
+from driver_side import JOBS
+from worker_side import tiny_task
 
 
 @pytest.fixture
@@ -135,29 +131,6 @@ def _one_split():
     return TokenDataset(np.arange(1000, dtype=np.uint16) % 256, 32)
 
 
-BEFORE_RAY = textwrap.dedent(
-    """
-    import dataclasses, json, sys, threading, ray, flops_fit as ff
-    sys.path.insert(0, {tests!r})
-    from toy import tiny_task
-    from pathlib import Path
-    tmp = Path({tmp!r})
-    task = tiny_task(tmp)
-    plan = ff.plan_sweep(task, [5e9], sizes=[1, 2])
-    out = []
-    for overrides in {cases!r}:
-        kwargs = dict(name="x", storage_path=str(tmp / "runs"), task=task)
-        kwargs.update(eval(overrides))
-        try:
-            ff.run_sweep(plan, **kwargs)
-            error = None
-        except Exception as e:
-            error = f"{{type(e).__name__}} {{e}}"
-        out.append(dict(overrides=overrides, error=error, ray_started=ray.is_initialized()))
-    print("RESULTS", json.dumps(out))
-    """
-)
-
 BAD_RUN_ARGUMENTS = [
     ("dict(num_workers=0)", "num_workers=0"),
     ("dict(num_workers=3)", "not divisible by num_workers=3"),
@@ -177,8 +150,8 @@ BAD_RUN_ARGUMENTS = [
 def run_before_ray(tmp_path, cases) -> list[dict]:
     """run_sweep with each case's overrides, in one fresh process (none of the test
     session's Ray there): each case's error and whether Ray had been started by then."""
-    code = BEFORE_RAY.format(tests=str(TESTS_DIR), tmp=str(tmp_path), cases=list(cases))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, str(JOBS / "run_sweep_before_ray.py"), str(tmp_path),
+                          json.dumps(list(cases))], capture_output=True, text=True, timeout=300)
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULTS ")]
     assert lines, out.stdout[-3000:] + out.stderr[-3000:]
     return json.loads(lines[0][len("RESULTS "):])
@@ -245,33 +218,11 @@ def test_results_are_read_without_unpickling_anything(tmp_path):
 
 def test_what_flops_fit_hands_ray_keeps_token_auth_and_usage_stats_off():
     # A fresh process as a user's: no auth or usage setting of its own.
-    code = textwrap.dedent("""
-        import json, os
-        from flops_fit import ray_setup
-        handed = ray_setup.set_ray_env(local=True)
-        print(json.dumps({"handed": handed, "auth": os.environ.get("RAY_AUTH_MODE")}))
-    """)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
-    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    out = json.loads(subprocess.run([sys.executable, str(JOBS / "local_ray_env.py")], capture_output=True, text=True,
                                     check=True, env=env).stdout)
     assert out["auth"] is None and "RAY_AUTH_MODE" not in out["handed"]  # token auth stays Ray's default
     assert out["handed"]["RAY_USAGE_STATS_ENABLED"] == "0"  # nothing phones home
-
-
-JOIN = textwrap.dedent(
-    """
-    import json, os, sys
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "5"  # the user's own setting
-    from flops_fit import ray_setup
-    import ray
-    started = ray_setup.ensure_ray(sys.argv[1], verbose=False)
-    job_env = ray.get_runtime_context().runtime_env.get("env_vars", {})
-    print("RESULT", json.dumps({"started": started, "job_env": job_env,
-                                "driver": {k: os.environ.get(k) for k in ray_setup.LOCAL_RAY_ENV}}))
-    ray.shutdown()
-    """
-)
 
 
 @pytest.mark.slow
@@ -281,7 +232,7 @@ def test_laptop_settings_are_not_forced_on_a_cluster_that_is_joined(ray_session,
 
     env = {k: v for k, v in os.environ.items() if k not in LOCAL_RAY_ENV and k != "RAY_ADDRESS"}
     address = ray_session.get_runtime_context().gcs_address
-    out = subprocess.run([sys.executable, "-c", JOIN, address], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, str(JOBS / "join_cluster.py"), address], capture_output=True, text=True,
                          timeout=120, env=env)
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     assert lines, out.stdout[-2000:] + out.stderr[-2000:]
@@ -296,43 +247,18 @@ def test_laptop_settings_are_not_forced_on_a_cluster_that_is_joined(ray_session,
 
 
 def test_a_local_ray_gets_the_laptop_settings_unless_the_user_set_them():
-    code = textwrap.dedent("""
-        import json, os
-        os.environ["RAY_TRAIN_METRICS_ENABLED"] = "1"  # the user's own choice
-        from flops_fit.ray_setup import set_ray_env
-        print(json.dumps(set_ray_env(local=True)))
-    """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_TRAIN")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    env["RAY_TRAIN_METRICS_ENABLED"] = "1"  # the user's own choice
+    out = subprocess.run([sys.executable, str(JOBS / "local_ray_env.py")], capture_output=True, text=True,
+                         timeout=120, env=env)
+    got = json.loads(out.stdout.strip().splitlines()[-1])["handed"]
     assert got["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.2"
     assert got["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
     assert got["RAY_TRAIN_METRICS_ENABLED"] == "1"
 
 
-FINISHED_RERUN = textwrap.dedent(
-    """
-    import sys, ray, flops_fit as ff
-    sys.path.insert(0, {tests!r})
-    from toy import tiny_task
-    from flops_fit.sweep_folder import SweepFolder
-    from pathlib import Path
-    tmp = Path({tmp!r})
-    task = tiny_task(tmp)
-    plan = ff.plan_sweep(task, [5e9], sizes=[1, 2])
-    folder = str(tmp / "runs" / "done")
-    SweepFolder(folder).claim(plan, task).release()
-    for p in plan:
-        SweepFolder(folder).write_finished(p.point_id, dict(final=True, status="ok", loss=3.0 + p.size, tokens=p.tokens))
-    res = ff.run_sweep(plan, task, name="done", storage_path=str(tmp / "runs"), verbose=False)
-    print("STATUS", list(res.table.status), list(res.table.loss))
-    print("RAY_STARTED", ray.is_initialized())
-    """
-)
-
-
 def test_a_finished_sweep_run_again_returns_its_table_without_starting_ray(tmp_path):
-    code = FINISHED_RERUN.format(tests=str(TESTS_DIR), tmp=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, str(JOBS / "finished_sweep_rerun.py"), str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
     assert "STATUS ['ok', 'ok'] [4.0, 5.0]" in out.stdout, out.stdout + out.stderr[-3000:]
     assert "RAY_STARTED False" in out.stdout

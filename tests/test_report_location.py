@@ -6,7 +6,7 @@ import types
 import flops_fit.results as R
 from flops_fit import storage
 from conftest import synthetic_sweep
-from toy import load_example
+from driver_side import load_example
 
 
 def test_report_of_a_sweep_in_storage_given_as_uri_goes_to_the_sweep_folder(tmp_path, monkeypatch, capsys):

@@ -13,7 +13,6 @@ import stat
 import subprocess
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -25,6 +24,7 @@ from flops_fit import sweep_folder as F
 from flops_fit.sweep_folder import SweepFolder
 from flops_fit.plan import SweepPlan, SweepPoint, point_id
 from flops_fit.task import Task
+from driver_side import JOBS
 
 BATCH_TOKENS = 512
 BUDGET = 1e12
@@ -392,20 +392,8 @@ def test_claim_refuses_a_different_task_and_names_what_differs(tmp_path, task, c
     SweepFolder(str(tmp_path / "s")).claim(plan, task).release()  # the task it began with resumes
 
 
-FINGERPRINT = """
-import functools, json, sys
-from flops_fit.data import TextCorpus
-from flops_fit.models import GPT, lm_loss
-from flops_fit.sweep_folder import task_fingerprint
-from flops_fit.task import Task
-task = Task(functools.partial(GPT.from_size, aspect=8), TextCorpus(seq_len=32, cache_dir=sys.argv[1]),
-            lm_loss, tokens_per_sample=32, lr=lambda n: 0.01 * n ** -0.1)
-print(json.dumps(task_fingerprint(task)))
-"""
-
-
 def test_a_task_fingerprint_is_the_same_in_every_process(tmp_path):
-    runs = [subprocess.run([sys.executable, "-c", FINGERPRINT, str(tmp_path)], capture_output=True,
+    runs = [subprocess.run([sys.executable, str(JOBS / "task_fingerprint.py"), str(tmp_path)], capture_output=True,
                            text=True, check=True).stdout for _ in range(2)]
     first = json.loads(runs[0])
     assert runs[0] == runs[1]
@@ -423,27 +411,13 @@ def test_a_second_driver_on_a_live_sweep_is_refused(tmp_path, task):
     SweepFolder(str(tmp_path / "s")).claim(plan, task).release()  # free again once released
 
 
-HOLD = """
-import sys, time
-from flops_fit.sweep_folder import SweepFolder
-from flops_fit.plan import SweepPlan
-sys.path.insert(0, sys.argv[2])
-from test_results import no_data, no_loss, no_model
-from flops_fit.task import Task
-task = Task(no_model, no_data, no_loss, tokens_per_sample=128, batch_size=4, lr=2e-3, extra={"note": "x"})
-claim = SweepFolder(sys.argv[1]).claim(SweepPlan.from_json(sys.argv[1] + "/plan.json"), task)
-print("HELD", flush=True)
-time.sleep(600)
-"""
-
-
 def test_a_driver_that_was_killed_leaves_no_lock_behind(tmp_path, task):
     import signal
 
     plan = make_plan()
     folder = tmp_path / "s"
     SweepFolder(str(folder)).claim(plan, task).release()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(Path(__file__).parent)],
+    holder = subprocess.Popen([sys.executable, str(JOBS / "hold_sweep_claim.py"), str(folder)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "HELD"

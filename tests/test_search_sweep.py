@@ -8,7 +8,7 @@ import flops_fit as ff
 from flops_fit.fitting import budget_optima
 from flops_fit.sweep_folder import SEARCH_FILE
 from flops_fit.search import ORIGIN_EXTENDED, ORIGIN_PLANNED
-from toy import tiny_task
+from worker_side import tiny_task
 
 pytestmark = pytest.mark.slow
 

@@ -82,7 +82,7 @@ def test_a_sweep_resumes_only_the_way_it_started_and_search_names_are_checked(tm
     import pytest
 
     import flops_fit as ff
-    from toy import tiny_task
+    from worker_side import tiny_task
 
     task = tiny_task(tmp_path)
     plan = ff.plan_sweep(task, [1e9], sizes=[1, 2, 3])
@@ -130,7 +130,7 @@ def test_the_older_search_keywords_still_work_and_warn(tmp_path):
     with pytest.raises(TypeError, match="unexpected keyword argument 'max_point'"):
         search_options(None, {"max_point": 12})
     # through run_sweep itself: the older form reaches the same checks (refused before Ray)
-    from toy import tiny_task
+    from worker_side import tiny_task
 
     task = tiny_task(tmp_path)
     plan = ff.plan_sweep(task, [1e9], sizes=[1, 2, 3])

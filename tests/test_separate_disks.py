@@ -30,7 +30,7 @@ import pytest
 from flops_fit.data import write_token_file
 from flops_fit.preflight import PREFLIGHT_TIMEOUT_S
 from flops_fit.ray_setup import LOCAL_RAY_ENV, TRIAL_RESOURCE
-from toy import free_ports, stop_processes_under
+from driver_side import JOBS, free_ports, stop_processes_under
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 
@@ -48,44 +48,6 @@ HEAD_PORT_FLAGS = ("--port", "--dashboard-port", "--metrics-export-port", "--das
 NODE_PORT_FLAGS = ("--metrics-export-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                    "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port")
 
-# The sweep driver: joins the cluster as run_sweep would, waits for both nodes, runs a
-# sweep of one tiny point and prints its table, or the error that refused it; then, with
-# "probe", what the worker node sees of a path and of its cache folder (a pinned task).
-DRIVER = """
-import json, os, sys, time
-import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-import flops_fit as ff
-from flops_fit import ray_setup
-from flops_fit.data import TokenFile
-from flops_fit.models import gpt, lm_loss
-
-args = json.loads(sys.argv[1])
-ray_setup.ensure_ray(args["address"], verbose=False)
-deadline = time.time() + 60
-while sum(1 for n in ray.nodes() if n["Alive"]) < 2 and time.time() < deadline:
-    time.sleep(0.5)
-assert sum(1 for n in ray.nodes() if n["Alive"]) == 2, "the worker node did not join"
-data = TokenFile(args["data"], seq_len=32, vocab_size=256, cache_dir=args["cache"])
-task = ff.Task(model_fn=gpt, data=data, loss_fn=lm_loss, tokens_per_sample=32, batch_size=8, eval_samples=64)
-plan = ff.plan_sweep(task, [2e9], sizes=[1])
-start = time.monotonic()
-try:
-    res = ff.run_sweep(plan, task, name=args["name"], storage_path=args["storage"], live_fit=False)
-except Exception as e:
-    print("REFUSED", json.dumps(dict(seconds=time.monotonic() - start, type=type(e).__name__, error=str(e))))
-else:
-    print("TABLE", json.dumps(res.table[["point_id", "status", "error"]].astype(str).to_dict("records")))
-
-@ray.remote(num_cpus=1)
-def sees(path, cache):
-    return os.path.exists(path), sorted(os.listdir(cache)) if os.path.isdir(cache) else []
-
-if args.get("probe"):
-    node = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU"))
-    pinned = sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-    print("SEES", json.dumps(ray.get(pinned.remote(args["probe"], args["cache"] + "/remote"))))
-"""
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items()
@@ -145,8 +107,10 @@ def _tokens() -> np.ndarray:
     return np.frombuffer(text, dtype=np.uint8)[:200_000]
 
 
-def _run(script: str, cluster: dict, args: dict, timeout: float) -> str:
-    out = subprocess.run([sys.executable, "-c", script, json.dumps(dict(args, address=cluster["address"]))],
+def _run(cluster: dict, args: dict, timeout: float) -> str:
+    """The sweep driver jobs/separate_disks_sweep.py on the cluster, with `args`: its output."""
+    out = subprocess.run([sys.executable, str(JOBS / "separate_disks_sweep.py"),
+                          json.dumps(dict(args, address=cluster["address"]))],
                          env={**cluster["env"], "PYTHONPATH": str(TESTS_DIR)},
                          capture_output=True, text=True, timeout=timeout)
     return out.stdout + "\n" + out.stderr[-4000:]
@@ -167,8 +131,8 @@ def test_a_sweep_with_data_and_storage_in_s3_trains_on_a_node_that_shares_no_dis
     cache = str(cluster["hidden"] / "cache")  # on the worker node: inside its tmpfs, its own disk
     marker = cluster["hidden"] / "written-by-the-head"
     marker.write_text("only the head sees this")
-    out = _run(DRIVER, cluster, dict(data=f"{bucket}/data", cache=cache, probe=str(marker),
-                                     storage=f"{bucket}/runs", name="s3-data"), DRIVER_TIMEOUT_S)
+    out = _run(cluster, dict(data=f"{bucket}/data", cache=cache, probe=str(marker),
+                             storage=f"{bucket}/runs", name="s3-data"), DRIVER_TIMEOUT_S)
     table = _line(out, "TABLE")
     assert [row["status"] for row in table] == ["ok"], table
     assert "Pre-flight check: the task's data opened on 1 node type(s)" in out
@@ -184,8 +148,8 @@ def test_data_only_on_the_drivers_disk_is_refused_before_any_point_trains(cluste
     bucket = s3_server.bucket("separate-disks")
     data = cluster["hidden"] / "data"  # written by the head; hidden from the worker node by its tmpfs
     write_token_file(data / "train.bin", _tokens())
-    out = _run(DRIVER, cluster, dict(data=str(data), cache=str(cluster["base"] / "cache"),
-                            storage=f"{bucket}/runs", name="local-data"), DRIVER_TIMEOUT_S)
+    out = _run(cluster, dict(data=str(data), cache=str(cluster["base"] / "cache"),
+                             storage=f"{bucket}/runs", name="local-data"), DRIVER_TIMEOUT_S)
     refused = _line(out, "REFUSED")
     assert refused["type"] == "FileNotFoundError", refused
     error = refused["error"]

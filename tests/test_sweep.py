@@ -5,14 +5,14 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import flops_fit as ff
-from toy import DIVERGING_SIZE, KillWorkerOnce, gpt_nan, tiny_task
+from driver_side import JOBS, KillWorkerOnce
+from worker_side import DIVERGING_SIZE, gpt_nan, tiny_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 TESTS_DIR = Path(__file__).resolve().parent
@@ -103,66 +103,12 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_loss(ray_session, t
     assert last["num_processes"] == 1 and last["distributed_type"] == "DistributedType.NO", last
 
 
-NODE_LOSS = textwrap.dedent(
-    """
-    import json, os, sys
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    from pathlib import Path
-    import ray
-    from ray import tune
-    from ray.cluster_utils import Cluster
-    import flops_fit as ff
-    from flops_fit.ray_setup import TRIAL_RESOURCE, pin_local_address
-    from toy import RemoveTrainingNode, tiny_task
-    tmp = Path(sys.argv[1])
-    pin_local_address()  # this cluster, not the test session's, is "the" Ray of its processes
-    def free_port():
-        import socket
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": free_port()})
-
-    class RemoveNode(RemoveTrainingNode, tune.Callback):
-        pass
-
-    try:
-        # Connect while the head is the only node: Ray 2.53 (not 2.60) attaches a driver to any
-        # raylet on its host, and this test removes a worker node under the sweep.
-        ray.init(address=cluster.address, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"],
-                                           "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}})
-        assert ray.get_runtime_context().get_node_id() == cluster.head_node.node_id
-        nodes = [cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1)]
-        cluster.wait_for_nodes()
-        RemoveTrainingNode.cluster, RemoveTrainingNode.nodes = cluster, nodes
-        task = tiny_task(tmp, checkpoint_every=40, report_every=20)
-        plan = ff.plan_sweep(task, [1e10], sizes=[2])
-        cb = RemoveNode()
-        res = ff.run_sweep(plan, task, name="node-loss", storage_path=tmp / "runs", live_fit=False,
-                           callbacks=[cb])
-        row = res.table.iloc[0]
-        print("RESULT", json.dumps({"status": row.status, "removed": cb.removed, "node": row.node_id,
-                                    "attempts": int(row.attempts), "tokens": int(row.tokens),
-                                    "planned": int(row.planned_tokens)}))
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    """
-)
-
-
 @pytest.mark.slow
 @pytest.mark.oldest_ray
 def test_a_node_removed_mid_trial_resumes_on_another_node(tmp_path):
-    script = tmp_path / "node_loss.py"
-    script.write_text(NODE_LOSS)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True,
-                         text=True, timeout=200)
+    out = subprocess.run([sys.executable, str(JOBS / "node_loss.py"), str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=200)
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     assert lines, out.stdout[-3000:] + out.stderr[-3000:]
     r = json.loads(lines[0][len("RESULT "):])

@@ -14,7 +14,8 @@ import pytest
 import flops_fit as ff
 from ray.tune.logger import LoggerCallback
 from flops_fit.dry_run import CHINCHILLA_LAW
-from toy import tiny_task, wait_for, worker_groups_holding_cpus
+from driver_side import wait_for, worker_groups_holding_cpus
+from worker_side import tiny_task
 
 # A dry run of 3 budgets x 3 sizes of the toy GPT: every budget's minimum is bracketed under
 # the dry run's law (Chinchilla's, noise off), so the live fit yields an exponent a.

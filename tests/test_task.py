@@ -14,6 +14,7 @@ from flops_fit.data import TextCorpus
 from flops_fit.models import gpt, lm_loss
 from flops_fit.task import Task, lr_multiplier
 from flops_fit.prefetch import shard_positions
+from driver_side import JOBS
 
 SEQ_LEN = 128
 
@@ -223,11 +224,9 @@ def test_shards_are_disjoint_and_cover_each_global_batch(batch_size, world_size)
 
 def test_dry_run_loss_is_the_same_in_every_process():
     # str hashes are salted per process (PYTHONHASHSEED): the noise must not depend on them
-    code = ("from flops_fit.plan import SweepPoint; from flops_fit.dry_run import dry_run_loss; "
-            "print(repr(dry_run_loss(SweepPoint(point_id='C1e+12-s3', budget=1e12, size=3, params=100000, "
-            "flops_per_token=6e5, steps=50, tokens=1600000, flops=9.6e11), True, 0)))")
-    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONHASHSEED": str(salt)}).stdout for salt in (1, 2, 3)}
+    outputs = {subprocess.run([sys.executable, str(JOBS / "dry_run_loss.py")], capture_output=True, text=True,
+                              check=True, env={**os.environ, "PYTHONHASHSEED": str(salt)}).stdout
+               for salt in (1, 2, 3)}
     assert len(outputs) == 1
     loss = float(outputs.pop())
     # Chinchilla's law at N = 1e5, D = 1.6e6, within the dry run's default noise of a few per cent

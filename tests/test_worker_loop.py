@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from flops_fit import checkpointing, device, prefetch
 from flops_fit import train as T
 from flops_fit.hardware import PEAK_FLOPS, TFLOPS, choose_precision, peak_flops
 from flops_fit.plan import SweepPoint
-from toy import KillWorkerOnce, load_example, tiny_task
+from driver_side import JOBS, KillWorkerOnce, load_example
+from worker_side import tiny_task
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -343,56 +343,11 @@ def test_accumulated_micro_batches_reach_the_workers_and_resume_exactly(ray_sess
     assert four.model_flops_per_s > 0 and four.precision == "no" and math.isnan(float(four.mfu or math.nan))
 
 
-LOGICAL_GPU = textwrap.dedent(
-    """
-    import json, os, sys
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    from pathlib import Path
-    import ray
-    from ray.cluster_utils import Cluster
-    import flops_fit as ff
-    from flops_fit.ray_setup import TRIAL_RESOURCE, pin_local_address
-    from toy import tiny_task
-    tmp = Path(sys.argv[1])
-    pin_local_address()
-    def free_port():
-        import socket
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-    # A node that declares a GPU it does not have: what a GPU node with a broken CUDA stack
-    # (driver too old for torch's CUDA, a CPU build of torch) looks like to Ray.
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "num_gpus": 1, "resources": {TRIAL_RESOURCE: 10}, "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": free_port()})
-    try:
-        ray.init(address=cluster.address, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"],
-                                           "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}})
-        task = tiny_task(tmp)
-        plan = ff.plan_sweep(task, [1e10], sizes=[2])
-        # One attempt shows the failure; the default's retries (which on a cluster may land on
-        # a node whose CUDA works) would only repeat it on this one node.
-        res = ff.run_sweep(plan, task, name="no-cuda", storage_path=tmp / "runs", use_gpu=True,
-                           max_failures=0, live_fit=False, verbose=False)
-        row = res.table.iloc[0]
-        print("RESULT", json.dumps({"status": row.status, "error": row.error,
-                                    "tokens": None if row.tokens != row.tokens else row.tokens}))
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    """
-)
-
-
 @pytest.mark.slow
 def test_a_gpu_point_on_a_node_without_cuda_fails_instead_of_training_on_cpu(tmp_path):
-    script = tmp_path / "logical_gpu.py"
-    script.write_text(LOGICAL_GPU)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run([sys.executable, str(JOBS / "gpu_node_without_cuda.py"), str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     assert lines, out.stdout[-3000:] + out.stderr[-3000:]
     r = json.loads(lines[0][len("RESULT "):])

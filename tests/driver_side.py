@@ -1,35 +1,15 @@
-"""Model and data helpers for Ray tests; importable on Ray workers (the session fixture
-puts this folder on their path)."""
+"""Test helpers for the test process and the sweep driver: Tune callbacks that kill or remove
+what a trial runs on, ports, the examples as modules, and waiting on or stopping Ray's
+processes. Nothing here runs on a Ray worker; Ray and psutil are imported where used, so this
+module imports without them."""
 
-import math
 from pathlib import Path
 
-from flops_fit.data import TextCorpus
-from flops_fit.models import gpt, lm_loss
-from flops_fit.task import Task
-
-DIVERGING_SIZE = 3  # gpt_nan(size) returns a model whose loss is NaN from the first step
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+JOBS = Path(__file__).resolve().parent / "jobs"  # programs the tests run as `python JOBS/name.py args`
 
 
-def gpt_nan(size):
-    """The reference GPT, except that size DIVERGING_SIZE has a NaN output layer."""
-    model = gpt(size)
-    if size == DIVERGING_SIZE:
-        model.lm_head.weight.data.fill_(math.nan)
-    return model
-
-
-def corpus(tmp: Path, seq_len: int = 32) -> TextCorpus:
-    """A small deterministic corpus: the default one (stdlib sources), cached under tmp."""
-    return TextCorpus(seq_len=seq_len, cache_dir=str(tmp / "corpus-cache"))
-
-
-def tiny_task(tmp: Path, model_fn=gpt, **overrides) -> Task:
-    settings = dict(tokens_per_sample=32, batch_size=8, eval_samples=64)
-    settings.update(overrides)
-    return Task(model_fn=model_fn, data=corpus(tmp, settings["tokens_per_sample"]), loss_fn=lm_loss, **settings)
-
-
+# --- Tune callbacks (mixed into tune.Callback at use) -----------------------------------------
 class RemoveTrainingNode:
     """A Tune callback (mixed in at use, so this module imports without Ray Tune) that removes
     the `ray.cluster_utils.Cluster` node a trial trains on, right after the trial's first
@@ -67,6 +47,26 @@ class KillWorkerOnce:
             self.killed = result["step"]
 
 
+class KillDriverOnce:
+    """A Tune callback (mixed in at use, like KillWorkerOnce) that SIGKILLs the trial driver
+    of point `point_id` right after that point's first checkpoint; `killed` is the step it
+    was killed at."""
+
+    def __init__(self, point_id: str):
+        self.point_id = point_id
+        self.killed = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        import os
+        import signal
+
+        if (self.killed is None and result.get("point_id") == self.point_id and result.get("checkpoint_path")
+                and result["step"] < result["steps"]):
+            os.kill(result["pid"], signal.SIGKILL)  # Tune's `pid`: the trial driver's process
+            self.killed = result["step"]
+
+
+# --- the test machine ------------------------------------------------------------------------
 def free_ports(n: int) -> list[int]:
     """n TCP ports free on loopback now (for Ray processes that would take fixed defaults)."""
     import socket
@@ -81,9 +81,6 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
 def load_example(name):
     """examples/<name>.py as a module, as `python examples/<name>.py` would run it."""
     import importlib.util
@@ -94,7 +91,7 @@ def load_example(name):
     return module
 
 
-# --- Ray test helpers ------------------------------------------------------------------------
+# --- Ray's processes -------------------------------------------------------------------------
 def worker_groups_holding_cpus() -> set:
     """Ids of the placement groups that exist and reserve CPUs (Ray Train worker groups)."""
     import ray
@@ -113,48 +110,6 @@ def wait_for(condition, timeout_s=60.0, poll_s=0.5) -> bool:
             return True
         time.sleep(poll_s)
     return condition()
-
-
-# --- trial drivers and worker groups (tests/test_placement.py) -------------------------------
-FAILING_SIZE = 1  # gpt_failing(size) raises for this size, after noting the call
-
-
-def gpt_failing(size, calls: str):
-    """The reference GPT, except that size FAILING_SIZE raises when a Ray actor (a Train
-    worker) builds it (the planner's and the task check's probes in the test process pass);
-    every such build appends a line to the file `calls`."""
-    import ray
-
-    model = gpt(size)
-    if size == FAILING_SIZE and ray.is_initialized() and ray.get_runtime_context().get_actor_id():
-        with open(calls, "a") as f:
-            f.write("built\n")
-        raise RuntimeError("model construction failed on purpose")
-    return model
-
-
-def workers_by_size(point) -> int:
-    """A run_sweep(num_workers=...) function: 1 worker for size 1, 2 for the others."""
-    return 1 if point.size == 1 else 2
-
-
-class KillDriverOnce:
-    """A Tune callback (mixed in at use, like KillWorkerOnce) that SIGKILLs the trial driver
-    of point `point_id` right after that point's first checkpoint; `killed` is the step it
-    was killed at."""
-
-    def __init__(self, point_id: str):
-        self.point_id = point_id
-        self.killed = None
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        import os
-        import signal
-
-        if (self.killed is None and result.get("point_id") == self.point_id and result.get("checkpoint_path")
-                and result["step"] < result["steps"]):
-            os.kill(result["pid"], signal.SIGKILL)  # Tune's `pid`: the trial driver's process
-            self.killed = result["step"]
 
 
 def stop_processes_under(folder: str, timeout_s: float = 15.0) -> None:

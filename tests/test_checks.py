@@ -122,7 +122,7 @@ def test_run_sweep_takes_numpy_ints(tmp_path):
     plan = ff.plan_sweep(task, [1e9], sizes=[1, 2, 3])
     # every integer argument passes; the resources check after them refuses, before Ray starts
     with pytest.raises(ValueError, match=r"run_sweep\(resources_per_worker\['CPU'\]=np.float32\(0.0\)\)"):
-        ff.run_sweep(plan, task, name="x", storage_path=str(tmp_path), num_workers=np.int64(2),
+        ff.run_sweep(task, plan, name="x", storage_path=str(tmp_path), num_workers=np.int64(2),
                      max_failures=np.int64(-1), max_concurrent=np.int32(1),
                      resources_per_worker={"CPU": np.float32(0)})
 
@@ -133,7 +133,7 @@ def test_run_sweep_refuses_bools(tmp_path, arg):
     plan = ff.plan_sweep(task, [1e9], sizes=[1, 2, 3])
     with pytest.raises(ValueError, match=rf"run_sweep\({arg}=True\)"):
         # a bad resource after it: were the bool let through, the call still stops before Ray
-        ff.run_sweep(plan, task, name="x", storage_path=str(tmp_path), resources_per_worker={"CPU": 0},
+        ff.run_sweep(task, plan, name="x", storage_path=str(tmp_path), resources_per_worker={"CPU": 0},
                      **{arg: True})
 
 

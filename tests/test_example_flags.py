@@ -15,7 +15,7 @@ from driver_side import EXAMPLES, JOBS, load_example
 def test_max_failures_reaches_run_sweep(monkeypatch, value):
     sweep = load_example("sweep")
     seen = {}
-    monkeypatch.setattr(ff, "run_sweep", lambda plan, task, **kw: seen.update(kw))
+    monkeypatch.setattr(ff, "run_sweep", lambda task, plan, **kw: seen.update(kw))
     args = sweep.parse_args(["--smoke", "--dry-run", "--max-failures", value])
     sweep.plan_and_run(sweep.make_task(args), args)
     assert seen["max_failures"] == int(value)
@@ -42,7 +42,7 @@ def test_each_example_runs_on_its_own_when_copied(tmp_path, example):
 def test_adaptive_asks_run_sweep_for_the_bracket_search_under_its_own_name(monkeypatch):
     sweep = load_example("sweep")
     seen = {}
-    monkeypatch.setattr(ff, "run_sweep", lambda plan, task, **kw: seen.update(kw))
+    monkeypatch.setattr(ff, "run_sweep", lambda task, plan, **kw: seen.update(kw))
     args = sweep.parse_args(["--smoke", "--dry-run", "--adaptive", "--max-points", "12"])
     sweep.plan_and_run(sweep.make_task(args), args)
     assert (seen["search"], seen["name"]) == (ff.BracketSearchOptions(max_points=12), "smoke-adaptive")
@@ -61,7 +61,7 @@ def test_max_points_without_adaptive_is_refused(capsys):
 def test_lr_search_reaches_run_sweep_and_names_the_sweep_apart(monkeypatch):
     sweep = load_example("sweep")
     seen = {}
-    monkeypatch.setattr(ff, "run_sweep", lambda plan, task, **kw: seen.update(kw))
+    monkeypatch.setattr(ff, "run_sweep", lambda task, plan, **kw: seen.update(kw))
     args = sweep.parse_args(["--smoke", "--lr-search", "0.3", "1", "3"])
     sweep.plan_and_run(sweep.make_task(args), args)
     assert seen["lr_search"] == [0.3, 1.0, 3.0]

@@ -72,7 +72,7 @@ def test_a_rule_returning_nan_is_refused_before_any_compute(tmp_path, monkeypatc
     task = _task(lr=_NaNRule())
     plan = _plan()
     with pytest.raises(ValueError, match=r"Task\(lr=<rule>\) is not a finite number"):
-        ff.run_sweep(plan, task, name="nan-rule", storage_path=tmp_path, dry_run=True)
+        ff.run_sweep(task, plan, name="nan-rule", storage_path=tmp_path, dry_run=True)
 
 
 # --- a batch per point (Task.batch_size as a rule) ---------------------------------------
@@ -124,13 +124,13 @@ def test_a_plan_with_a_batch_rule_runs_only_with_that_task(tmp_path, monkeypatch
     ruled = _task(batch_size=H.power_law(4.0e3, 0.5, of="N"))
     plan = ff.plan_sweep(ruled, [1e12], sizes=[1, 2, 3])
     with pytest.raises(ValueError, match="plan with the same Task"):
-        ff.run_sweep(plan, _task(), name="x", storage_path=tmp_path, dry_run=True)
+        ff.run_sweep(_task(), plan, name="x", storage_path=tmp_path, dry_run=True)
     with pytest.raises(ValueError, match="plan with the same Task"):
-        ff.run_sweep(ff.plan_sweep(_task(), [1e12], sizes=[1, 2, 3]), ruled, name="x", storage_path=tmp_path,
+        ff.run_sweep(ruled, ff.plan_sweep(_task(), [1e12], sizes=[1, 2, 3]), name="x", storage_path=tmp_path,
                      dry_run=True)
     # every point's batch must split over the workers before any compute
     with pytest.raises(ValueError, match=r"the point's batch .* not divisible by num_workers=7"):
-        ff.run_sweep(plan, ruled, name="x", storage_path=tmp_path, dry_run=True, num_workers=7)
+        ff.run_sweep(ruled, plan, name="x", storage_path=tmp_path, dry_run=True, num_workers=7)
 
 
 def test_the_bracket_search_adds_points_with_the_batch_rules_value():
@@ -439,7 +439,7 @@ def _in_process_run_sweep(calls, law):
     the two sweeps, not Ray (tests/test_lr_search_sweep.py runs the searched sweep on Ray)."""
     from flops_fit.execute import trial_points
 
-    def run_sweep(plan, task, name, storage_path, lr_search=None, **_):
+    def run_sweep(task, plan, name, storage_path, lr_search=None, **_):
         calls.append({"budgets": sorted({p.budget for p in plan}), "name": name, "lr_search": lr_search,
                       "lr": task.lr})
         rows = []
@@ -500,8 +500,8 @@ def test_lr_rule_fitted_stops_before_the_rest_when_a_searched_point_failed(tmp_p
     calls = []
     inner = _in_process_run_sweep(calls, RECOVERY_LAW)
 
-    def failing(plan, task, **kw):
-        res = inner(plan, task, **kw)
+    def failing(task, plan, **kw):
+        res = inner(task, plan, **kw)
         res.table.loc[0, "status"] = "failed"
         return res
 

@@ -29,7 +29,7 @@ def test_a_searched_dry_run_trains_each_sibling_once_and_keeps_them_all(ray_sess
     done = sibling_id(point.point_id, 1.0)
     SweepFolder(str(sweep)).write_finished(done, {"point_id": done, "status": "ok", "final": True, "loss": 1.0,
                                         "tokens": point.tokens, "flops": point.flops, "peak_lr": 3e-3})
-    res = ff.run_sweep(plan, task, name="lr", storage_path=tmp_path / "runs", dry_run=LAW, live_fit=False,
+    res = ff.run_sweep(task, plan, name="lr", storage_path=tmp_path / "runs", dry_run=LAW, live_fit=False,
                        verbose=False, lr_search=list(MULTIPLIERS))
     trained = {p.name for p in sweep.iterdir() if p.name.startswith(point.point_id)}
     assert trained == {sibling_id(point.point_id, m) for m in (0.5, 2.0)}  # not the finished one
@@ -52,7 +52,7 @@ def test_a_searched_dry_run_trains_each_sibling_once_and_keeps_them_all(ray_sess
         assert trial.loss == pytest.approx(expected, rel=1e-9) and math.isfinite(expected)
     # A rerun with other multipliers is refused before any compute.
     with pytest.raises(ValueError, match="other lr_search multipliers"):
-        ff.run_sweep(plan, task, name="lr", storage_path=tmp_path / "runs", dry_run=LAW,
+        ff.run_sweep(task, plan, name="lr", storage_path=tmp_path / "runs", dry_run=LAW,
                      lr_search=[0.25, 1, 4])
 
 
@@ -66,7 +66,7 @@ def test_each_point_trains_with_the_batch_its_rule_gives(ray_session, tmp_path):
     plan = ff.plan_sweep(task, [1e10], sizes=[1, 2])
     planned = {p.point_id: p for p in plan}
     assert len({p.batch_size for p in plan}) == 2
-    res = ff.run_sweep(plan, task, name="batch-rule", storage_path=tmp_path / "runs", live_fit=False,
+    res = ff.run_sweep(task, plan, name="batch-rule", storage_path=tmp_path / "runs", live_fit=False,
                        verbose=False)
     table = res.table
     assert list(table.status) == ["ok"] * 2, table[["point_id", "status", "error"]]

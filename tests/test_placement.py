@@ -83,7 +83,7 @@ def test_bad_worker_group_functions_are_refused_before_ray(tmp_path, monkeypatch
     task = tiny_task(tmp_path)
     plan = ff.plan_sweep(task, [1e10], sizes=[1, 2])
     with pytest.raises(error, match=message):
-        ff.run_sweep(plan, task, name="bad", storage_path=tmp_path / "runs", **overrides)
+        ff.run_sweep(task, plan, name="bad", storage_path=tmp_path / "runs", **overrides)
     assert not (tmp_path / "runs" / "bad").exists(), "the sweep folder was claimed before the check"
 
 
@@ -104,7 +104,7 @@ def test_worker_groups_follow_the_point(tmp_path):
 def test_each_point_trains_with_its_own_worker_group(ray_session, tmp_path):
     task = tiny_task(tmp_path)
     plan = ff.plan_sweep(task, [1e10], sizes=[1, 2])
-    res = ff.run_sweep(plan, task, name="groups", storage_path=tmp_path / "runs", num_workers=workers_by_size,
+    res = ff.run_sweep(task, plan, name="groups", storage_path=tmp_path / "runs", num_workers=workers_by_size,
                        dry_run=True, live_fit=False, verbose=False)
     t = res.table.set_index("size")
     assert (t.status == "ok").all(), t[["status", "error"]]
@@ -127,7 +127,7 @@ def test_a_killed_trial_driver_resumes_its_point_and_a_failed_point_is_not_retra
     survivor = next(p for p in plan if p.size != FAILING_SIZE)
     killer = KillDriver(survivor.point_id)
     before = worker_groups_holding_cpus()
-    res = ff.run_sweep(plan, task, name="driver-retry", storage_path=tmp_path / "runs", max_failures=0,
+    res = ff.run_sweep(task, plan, name="driver-retry", storage_path=tmp_path / "runs", max_failures=0,
                        live_fit=False, verbose=False, callbacks=[killer])
     assert killer.killed is not None, "the trial driver was never killed"
     t = res.table.set_index("size")

@@ -83,7 +83,7 @@ def test_an_empty_dry_run_law_is_a_dry_run(tmp_path, plan, monkeypatch):
     monkeypatch.setattr(ray_setup, "ensure_ray", ray_starting)
     bad = dataclasses.replace(tiny_task(tmp_path), loss_fn=nan_loss)
     with pytest.raises(RayStarting):
-        ff.run_sweep(plan, bad, name="dry-default", storage_path=tmp_path / "runs", dry_run={})
+        ff.run_sweep(bad, plan, name="dry-default", storage_path=tmp_path / "runs", dry_run={})
 
 
 def test_samples_longer_than_the_model_context_are_refused(tmp_path):
@@ -189,14 +189,14 @@ def test_a_name_reused_with_another_plan_is_refused_before_ray_starts(tmp_path):
 @pytest.mark.oldest_ray
 def test_gpu_on_a_cluster_without_gpus_is_refused_at_once(ray_session, tmp_path, task, plan):
     with pytest.raises(RuntimeError, match=r"use_gpu=True but no node .* has a GPU"):
-        ff.run_sweep(plan, task, name="gpu", storage_path=tmp_path / "runs", use_gpu=True)
+        ff.run_sweep(task, plan, name="gpu", storage_path=tmp_path / "runs", use_gpu=True)
 
 
 @pytest.mark.slow
 @pytest.mark.oldest_ray
 def test_resources_no_node_can_hold_are_refused_at_once(ray_session, tmp_path, task, plan):
     with pytest.raises(RuntimeError, match=r"No node can hold one worker"):
-        ff.run_sweep(plan, task, name="big", storage_path=tmp_path / "runs", resources_per_worker={"CPU": 64})
+        ff.run_sweep(task, plan, name="big", storage_path=tmp_path / "runs", resources_per_worker={"CPU": 64})
 
 
 def test_results_are_read_without_unpickling_anything(tmp_path):

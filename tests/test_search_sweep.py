@@ -20,7 +20,7 @@ def test_a_searched_dry_run_adds_sizes_until_the_budget_is_bracketed(ray_session
     # Chinchilla's optimum at 1e13 FLOPs is near size 7 of this dial: sizes 2-4 sit below
     # it, so the static plan's lowest loss is at its largest size (no vertex inside).
     plan = ff.plan_sweep(task, [1e13], sizes=[2, 3, 4])
-    res = ff.run_sweep(plan, task, name="searched", storage_path=tmp_path / "runs", dry_run=LAW,
+    res = ff.run_sweep(task, plan, name="searched", storage_path=tmp_path / "runs", dry_run=LAW,
                        live_fit=False, verbose=False, search=ff.BracketSearchOptions(sizes=range(1, 17)))
     t = res.table
     assert (t.status == "ok").all(), t[["point_id", "status", "error"]]

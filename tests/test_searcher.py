@@ -87,9 +87,9 @@ def test_a_sweep_resumes_only_the_way_it_started_and_search_names_are_checked(tm
     task = tiny_task(tmp_path)
     plan = ff.plan_sweep(task, [1e9], sizes=[1, 2, 3])
     with pytest.raises(ValueError, match="search='grid'"):
-        ff.run_sweep(plan, task, name="s", storage_path=tmp_path, dry_run=True, search="grid")
+        ff.run_sweep(task, plan, name="s", storage_path=tmp_path, dry_run=True, search="grid")
     with pytest.raises(ValueError, match=r"BracketSearchOptions\(sizes=\.\.\.\): 0 is not a positive int"):
-        ff.run_sweep(plan, task, name="s", storage_path=tmp_path, dry_run=True,
+        ff.run_sweep(task, plan, name="s", storage_path=tmp_path, dry_run=True,
                      search=ff.BracketSearchOptions(sizes=[0, 5]))
     with pytest.raises(ValueError, match=r"BracketSearchOptions\(max_points=2\) must be an int >= 3"):
         ff.BracketSearchOptions(max_points=2)
@@ -97,10 +97,10 @@ def test_a_sweep_resumes_only_the_way_it_started_and_search_names_are_checked(tm
     (searched / SEARCH_FILE).parent.mkdir(parents=True)
     (searched / SEARCH_FILE).write_text(json.dumps({"proposed": [], "skipped": {}, "log": []}))
     with pytest.raises(ValueError, match="started with a bracket search"):
-        ff.run_sweep(plan, task, name="searched", storage_path=tmp_path, dry_run=True)
+        ff.run_sweep(task, plan, name="searched", storage_path=tmp_path, dry_run=True)
     SweepFolder(str(tmp_path / "static")).write_finished(plan.points[0].point_id, {"status": "ok", "final": True})
     with pytest.raises(ValueError, match="started without a search"):
-        ff.run_sweep(plan, task, name="static", storage_path=tmp_path, dry_run=True,
+        ff.run_sweep(task, plan, name="static", storage_path=tmp_path, dry_run=True,
                      search=ff.BracketSearchOptions())
 
 
@@ -135,7 +135,7 @@ def test_the_older_search_keywords_still_work_and_warn(tmp_path):
     task = tiny_task(tmp_path)
     plan = ff.plan_sweep(task, [1e9], sizes=[1, 2, 3])
     with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match=r"BracketSearchOptions\(sizes=\.\.\.\)"):
-        ff.run_sweep(plan, task, name="s", storage_path=tmp_path, dry_run=True, search="bracket",
+        ff.run_sweep(task, plan, name="s", storage_path=tmp_path, dry_run=True, search="bracket",
                      search_sizes=[0, 5])
 
 

@@ -31,7 +31,7 @@ def test_two_worker_sweep_trains_exactly_the_plan(ray_session, tmp_path):
     plan = ff.plan_sweep(task, [1e10], sizes=[1, 2])
     assert len(plan) == 2
     before = actor_classes()
-    res = ff.run_sweep(plan, task, name="two-workers", storage_path=tmp_path / "runs", num_workers=2,
+    res = ff.run_sweep(task, plan, name="two-workers", storage_path=tmp_path / "runs", num_workers=2,
                        live_fit=False)
     t = res.table
     assert list(t.status) == ["ok"] * 2, t[["point_id", "status", "error"]]
@@ -64,7 +64,7 @@ def test_two_worker_sweep_trains_exactly_the_plan(ray_session, tmp_path):
 def test_diverged_point_is_data_and_the_sweep_goes_on(ray_session, tmp_path):
     task = tiny_task(tmp_path, model_fn=gpt_nan)
     plan = ff.plan_sweep(task, [5e9], sizes=[1, DIVERGING_SIZE])
-    res = ff.run_sweep(plan, task, name="nan", storage_path=tmp_path / "runs", live_fit=False)
+    res = ff.run_sweep(task, plan, name="nan", storage_path=tmp_path / "runs", live_fit=False)
     by_size = res.table.set_index("size")
     assert by_size.loc[DIVERGING_SIZE, "status"] == "diverged"
     assert "nan" in by_size.loc[DIVERGING_SIZE, "error"].lower()
@@ -89,9 +89,9 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_loss(ray_session, t
 
     task = tiny_task(tmp_path, checkpoint_every=40, report_every=20)
     plan = ff.plan_sweep(task, [1e10], sizes=[2])
-    clean = ff.run_sweep(plan, task, name="clean", storage_path=tmp_path / "runs", live_fit=False)
+    clean = ff.run_sweep(task, plan, name="clean", storage_path=tmp_path / "runs", live_fit=False)
     killer = KillOnce()
-    killed = ff.run_sweep(plan, task, name="killed", storage_path=tmp_path / "runs", live_fit=False,
+    killed = ff.run_sweep(task, plan, name="killed", storage_path=tmp_path / "runs", live_fit=False,
                           callbacks=[killer])
     assert killer.killed is not None, "the worker was never killed"
     row_clean, row_killed = clean.table.iloc[0], killed.table.iloc[0]

@@ -66,7 +66,7 @@ def test_callbacks_that_are_not_tune_callbacks_are_refused_before_ray_starts(tmp
     ]
     for callbacks, message in cases:
         with pytest.raises(TypeError, match=re.escape(message)):
-            ff.run_sweep(plan, task, name="bad-callbacks", storage_path=tmp_path / "runs",
+            ff.run_sweep(task, plan, name="bad-callbacks", storage_path=tmp_path / "runs",
                          dry_run=True, callbacks=callbacks)
     assert not (tmp_path / "runs" / "bad-callbacks").exists()
 
@@ -79,7 +79,7 @@ def observed_sweep(ray_session, tmp_path_factory):
     tracker_file = tmp / "tracker.jsonl"
     groups_before = worker_groups_holding_cpus()
     # A quarter CPU per worker: several points in flight at once on 2 cores.
-    results = ff.run_sweep(plan, task, name=SWEEP, storage_path=tmp / "runs", dry_run=LAW,
+    results = ff.run_sweep(task, plan, name=SWEEP, storage_path=tmp / "runs", dry_run=LAW,
                            resources_per_worker={"CPU": 0.25}, callbacks=[TrackerLog(tracker_file)],
                            verbose=False)
     return plan, results, tracker_file, groups_before

@@ -50,7 +50,7 @@ def test_run_sweep_refuses_a_batch_that_does_not_split_into_micro_batches(tmp_pa
     task = tiny_task(tmp_path, batch_size=8, micro_batch_size=4)
     plan = ff.plan_sweep(task, [1e10], sizes=[1])
     with pytest.raises(ValueError, match="micro_batch_size"):  # before Ray is even started
-        ff.run_sweep(plan, task, name="uneven", storage_path=tmp_path / "runs", num_workers=4)
+        ff.run_sweep(task, plan, name="uneven", storage_path=tmp_path / "runs", num_workers=4)
 
 
 # --- precision from the device ----------------------------------------------------------------
@@ -330,9 +330,9 @@ def test_accumulated_micro_batches_reach_the_workers_and_resume_exactly(ray_sess
     micro = tiny_task(tmp_path, micro_batch_size=2, **settings)
     plan = ff.plan_sweep(micro, [1e10], sizes=[2])
     runs = dict(storage_path=tmp_path / "runs", live_fit=False, verbose=False)
-    four = ff.run_sweep(plan, micro, name="micro", **runs).table.iloc[0]
+    four = ff.run_sweep(micro, plan, name="micro", **runs).table.iloc[0]
     killer = KillOnce()
-    killed = ff.run_sweep(plan, micro, name="micro-killed", callbacks=[killer], **runs).table.iloc[0]
+    killed = ff.run_sweep(micro, plan, name="micro-killed", callbacks=[killer], **runs).table.iloc[0]
 
     assert (four.status, killed.status) == ("ok", "ok"), (four.error, killed.error)
     assert four.micro_batch_size == killed.micro_batch_size == 2

@@ -31,7 +31,7 @@ def main() -> int:
     task = ff.Task(model_fn=model, data=TextCorpus(seq_len=32, cache_dir=cache_dir), loss_fn=lm_loss,
                    tokens_per_sample=32, batch_size=8, eval_samples=64)
     plan = ff.plan_sweep(task, [1e10], sizes=[1])
-    results = ff.run_sweep(plan, task, name="failing-point", storage_path=storage_path, address="auto",
+    results = ff.run_sweep(task, plan, name="failing-point", storage_path=storage_path, address="auto",
                            max_failures=0, live_fit=False)
     return 0 if (results.table.status == "ok").all() else 1
 

@@ -28,7 +28,7 @@ def main() -> None:
     for p in plan:
         record = dict(final=True, status="ok", loss=3.0 + p.size, tokens=p.tokens)
         SweepFolder(folder).write_finished(p.point_id, record)
-    res = ff.run_sweep(plan, task, name="done", storage_path=str(tmp / "runs"), verbose=False)
+    res = ff.run_sweep(task, plan, name="done", storage_path=str(tmp / "runs"), verbose=False)
     print("STATUS", list(res.table.status), list(res.table.loss))
     print("RAY_STARTED", ray.is_initialized())
 

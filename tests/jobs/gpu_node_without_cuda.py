@@ -43,7 +43,7 @@ def main() -> None:
         plan = ff.plan_sweep(task, [1e10], sizes=[2])
         # One attempt shows the failure; the default's retries (which on a cluster may land on
         # a node whose CUDA works) would only repeat it on this one node.
-        res = ff.run_sweep(plan, task, name="no-cuda", storage_path=tmp / "runs", use_gpu=True,
+        res = ff.run_sweep(task, plan, name="no-cuda", storage_path=tmp / "runs", use_gpu=True,
                            max_failures=0, live_fit=False, verbose=False)
         row = res.table.iloc[0]
         print("RESULT", json.dumps({"status": row.status, "error": row.error,

@@ -44,7 +44,7 @@ def main() -> None:
         cluster.wait_for_nodes()
         task = tiny_task(tmp)
         plan = ff.plan_sweep(task, [1e10], sizes=[1, 2])
-        res = ff.run_sweep(plan, task, name="no-slots", storage_path=tmp / "runs", dry_run=True,
+        res = ff.run_sweep(task, plan, name="no-slots", storage_path=tmp / "runs", dry_run=True,
                            live_fit=False, verbose=False)
         drivers = [a.node_id for a in list_actors(limit=10_000) if a.class_name.split(".")[-1] == "ImplicitFunc"]
         print("RESULT", json.dumps({"statuses": list(res.table.status), "drivers": drivers,

@@ -53,7 +53,7 @@ def main() -> None:
         task = tiny_task(tmp, checkpoint_every=40, report_every=20)
         plan = ff.plan_sweep(task, [1e10], sizes=[2])
         cb = RemoveNode()
-        res = ff.run_sweep(plan, task, name="node-loss", storage_path=tmp / "runs", live_fit=False,
+        res = ff.run_sweep(task, plan, name="node-loss", storage_path=tmp / "runs", live_fit=False,
                            callbacks=[cb])
         row = res.table.iloc[0]
         print("RESULT", json.dumps({"status": row.status, "removed": cb.removed, "node": row.node_id,

@@ -34,7 +34,7 @@ def main() -> None:
         kwargs = dict(name="x", storage_path=str(tmp / "runs"), task=task)
         kwargs.update(eval(overrides, names))
         try:
-            ff.run_sweep(plan, **kwargs)
+            ff.run_sweep(plan=plan, **kwargs)
             error = None
         except Exception as e:
             error = f"{type(e).__name__} {e}"

@@ -26,7 +26,7 @@ def main() -> None:
     task = ff.Task(model_fn=gpt, data=data, loss_fn=lm_loss, tokens_per_sample=32, batch_size=8,
                    eval_samples=64)
     plan = ff.plan_sweep(task, [5e9], sizes=[1, 2])
-    ff.run_sweep(plan, task, name="on-s3", storage_path=bucket + "/runs", max_concurrent=1,
+    ff.run_sweep(task, plan, name="on-s3", storage_path=bucket + "/runs", max_concurrent=1,
                  address=address, live_fit=False)
 
 

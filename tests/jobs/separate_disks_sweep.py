@@ -43,7 +43,7 @@ def main() -> None:
     plan = ff.plan_sweep(task, [2e9], sizes=[1])
     start = time.monotonic()
     try:
-        res = ff.run_sweep(plan, task, name=args["name"], storage_path=args["storage"], live_fit=False)
+        res = ff.run_sweep(task, plan, name=args["name"], storage_path=args["storage"], live_fit=False)
     except Exception as e:
         print("REFUSED", json.dumps(dict(seconds=time.monotonic() - start, type=type(e).__name__, error=str(e))))
     else:

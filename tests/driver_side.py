@@ -143,3 +143,21 @@ def stop_processes_under(folder: str, timeout_s: float = 15.0) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=timeout_s)
+
+
+def job_result(name: str, *args, timeout: float, env: dict | None = None) -> dict:
+    """Run tests/jobs/`name` with `args` (tests/ on its PYTHONPATH, so it and Ray's workers
+    import the helpers) and return the JSON of the line it prints as `RESULT {...}`; an
+    AssertionError with the tail of its output when it prints none."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(JOBS.parent), env.get("PYTHONPATH", "")) if p)
+    out = subprocess.run([sys.executable, str(JOBS / name), *map(str, args)], env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, out.stdout[-3000:] + out.stderr[-3000:]
+    return json.loads(lines[0][len("RESULT "):])

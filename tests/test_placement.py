@@ -3,19 +3,15 @@ kept off GPU and spot nodes on clusters without trial slots, worker groups per p
 
 import functools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import flops_fit as ff
 from flops_fit import execute, ray_setup
-from driver_side import JOBS, KillDriverOnce, wait_for, worker_groups_holding_cpus
+from driver_side import KillDriverOnce, job_result, wait_for, worker_groups_holding_cpus
 from worker_side import FAILING_SIZE, gpt_failing, tiny_task, workers_by_size
 
-TESTS_DIR = Path(__file__).resolve().parent
 
 
 # --- which nodes take drivers, how many points at once (no Ray) ---------------------------------
@@ -150,11 +146,6 @@ def test_a_killed_trial_driver_resumes_its_point_and_a_failed_point_is_not_retra
 # --- a cluster without trial slots (ray.cluster_utils.Cluster) -------------------------------
 @pytest.mark.slow
 def test_without_trial_slots_drivers_run_on_the_cpu_only_node(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(JOBS / "no_trial_slots.py"), str(tmp_path)], env=env,
-                         capture_output=True, text=True, timeout=240)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-    assert lines, out.stdout[-3000:] + out.stderr[-3000:]
-    r = json.loads(lines[0][len("RESULT "):])
+    r = job_result("no_trial_slots.py", tmp_path, timeout=240)
     assert r["statuses"] == ["ok"] * 2, r
     assert r["drivers"] and set(r["drivers"]) == {r["cpu_node"]}, r

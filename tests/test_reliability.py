@@ -13,7 +13,7 @@ import torch
 import flops_fit as ff
 from flops_fit.models import gpt, lm_loss
 from flops_fit.task import check_task
-from driver_side import JOBS
+from driver_side import JOBS, job_result
 from worker_side import tiny_task
 
 
@@ -232,11 +232,7 @@ def test_laptop_settings_are_not_forced_on_a_cluster_that_is_joined(ray_session,
 
     env = {k: v for k, v in os.environ.items() if k not in LOCAL_RAY_ENV and k != "RAY_ADDRESS"}
     address = ray_session.get_runtime_context().gcs_address
-    out = subprocess.run([sys.executable, str(JOBS / "join_cluster.py"), address], capture_output=True, text=True,
-                         timeout=120, env=env)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-    assert lines, out.stdout[-2000:] + out.stderr[-2000:]
-    r = json.loads(lines[0][len("RESULT "):])
+    r = job_result("join_cluster.py", address, timeout=120, env=env)
     assert r["started"] is False
     # The user's own value is kept; the other laptop settings are set neither in the driver
     # nor in what the job hands to Ray's processes.

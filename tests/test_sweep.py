@@ -2,20 +2,16 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import flops_fit as ff
-from driver_side import JOBS, KillWorkerOnce
+from driver_side import KillWorkerOnce, job_result
 from worker_side import DIVERGING_SIZE, gpt_nan, tiny_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-TESTS_DIR = Path(__file__).resolve().parent
 
 
 def actor_classes() -> dict:
@@ -106,12 +102,7 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_loss(ray_session, t
 @pytest.mark.slow
 @pytest.mark.oldest_ray
 def test_a_node_removed_mid_trial_resumes_on_another_node(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(JOBS / "node_loss.py"), str(tmp_path)], env=env,
-                         capture_output=True, text=True, timeout=200)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-    assert lines, out.stdout[-3000:] + out.stderr[-3000:]
-    r = json.loads(lines[0][len("RESULT "):])
+    r = job_result("node_loss.py", tmp_path, timeout=200)
     assert r["removed"] is not None, "no node was removed"
     assert r["status"] == "ok" and r["attempts"] >= 2
     assert r["node"] != r["removed"], "the point finished on the node that was removed"

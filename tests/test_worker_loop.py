@@ -3,7 +3,6 @@ the device, fp16 loss-scaler bookkeeping, the prefetching data path, hardware us
 refusal to train on CPU after reserving a GPU."""
 
 import io
-import json
 import math
 import os
 import subprocess
@@ -19,7 +18,7 @@ from flops_fit import checkpointing, device, prefetch
 from flops_fit import train as T
 from flops_fit.hardware import PEAK_FLOPS, TFLOPS, choose_precision, peak_flops
 from flops_fit.plan import SweepPoint
-from driver_side import JOBS, KillWorkerOnce, load_example
+from driver_side import KillWorkerOnce, job_result, load_example
 from worker_side import tiny_task
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -345,12 +344,7 @@ def test_accumulated_micro_batches_reach_the_workers_and_resume_exactly(ray_sess
 
 @pytest.mark.slow
 def test_a_gpu_point_on_a_node_without_cuda_fails_instead_of_training_on_cpu(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(JOBS / "gpu_node_without_cuda.py"), str(tmp_path)], env=env,
-                         capture_output=True, text=True, timeout=300)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-    assert lines, out.stdout[-3000:] + out.stderr[-3000:]
-    r = json.loads(lines[0][len("RESULT "):])
+    r = job_result("gpu_node_without_cuda.py", tmp_path, timeout=300)
     assert r["status"] == "failed", r
     assert "no usable CUDA device" in r["error"] and "CUDA_VISIBLE_DEVICES" in r["error"], r["error"]
     assert r["tokens"] is None, "a step was trained (on the CPU)"

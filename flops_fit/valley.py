@@ -23,6 +23,7 @@ import numpy as np
 from . import flops
 from .contract import MIN_POINTS_PER_BUDGET
 from .fitting.isoflop import valley_mask
+from .fitting.regression import line_fit
 from .plan import DEFAULT_SIZE_SPREAD, SweepPlan, steps_for
 from .sizes import sizes_around_prior
 
@@ -256,8 +257,8 @@ def optimum_law(optima: dict):
         return None
     log_c = np.log(np.array(list(optima), float))
     log_n = np.log(np.array(list(optima.values()), float))
-    slope, intercept = np.polyfit(log_c, log_n, 1)
-    return float(intercept), float(slope)
+    fit = line_fit(log_c, log_n)  # the fit's own line through the optima (fitting/regression.py)
+    return float(fit["intercept"][0]), float(fit["slope"][0])
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,10 +23,10 @@ import re
 import sys
 
 from flops_fit.fitting import APPROACHES, BUDGET_RTOL, MAX_BOOTSTRAP, OPTIMUM_RULES, FitError, fit
+from flops_fit.fitting.api import DEFAULT_BOOTSTRAP
 from flops_fit.law import HUBER_DELTA
 
 EXIT_BAD_INPUT = 2
-DEFAULT_BOOTSTRAP = 1000
 
 
 def _mapping(items):

@@ -37,7 +37,7 @@ from .lr_search import check_lr_search, sibling_id
 from .callbacks import LiveFit, ProgressPrinter, ResultsWriter, SweepMetrics, check_callbacks, trial_point_id
 from .plan import SweepPlan, SweepPoint
 from .storage import join, read_text, resolved, write_text
-from .sweep_folder import LR_SEARCH_FILE, SEARCH_FILE, SweepFolder
+from .sweep_folder import DEFAULT_STORAGE, LR_SEARCH_FILE, SEARCH_FILE, SweepFolder
 from .search import BracketSearch, BracketSearchOptions
 from .sweep_checks import (DEFAULT_RESOURCES_PER_WORKER, check_group_functions, check_learning_rates,
                            check_sweep_arguments, distinct_groups, dry_run_law, least_resources, pickled_task,
@@ -45,7 +45,6 @@ from .sweep_checks import (DEFAULT_RESOURCES_PER_WORKER, check_group_functions, 
 from .task import Task, check_task
 from .train import train_point
 
-DEFAULT_STORAGE = "~/flops_fit_runs"
 CHECKPOINTS_KEPT = 2  # per point; the older one survives a crash while the newer is written
 # Tune's own console output: off, the sweep prints one line per point (callbacks.ProgressPrinter)
 TUNE_VERBOSITY = 0

@@ -34,6 +34,7 @@ SEARCH_FILE = "search/state.json"
 LR_SEARCH_FILE = "lr_search.json"
 REPORT_DIR = "report"  # the finished sweep's report (plots, summary, table, prediction)
 LIVE_DIR = "live"  # the live fit's table, summary and plots, rewritten as points finish
+DEFAULT_STORAGE = "~/flops_fit_runs"  # where sweeps go when no storage_path is given
 TRAIN_DIR = "train"  # Ray Train's runs and checkpoints, one folder per point
 # Tune's experiment folder is the sweep folder itself: its trial folders, named after the
 # points, hold these files.

@@ -14,6 +14,8 @@ import os
 import flops_fit as ff
 from flops_fit.plan import DEFAULT_SIZE_SPREAD
 from flops_fit.contract import UNFINISHED_STATUSES
+from flops_fit.fitting.api import DEFAULT_BOOTSTRAP
+from flops_fit.sweep_folder import DEFAULT_STORAGE
 from flops_fit.task import PRECISIONS
 
 SMOKE_BOOTSTRAP = 200  # --smoke: fewer bootstrap resamples, a quicker fit
@@ -49,14 +51,14 @@ def add_run_arguments(p):
                    help="auto: bf16 on GPUs that have it, else fp16 with loss scaling; fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model on each worker")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    p.add_argument("--storage-path", default=os.environ.get("FLOPS_FIT_STORAGE", "~/flops_fit_runs"),
-                   help="folder or URI for results (default: $FLOPS_FIT_STORAGE or ~/flops_fit_runs)")
+    p.add_argument("--storage-path", default=os.environ.get("FLOPS_FIT_STORAGE", DEFAULT_STORAGE),
+                   help=f"folder or URI for results (default: $FLOPS_FIT_STORAGE or {DEFAULT_STORAGE})")
     p.add_argument("--name", default=None, help="sweep name; the same name again resumes")
     p.add_argument("--max-concurrent", type=int, default=None, help="points trained at once")
     p.add_argument("--max-failures", type=int, default=2,
                    help="worker-group restarts per point, each from its last checkpoint; "
                         "-1 = retry forever (spot / preemptible nodes)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="bootstrap resamples for intervals")
     p.add_argument("--dry-run", action="store_true",
                    help="rehearse the sweep on Ray with losses drawn from Chinchilla's law")
     p.add_argument("--adaptive", action="store_true",

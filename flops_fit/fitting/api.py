@@ -31,6 +31,7 @@ from flops_fit.fitting.prepare import BUDGET_RTOL, prepare
 from flops_fit.fitting.result import EXTRAPOLATION_FACTOR, INTERVAL_LEVEL, ScalingLaws
 from flops_fit.law import HUBER_DELTA
 
+DEFAULT_BOOTSTRAP = 1000  # resamples: stable 95 % percentile intervals (Efron & Tibshirani 1993, ch. 13)
 OPTIMUM_RULES = ("parabola", "lowest", "given")  # how a budget's optimum is read
 APPROACHES = ("auto", "isoflop", "parametric")
 
@@ -38,7 +39,7 @@ APPROACHES = ("auto", "isoflop", "parametric")
 EXCLUDED_COLUMNS = ["kind", "row", "budget", "params", "tokens", "flops", "loss", "status", "reason"]
 
 
-def fit(data, *, approach="auto", optimum="parabola", bootstrap=1000, seed=0, columns=None,
+def fit(data, *, approach="auto", optimum="parabola", bootstrap=DEFAULT_BOOTSTRAP, seed=0, columns=None,
         where=None, holdout=None, holdout_budgets=0, drop_highest_loss=0, budget_rtol=BUDGET_RTOL,
         level=INTERVAL_LEVEL, tie_exponents=False, huber_delta=HUBER_DELTA) -> ScalingLaws:
     """Fit IsoFLOP power laws (Approach 2) and/or the parametric L(N, D) (Approach 3).
@@ -119,7 +120,7 @@ def _checked_options(**o):
     checks.one_of(o["optimum"], "fit", "optimum", OPTIMUM_RULES, error=FitError)
     if o["approach"] == "parametric" and o["optimum"] == "given":
         raise FitError("optimum='given' fits power laws to per-budget optima; use approach='isoflop' or 'auto'")
-    o["bootstrap"] = checks.integer(o["bootstrap"], "fit", "bootstrap", "1000 replicates give stable 95% intervals; "
+    o["bootstrap"] = checks.integer(o["bootstrap"], "fit", "bootstrap", f"{DEFAULT_BOOTSTRAP} replicates give stable 95% intervals; "
                                     "0 disables", minimum=0, maximum=MAX_BOOTSTRAP, error=FitError)
     o["seed"] = checks.integer(o["seed"], "fit", "seed", "the seed of the bootstrap's random generator", minimum=0,
                                error=FitError)

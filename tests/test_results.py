@@ -90,7 +90,7 @@ def write_trial(sweep, point, lines=(), error=None, raw_results=None):
 
 
 @pytest.fixture
-def sweep(tmp_path):
+def stored_sweep(tmp_path):
     """Five planned points: ok, diverged, failed, still running, never started."""
     plan = make_plan()
     root = tmp_path / "storage" / "my-sweep"
@@ -114,8 +114,8 @@ def sweep(tmp_path):
 # --- the table ----------------------------------------------------------------------------
 
 
-def test_one_row_per_planned_point_in_plan_order(sweep):
-    root, plan = sweep
+def test_one_row_per_planned_point_in_plan_order(stored_sweep):
+    root, plan = stored_sweep
     res = R.load_results(root)
     assert list(res.table.columns) == R.COLUMNS
     assert list(res.table["point_id"]) == [p.point_id for p in plan]
@@ -125,8 +125,8 @@ def test_one_row_per_planned_point_in_plan_order(sweep):
     assert res.status_line().startswith(f"Sweep {root}: 5 points: 1 ok, 1 diverged, 1 failed, 2 incomplete.")
 
 
-def test_rows_carry_the_last_report_and_the_plan(sweep):
-    root, plan = sweep
+def test_rows_carry_the_last_report_and_the_plan(stored_sweep):
+    root, plan = stored_sweep
     t = R.load_results(root).table.set_index("point_id")
     p1, p2, p3, p4, p5 = plan.points
     ok = t.loc[p1.point_id]
@@ -146,8 +146,8 @@ def test_rows_carry_the_last_report_and_the_plan(sweep):
     assert unstarted["planned_tokens"] == p5.tokens and pd.isna(unstarted["tokens"])
 
 
-def test_a_failed_trial_shows_the_exception_not_the_frames(sweep):
-    root, plan = sweep
+def test_a_failed_trial_shows_the_exception_not_the_frames(stored_sweep):
+    root, plan = stored_sweep
     row = R.load_results(root).table.set_index("point_id").loc[plan.points[2].point_id]
     assert row["status"] == "failed" and math.isnan(row["loss"])
     assert row["error"].endswith("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -201,8 +201,8 @@ def test_a_plan_without_trials_lists_every_point_as_not_started(tmp_path):
     assert set(t["status"]) == {"incomplete"} and set(t["error"]) == {"not started"}
 
 
-def test_a_file_uri_reads_like_a_path(sweep):
-    root, _ = sweep
+def test_a_file_uri_reads_like_a_path(stored_sweep):
+    root, _ = stored_sweep
     by_path = R.load_results(root).table
     by_uri = R.load_results(f"file://{root}").table
     pd.testing.assert_frame_equal(by_uri, by_path)
@@ -268,8 +268,8 @@ def test_an_empty_plan_file_is_reported_as_a_corrupt_plan(tmp_path):
 # --- results.csv --------------------------------------------------------------------------
 
 
-def test_results_csv_is_written_atomically_and_round_trips(sweep):
-    root, plan = sweep
+def test_results_csv_is_written_atomically_and_round_trips(stored_sweep):
+    root, plan = stored_sweep
     res = R.load_results(root)
     (root / F.RESULTS_CSV).write_text("stale table\n")  # replaced, not appended to
     path = R.write_results_csv(res)
@@ -287,8 +287,8 @@ def test_results_csv_is_written_atomically_and_round_trips(sweep):
     assert list(back["tokens"].fillna(-1)) == list(res.table["tokens"].fillna(-1))
 
 
-def test_results_csv_is_readable_as_the_umask_allows(sweep):
-    root, _ = sweep
+def test_results_csv_is_readable_as_the_umask_allows(stored_sweep):
+    root, _ = stored_sweep
     old = os.umask(0o022)
     try:
         path = R.write_results_csv(R.load_results(root))
@@ -297,7 +297,7 @@ def test_results_csv_is_readable_as_the_umask_allows(sweep):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
 
 
-# --- claiming a sweep folder --------------------------------------------------------------
+# --- claiming a stored_sweep folder --------------------------------------------------------------
 
 
 def no_model(size):
@@ -451,8 +451,8 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
     assert target.read_text() == "the old table\n"
 
 
-def test_a_finished_point_is_recorded_once_and_its_record_wins(sweep):
-    root, plan = sweep
+def test_a_finished_point_is_recorded_once_and_its_record_wins(stored_sweep):
+    root, plan = stored_sweep
     p = plan.points[0]
     first = {"final": True, "status": "ok", "loss": 3.25, "tokens": p.tokens, "attempts": 1}
     assert SweepFolder(str(root)).write_finished(p.point_id, first) is True

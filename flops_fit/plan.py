@@ -84,6 +84,12 @@ class SweepPlan:
     def __iter__(self):
         return iter(self.points)
 
+    def __repr__(self) -> str:
+        """One line (a notebook shows it); `summary()` lists the points."""
+        span = f"{self.budgets[0]:.3g}..{self.budgets[-1]:.3g} FLOPs" if self.points else "no budget"
+        return (f"SweepPlan({len(self.points)} points over {len(self.budgets)} budgets, {span}; "
+                f"N {self.param_convention}, FLOPs per token {self.flops_convention}; {len(self.dropped)} dropped)")
+
     def summary(self) -> str:
         lines = [
             f"IsoFLOP sweep plan: {len(self.points)} points over {len(self.budgets)} budgets, "

@@ -70,3 +70,15 @@ def test_the_old_name_of_the_optimum_rules_still_works_and_warns():
     assert old == fitting.OPTIMUM_RULES == ("parabola", "lowest", "given")
     with pytest.raises(AttributeError):
         fitting.NO_SUCH_NAME
+
+
+def test_a_plan_shows_itself_in_one_line(tmp_path):
+    import flops_fit as ff
+    from flops_fit.data import TextCorpus
+    from flops_fit.models import gpt, lm_loss
+
+    task = ff.Task(model_fn=gpt, data=TextCorpus(seq_len=32, cache_dir=str(tmp_path / "c")), loss_fn=lm_loss,
+                   tokens_per_sample=32, batch_size=8)
+    plan = ff.plan_sweep(task, [1e10, 1e11, 1e12], sizes=[1, 2, 3])
+    text = repr(plan)
+    assert "\n" not in text and text.startswith("SweepPlan(9 points over 3 budgets, 1e+10..1e+12 FLOPs")

@@ -91,13 +91,13 @@ def worker_loop_steps_per_s(point, task, data, depth: int) -> float:
     import torch
 
     from flops_fit import prefetch
-    from flops_fit import train as T
+    from flops_fit import train
     from flops_fit.device import make_accelerator
 
     accelerator = make_accelerator(task)
     settings = {"lr": task.learning_rate(point.params), "warmup": task.warmup_fraction}  # as plain_loop's
-    net, model, optimizer, scheduler = T.build(point, task, accelerator, settings)
-    run = T.Run(point=point, task=task, rank=0, world=1, accum=task.accumulation_steps(1),
+    net, model, optimizer, scheduler = train.build(point, task, accelerator, settings)
+    run = train.Run(point=point, task=task, rank=0, world=1, accum=task.accumulation_steps(1),
                  accelerator=accelerator, model=model, net=net, optimizer=optimizer, scheduler=scheduler,
                  train_set=data[0], val_set=data[1], peak_flops=None)
     steps = min(STEPS, point.steps)
@@ -106,7 +106,7 @@ def worker_loop_steps_per_s(point, task, data, depth: int) -> float:
         window_loss = torch.zeros(())
         t = time.perf_counter()
         for _ in range(steps):
-            window_loss += T.optimizer_step(run, batches.next())
+            window_loss += train.optimizer_step(run, batches.next())
         return steps / (time.perf_counter() - t)
     finally:
         batches.close()

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 from . import checks
-from . import hyperparameters as H
+from . import hyperparameters
 
 # Hyperparameter defaults: nanoGPT/nanochat-style AdamW with warmup + cosine decay. They
 # are fine for the tiny CPU GPTs of the examples; for a real sweep, tune them at the
 # smallest size and scale the learning rate with N (see `lr`), or search it per point
 # (run_sweep(lr_search=...)).
 # A number, a function of N alone, or a rule of the point (N, D, C): flops_fit.hyperparameters.
-LearningRate = Union[float, Callable[[int], float], H.Rule]
+LearningRate = Union[float, Callable[[int], float], hyperparameters.Rule]
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 _SEED_LIMIT = 2**64  # torch.manual_seed takes an unsigned 64-bit seed
@@ -51,7 +51,7 @@ class Task:
     # samples per optimizer step, summed over all workers (global batch): a number, or a rule
     # of the point (N, D, C) from flops_fit.hyperparameters (its value rounded to whole
     # micro-batches; a rule in tokens goes through hyperparameters.batch_in_samples)
-    batch_size: Union[int, H.Rule] = 32
+    batch_size: Union[int, hyperparameters.Rule] = 32
     # Samples per forward/backward on one worker (nanoGPT / nanochat's device batch). 0: a
     # worker's whole share of the batch at once. Smaller: the share is split into micro-batches
     # whose gradients are accumulated and synchronised once per optimizer step, so a GPU holds
@@ -61,7 +61,7 @@ class Task:
     # (N, D, C) from flops_fit.hyperparameters (power_law, deepseek_lr, step_law_lr, ...)
     lr: LearningRate = 3e-3
     # linear warmup over this fraction of a point's own steps: a number or a rule of (N, D, C)
-    warmup_fraction: Union[float, H.Rule] = 0.05
+    warmup_fraction: Union[float, hyperparameters.Rule] = 0.05
     min_lr_fraction: float = 0.1  # cosine decay ends at this fraction of the peak (Chinchilla: 10x decay)
     weight_decay: float = 0.1  # AdamW decoupled weight decay (nanoGPT default)
     betas: tuple = (0.9, 0.95)  # AdamW betas (nanoGPT / GPT-3)
@@ -94,7 +94,7 @@ class Task:
             self._set(name, checks.integer(getattr(self, name), "Task", name, "0 picks a default", minimum=0))
         if not callable(self.lr):
             self._set("lr", checks.positive_number(self.lr, "Task", "lr", "the peak AdamW learning rate"))
-        if not isinstance(self.warmup_fraction, H.Rule):
+        if not isinstance(self.warmup_fraction, hyperparameters.Rule):
             self._set("warmup_fraction", checks.fraction(self.warmup_fraction, "Task", "warmup_fraction",
                                                     "the share of a point's steps spent warming up"))
         self._set("min_lr_fraction", checks.fraction(self.min_lr_fraction, "Task", "min_lr_fraction",
@@ -127,7 +127,7 @@ class Task:
     @property
     def batch_rule(self) -> bool:
         """True when batch_size is a rule of the point (each point has its own batch)."""
-        return isinstance(self.batch_size, H.Rule)
+        return isinstance(self.batch_size, hyperparameters.Rule)
 
     @property
     def batch_tokens(self) -> int:
@@ -145,7 +145,7 @@ class Task:
         Raises ValueError naming the field when the rule gives less than half a micro-batch."""
         if not self.batch_rule:
             return self.batch_size
-        value = H.evaluate(self.batch_size, params, tokens, flops, "Task(batch_size=<rule>)")
+        value = hyperparameters.evaluate(self.batch_size, params, tokens, flops, "Task(batch_size=<rule>)")
         unit = self.micro_batch_size or 1
         if not value >= unit / 2:
             raise ValueError(f"Task(batch_size=<rule>) gives {value:.3g} samples per step at N={params:.4g}, "
@@ -183,10 +183,10 @@ class Task:
         with `flops` FLOPs (a rule of N alone needs only `params`)."""
         if not callable(self.lr):
             return self.lr  # checked when the Task was built
-        if isinstance(self.lr, H.Rule):
+        if isinstance(self.lr, hyperparameters.Rule):
             if tokens is None or flops is None:
                 raise ValueError("Task(lr=<rule>) is a rule of the point: learning_rate needs tokens and flops too.")
-            value = H.evaluate(self.lr, params, tokens, flops, "Task(lr=<rule>)")
+            value = hyperparameters.evaluate(self.lr, params, tokens, flops, "Task(lr=<rule>)")
             return checks.positive_number(value, "Task", f"lr({params})", "lr must suit every planned point")
         return checks.positive_number(self.lr(params), "Task", f"lr({params})", "lr must suit every planned N")
 
@@ -197,8 +197,8 @@ class Task:
         Raises ValueError naming the field when a rule's value is not usable there.
         """
         warmup = self.warmup_fraction
-        if isinstance(warmup, H.Rule):
-            warmup = checks.fraction(H.evaluate(warmup, params, tokens, flops, "Task(warmup_fraction=<rule>)"),
+        if isinstance(warmup, hyperparameters.Rule):
+            warmup = checks.fraction(hyperparameters.evaluate(warmup, params, tokens, flops, "Task(warmup_fraction=<rule>)"),
                                      "Task", "warmup_fraction(<point>)", "a share of the point's steps")
         return {"lr": self.learning_rate(params, tokens, flops), "warmup": warmup,
                 "batch_size": self.batch_at(params, tokens, flops)}

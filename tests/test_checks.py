@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import flops_fit as ff
-from flops_fit import checks as C
+from flops_fit import checks
 from flops_fit.data import TextCorpus
 from flops_fit.models import gpt, lm_loss
 from flops_fit.fitting import FitError
@@ -29,15 +29,15 @@ def make_task(**overrides):
 
 @pytest.mark.parametrize("value", [np.float32(0.5), np.float64(0.5), np.int64(2), 3, 0.25])
 def test_numpy_and_python_numbers_pass_and_come_back_plain(value):
-    out = C.positive_number(value, "f", "x")
+    out = checks.positive_number(value, "f", "x")
     assert type(out) is float and out == pytest.approx(float(value))
 
 
 @pytest.mark.parametrize("check", [
-    lambda v: C.positive_number(v, "f", "x"),
-    lambda v: C.non_negative_number(v, "f", "x"),
-    lambda v: C.fraction(v, "f", "x"),
-    lambda v: C.integer(v, "f", "x"),
+    lambda v: checks.positive_number(v, "f", "x"),
+    lambda v: checks.non_negative_number(v, "f", "x"),
+    lambda v: checks.fraction(v, "f", "x"),
+    lambda v: checks.integer(v, "f", "x"),
 ])
 @pytest.mark.parametrize("value", [True, np.bool_(True)])
 def test_a_bool_is_not_a_number(check, value):
@@ -47,23 +47,23 @@ def test_a_bool_is_not_a_number(check, value):
 
 def test_message_names_call_argument_need_and_fix():
     with pytest.raises(ValueError) as e:
-        C.integer(np.int64(0), "run_sweep", "num_workers", "workers per point")
+        checks.integer(np.int64(0), "run_sweep", "num_workers", "workers per point")
     assert str(e.value) == "run_sweep(num_workers=np.int64(0)) must be an int >= 1: workers per point"
     with pytest.raises(FitError, match=r"^fit\(level=1.0\) must be a number in \(0, 1\)\.$"):
-        C.fraction(1.0, "fit", "level", open_low=True, open_high=True, error=FitError)
+        checks.fraction(1.0, "fit", "level", open_low=True, open_high=True, error=FitError)
 
 
 @pytest.mark.parametrize("value", ["0.5", None, float("nan"), float("inf"), 2**2000])
 def test_not_a_usable_number_is_a_value_error_naming_it(value):
-    for check in (C.positive_number, C.non_negative_number, C.fraction):
+    for check in (checks.positive_number, checks.non_negative_number, checks.fraction):
         with pytest.raises(ValueError, match=r"^f\(x="):
             check(value, "f", "x")
 
 
 def test_integer_refuses_floats_even_whole_ones():
-    assert type(C.integer(np.int32(4), "f", "n")) is int
+    assert type(checks.integer(np.int32(4), "f", "n")) is int
     with pytest.raises(ValueError, match=r"f\(n=4.0\) must be an int >= 1"):
-        C.integer(4.0, "f", "n")
+        checks.integer(4.0, "f", "n")
 
 
 # --- every public entry point that takes numbers ------------------------------------------

@@ -129,3 +129,34 @@ def test_only_the_storage_module_tells_uris_from_paths():
     tellers = sorted(str(path.relative_to(PACKAGE)) for path, text in _sources()
                      if '"://"' in text or "'://'" in text)
     assert tellers == [URI_MODULE]
+
+
+def _renamed_imports(text: str) -> list:
+    """Lines where a flops_fit module is imported under another name (`... import results as R`)."""
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("flops_fit")):
+            found += [f"{node.lineno}: {a.name} as {a.asname}" for a in node.names
+                      if a.asname and a.asname != a.name]
+        elif isinstance(node, ast.Import):
+            found += [f"{node.lineno}: {a.name} as {a.asname}" for a in node.names
+                      if a.asname and a.name.startswith("flops_fit.") and a.asname != a.name.rsplit(".", 1)[1]]
+    return found
+
+
+def test_the_renamed_import_check_finds_each_form():
+    assert len(_renamed_imports("from flops_fit import results as R\n")) == 1
+    assert len(_renamed_imports("from . import hyperparameters as H\n")) == 1
+    assert len(_renamed_imports("import flops_fit.results as R\n")) == 1
+    assert _renamed_imports("import flops_fit as ff\nimport flops_fit.fitting as fitting\n"
+                            "import torch.nn.functional as F\n") == []
+
+
+def test_flops_fit_modules_are_read_under_their_own_names():
+    # a one-letter alias hides which module a name comes from (F was also torch's functional)
+    repo = PACKAGE.parent
+    files = [*PACKAGE.rglob("*.py"), *(repo / "tests").rglob("*.py"), *(repo / "benchmarks").glob("*.py"),
+             *(repo / "examples").glob("*.py")]
+    found = [f"{path.relative_to(repo)}:{hit}" for path in files for hit in _renamed_imports(path.read_text())]
+    assert found == []
+    assert len(files) > 60  # the sources were read

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 import flops_fit as ff
-from flops_fit import hyperparameters as H
-from flops_fit import lr_search as L
-from flops_fit import results as R
+from flops_fit import hyperparameters
+from flops_fit import lr_search
+from flops_fit import results
 from flops_fit.plan import SweepPlan, SweepPoint
 from flops_fit.dry_run import CHINCHILLA_LAW, dry_run_loss
 from flops_fit.sweep_folder import PLAN_FILE, SweepFolder
@@ -26,17 +26,17 @@ MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 def test_published_rules_give_the_papers_numbers():
     # DeepSeek LLM eq. 1 at C = 1e20 FLOPs: 0.3118 * 10^(-2.5) and 0.2920 * 10^(6.542) tokens
-    assert H.deepseek_lr()(1e9, 1e10, 1e20) == pytest.approx(9.860e-4, rel=1e-3)
-    assert H.deepseek_batch_tokens()(1e9, 1e10, 1e20) == pytest.approx(1.017e6, rel=1e-3)
+    assert hyperparameters.deepseek_lr()(1e9, 1e10, 1e20) == pytest.approx(9.860e-4, rel=1e-3)
+    assert hyperparameters.deepseek_batch_tokens()(1e9, 1e10, 1e20) == pytest.approx(1.017e6, rel=1e-3)
     # Step Law at N = 1e9, D = 1e11: 1.79 * 10^(-6.417) * 10^(3.377); batch 0.58 * 10^(6.281)
-    assert H.step_law_lr()(1e9, 1e11, 6e20) == pytest.approx(1.633e-3, rel=1e-3)
-    assert H.step_law_batch_tokens()(1e9, 1e11, 6e20) == pytest.approx(1.108e6, rel=1e-3)
+    assert hyperparameters.step_law_lr()(1e9, 1e11, 6e20) == pytest.approx(1.633e-3, rel=1e-3)
+    assert hyperparameters.step_law_batch_tokens()(1e9, 1e11, 6e20) == pytest.approx(1.108e6, rel=1e-3)
 
 
 def test_a_power_law_of_n_halves_the_lr_for_four_times_the_params():
-    rule = H.power_law(0.02, 0.5)
+    rule = hyperparameters.power_law(0.02, 0.5)
     assert rule(4e6, 1, 1) / rule(1e6, 1, 1) == pytest.approx(0.5)
-    assert H.power_law(1.0, 0.25, of="C")(1, 1, 1e8) == pytest.approx(1e-2)
+    assert hyperparameters.power_law(1.0, 0.25, of="C")(1, 1, 1e8) == pytest.approx(1e-2)
 
 
 def _task(**kw):
@@ -46,21 +46,21 @@ def _task(**kw):
 
 
 def test_a_task_takes_rules_for_lr_and_warmup_and_resolves_them_per_point():
-    task = _task(lr=H.step_law_lr(), warmup_fraction=H.power_law(0.5, 0.25, of="D"))
+    task = _task(lr=hyperparameters.step_law_lr(), warmup_fraction=hyperparameters.power_law(0.5, 0.25, of="D"))
     hp = task.hyperparameters(1e6, 1e8, 6e14)
     assert hp["lr"] == pytest.approx(1.79 * 1e6 ** -0.713 * 1e8 ** 0.307)
     assert hp["warmup"] == pytest.approx(0.5 * 1e8 ** -0.25)
     assert hp["batch_size"] == 32
 
 
-@pytest.mark.parametrize("field, rule", [("lr", H.power_law(1.0, 0.5, of="N")), ("warmup_fraction", H.constant(2.0))])
+@pytest.mark.parametrize("field, rule", [("lr", hyperparameters.power_law(1.0, 0.5, of="N")), ("warmup_fraction", hyperparameters.constant(2.0))])
 def test_a_rule_out_of_range_names_its_field(field, rule):
     task = _task(**{field: rule})
     with pytest.raises(ValueError, match=field.split("_")[0]):
         task.hyperparameters(-1.0 if field == "lr" else 1e6, 1e8, 6e14)
 
 
-class _NaNRule(H.Rule):
+class _NaNRule(hyperparameters.Rule):
     def __call__(self, params, tokens, flops):
         return math.nan
 
@@ -78,7 +78,7 @@ def test_a_rule_returning_nan_is_refused_before_any_compute(tmp_path, monkeypatc
 # --- a batch per point (Task.batch_size as a rule) ---------------------------------------
 
 def test_a_batch_rule_in_tokens_gives_whole_micro_batches_of_samples():
-    rule = H.batch_in_samples(H.deepseek_batch_tokens(), 128)
+    rule = hyperparameters.batch_in_samples(hyperparameters.deepseek_batch_tokens(), 128)
     task = _task(batch_size=rule, micro_batch_size=4)
     # DeepSeek's 0.2920 C^0.3271 tokens at C = 6e14 FLOPs: 1.99e4 tokens = 155.6 samples of
     # 128, rounded to whole micro-batches of 4
@@ -89,17 +89,17 @@ def test_a_batch_rule_in_tokens_gives_whole_micro_batches_of_samples():
     with pytest.raises(ValueError, match=r"Task.batch_size is a rule"):
         task.batch_tokens
     # a rule in tokens passed as samples would ask for far fewer than one sample: one line
-    tiny = _task(batch_size=H.power_law(1.0, 1.0, of="N"))
+    tiny = _task(batch_size=hyperparameters.power_law(1.0, 1.0, of="N"))
     with pytest.raises(ValueError, match=r"Task\(batch_size=<rule>\) gives .* at least 1 sample") as err:
         tiny.batch_at(1e6, 1e8, 6e14)
     assert "\n" not in str(err.value)
 
 
 def test_a_batch_rule_plans_each_point_with_its_own_batch_and_steps():
-    from flops_fit import flops as F
+    from flops_fit import flops
 
     # 4000 N^-0.5 samples per step: larger models, smaller batches
-    task = _task(batch_size=H.power_law(4.0e3, 0.5, of="N"))
+    task = _task(batch_size=hyperparameters.power_law(4.0e3, 0.5, of="N"))
     plan = ff.plan_sweep(task, [1e12, 3e12], sizes=[1, 2, 3, 4])
     assert plan.batch_tokens == 0 and "global batch per point" in plan.summary()
     batches = {p.point_id: p.batch_size for p in plan}
@@ -108,7 +108,7 @@ def test_a_batch_rule_plans_each_point_with_its_own_batch_and_steps():
         assert p.batch_size == round(4.0e3 * p.params ** -0.5)
         assert p.tokens == p.steps * p.batch_size * 128
         # whole steps of the point's own batch spend the budget to within half a step
-        assert abs(p.tokens - F.tokens_for_budget(p.budget, p.flops_per_token)) <= p.batch_size * 128 / 2
+        assert abs(p.tokens - flops.tokens_for_budget(p.budget, p.flops_per_token)) <= p.batch_size * 128 / 2
     # the trials carry the planned batch (results.csv's batch_size), LR siblings too
     from flops_fit.execute import trial_points
 
@@ -121,7 +121,7 @@ def test_a_plan_with_a_batch_rule_runs_only_with_that_task(tmp_path, monkeypatch
     from flops_fit import ray_setup
 
     monkeypatch.setattr(ray_setup, "ensure_ray", lambda *a, **k: pytest.fail("Ray started"))
-    ruled = _task(batch_size=H.power_law(4.0e3, 0.5, of="N"))
+    ruled = _task(batch_size=hyperparameters.power_law(4.0e3, 0.5, of="N"))
     plan = ff.plan_sweep(ruled, [1e12], sizes=[1, 2, 3])
     with pytest.raises(ValueError, match="plan with the same Task"):
         ff.run_sweep(_task(), plan, name="x", storage_path=tmp_path, dry_run=True)
@@ -136,7 +136,7 @@ def test_a_plan_with_a_batch_rule_runs_only_with_that_task(tmp_path, monkeypatch
 def test_the_bracket_search_adds_points_with_the_batch_rules_value():
     from flops_fit.search import BracketSearch, batch_table, size_table
 
-    task = _task(batch_size=H.power_law(4.0e3, 0.5, of="N"))
+    task = _task(batch_size=hyperparameters.power_law(4.0e3, 0.5, of="N"))
     plan = ff.plan_sweep(task, [1e12, 3e12, 1e13], sizes=[2, 3, 4])
     sizes = size_table(task, plan, range(1, 8))
     batches = batch_table(task, plan, sizes)
@@ -153,20 +153,20 @@ def test_the_bracket_search_adds_points_with_the_batch_rules_value():
                                  "0.5 1 2", 3, [True, 1, 2]])
 def test_bad_lr_search_is_one_line_naming_the_argument_and_not_the_input(bad):
     with pytest.raises(ValueError) as err:
-        L.check_lr_search(bad)
+        lr_search.check_lr_search(bad)
     message = str(err.value)
     assert "\n" not in message and "lr_search" in message and "e.g. lr_search=[0.25, 0.5, 1, 2, 4]" in message
     assert "secret-token" not in message
 
 
 def test_lr_search_is_sorted_floats():
-    assert L.check_lr_search([np.float32(4), 1, 0.25]) == (0.25, 1.0, 4.0)
+    assert lr_search.check_lr_search([np.float32(4), 1, 0.25]) == (0.25, 1.0, 4.0)
 
 
 def test_sibling_ids_are_stable_and_map_back_to_their_point():
-    sid = L.sibling_id("C1e+12-s4", 0.25)
-    assert sid == "C1e+12-s4-lr0.25" and L.point_of(sid) == "C1e+12-s4"
-    assert L.point_of(L.sibling_id("C1e+12-s4-add", 2.0)) == "C1e+12-s4-add"
+    sid = lr_search.sibling_id("C1e+12-s4", 0.25)
+    assert sid == "C1e+12-s4-lr0.25" and lr_search.point_of(sid) == "C1e+12-s4"
+    assert lr_search.point_of(lr_search.sibling_id("C1e+12-s4-add", 2.0)) == "C1e+12-s4-add"
 
 
 # --- choosing a point's best sibling ------------------------------------------------------
@@ -174,7 +174,7 @@ def test_sibling_ids_are_stable_and_map_back_to_their_point():
 def test_the_parabola_through_the_best_three_finds_the_vertex_between_grid_points():
     vertex = math.log(1.3)  # the optimal multiplier: 1.3 x the rule's LR
     losses = [2.0 + 0.1 * (math.log(m) - vertex) ** 2 for m in MULTIPLIERS]
-    choice = L.choose(MULTIPLIERS, losses, ["ok"] * 5)
+    choice = lr_search.choose(MULTIPLIERS, losses, ["ok"] * 5)
     assert choice.bracketed and MULTIPLIERS[choice.best] == 1.0
     assert choice.lr_opt_multiplier == pytest.approx(1.3, rel=1e-9)
 
@@ -186,14 +186,14 @@ def test_the_parabola_through_the_best_three_finds_the_vertex_between_grid_point
     ([1.4, 1.3, 1.2, 1.1, math.nan], ["ok"] * 4 + ["failed"], 3, False),  # unknown neighbour
 ])
 def test_a_best_lr_at_the_edge_of_the_grid_is_not_bracketed(losses, statuses, best, bracketed):
-    choice = L.choose(MULTIPLIERS, losses, statuses)
+    choice = lr_search.choose(MULTIPLIERS, losses, statuses)
     assert choice.best == best and choice.bracketed == bracketed
     assert bracketed or choice.reason
 
 
 def _sibling_rows(point_id, budget, size, params, losses, rule_lr=1e-2, statuses=None):
     statuses = statuses or ["ok"] * len(losses)
-    return [dict(point_id=L.sibling_id(point_id, m), budget=budget, size=size, params=params,
+    return [dict(point_id=lr_search.sibling_id(point_id, m), budget=budget, size=size, params=params,
                  tokens=budget / (6 * params), flops=budget, loss=l, status=s, error="",
                  lr=rule_lr * m, lr_multiplier=m) for m, l, s in zip(MULTIPLIERS, losses, statuses)]
 
@@ -201,21 +201,21 @@ def _sibling_rows(point_id, budget, size, params, losses, rule_lr=1e-2, statuses
 def test_collapse_keeps_every_sibling_and_marks_one_best_per_point():
     raw = pd.DataFrame(_sibling_rows("C1e+12-s2", 1e12, 2, 1e4, [2.3, 2.2, 2.1, 2.15, 2.4])
                        + _sibling_rows("C1e+12-s3", 1e12, 3, 3e4, [2.5, 2.4, 2.3, 2.2, 2.1]))
-    siblings, points = L.collapse(raw)
+    siblings, points = lr_search.collapse(raw)
     assert len(siblings) == 10 and siblings["best_of_point"].sum() == 2
     assert list(points["point_id"]) == ["C1e+12-s2", "C1e+12-s3"]
     first, second = points.iloc[0], points.iloc[1]
     assert first["status"] == "ok" and first["loss"] == 2.1 and first["lr_multiplier"] == 1.0
     assert 1e-2 < first["lr_opt"] < 2e-2  # the parabola leans toward the next-lowest, 2x
-    assert second["status"] == L.LR_NOT_BRACKETED and "LR not bracketed" in second["error"]
-    kept = L.collapse(raw, keep_unbracketed=True)[1].iloc[1]
+    assert second["status"] == lr_search.LR_NOT_BRACKETED and "LR not bracketed" in second["error"]
+    kept = lr_search.collapse(raw, keep_unbracketed=True)[1].iloc[1]
     assert kept["status"] == "ok" and kept["loss"] == 2.1 and not kept["lr_bracketed"]
 
 
 def test_a_point_waits_for_all_its_siblings():
     raw = pd.DataFrame(_sibling_rows("C1e+12-s2", 1e12, 2, 1e4, [2.3, 2.2, 2.1, math.nan, 2.4],
                                      statuses=["ok", "ok", "ok", "incomplete", "ok"]))
-    point = L.collapse(raw)[1].iloc[0]
+    point = lr_search.collapse(raw)[1].iloc[0]
     assert point["status"] == "incomplete" and math.isnan(point["loss"]) and "4 of 5" in point["error"]
 
 
@@ -236,7 +236,7 @@ def _fake_sweep(folder, loss_of, plan=None):
     SweepFolder(str(folder)).write_lr_search(MULTIPLIERS)
     for p in plan:
         for m in MULTIPLIERS:
-            sid = L.sibling_id(p.point_id, m)
+            sid = lr_search.sibling_id(p.point_id, m)
             point = {**p.__dict__, "point_id": sid, "lr": 1e-2 * m, "warmup": 0.05, "batch_size": 32,
                      "lr_multiplier": m}
             (folder / sid).mkdir()
@@ -254,18 +254,18 @@ def test_a_searched_sweep_folder_loads_as_one_row_per_point_and_writes_every_sib
     folder = tmp_path / "sweep"
     _fake_sweep(folder, _by_size({1: [2.5, 2.4, 2.3, 2.35, 2.6], 2: [2.4, 2.2, 2.1, 2.2, 2.5],
                                   3: [2.6, 2.5, 2.4, 2.3, 2.2]}))
-    results = R.load_results(folder)
-    assert list(results.table["point_id"]) == ["C1e+12-s1", "C1e+12-s2", "C1e+12-s3"]
-    assert list(results.table["status"]) == ["ok", "ok", L.LR_NOT_BRACKETED]
-    assert list(results.table["loss"]) == [2.3, 2.1, 2.2]
-    R.write_results_csv(results)
-    csv = pd.read_csv(results.results_csv)
+    loaded = results.load_results(folder)
+    assert list(loaded.table["point_id"]) == ["C1e+12-s1", "C1e+12-s2", "C1e+12-s3"]
+    assert list(loaded.table["status"]) == ["ok", "ok", lr_search.LR_NOT_BRACKETED]
+    assert list(loaded.table["loss"]) == [2.3, 2.1, 2.2]
+    results.write_results_csv(loaded)
+    csv = pd.read_csv(loaded.results_csv)
     assert len(csv) == 15
     for col in ("lr", "batch_size", "warmup", "lr_multiplier", "best_of_point"):
         assert col in csv.columns and csv[col].notna().all(), col
     assert csv.groupby(["budget", "size"])["best_of_point"].sum().tolist() == [1, 1, 1]
     assert sorted(csv.loc[csv.best_of_point, "lr"]) == pytest.approx([1e-2, 1e-2, 4e-2])
-    assert R.load_results(folder, keep_lr_unbracketed=True).table["status"].tolist() == ["ok"] * 3
+    assert results.load_results(folder, keep_lr_unbracketed=True).table["status"].tolist() == ["ok"] * 3
 
 
 def _four_budgets_plan():
@@ -292,7 +292,7 @@ def test_flops_fit_fit_on_a_searched_folder_fits_best_siblings_and_names_the_exc
     laws = ff.fit(str(folder), bootstrap=0)
     reasons = laws.excluded["reason"].astype(str)
     assert reasons.str.contains("lr-not-bracketed").sum() == 1
-    fitted = ff.fit(R.load_results(folder, keep_lr_unbracketed=True), bootstrap=0)
+    fitted = ff.fit(results.load_results(folder, keep_lr_unbracketed=True), bootstrap=0)
     assert not fitted.excluded["reason"].astype(str).str.contains("lr-not-bracketed").any()
     # the rows fitted are the best siblings, at 1x the rule: the law itself, recovered exactly
     # (a sibling 2x off adds 0.048 nats)
@@ -329,14 +329,14 @@ def _dry_run_table(points, law, seed, multipliers=None):
     rows = []
     for p in points:
         for m in multipliers or (None,):
-            pid = p.point_id if m is None else L.sibling_id(p.point_id, m)
+            pid = p.point_id if m is None else lr_search.sibling_id(p.point_id, m)
             lr = CONSTANT_LR * (m or 1.0)
             trial = SweepPoint(pid, p.budget, p.size, p.params, p.flops_per_token, p.steps, p.tokens, p.flops)
             rows.append(dict(point_id=pid, budget=p.budget, size=p.size, params=p.params, tokens=p.tokens,
                              flops=p.flops, loss=dry_run_loss(trial, law, seed, lr), status="ok", error="",
                              lr=lr, lr_multiplier=m))
     table = pd.DataFrame(rows)
-    return L.collapse(table)[1] if multipliers else table
+    return lr_search.collapse(table)[1] if multipliers else table
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -350,7 +350,7 @@ def test_a_searched_dry_run_recovers_a_and_the_lr_exponent_a_constant_lr_does_no
     assert abs(float(constant.isoflop.a) - a_law) > 0.04
     assert abs(float(searched.isoflop.a) - a_law) < 0.02
     assert (searched_points["status"] == "ok").all()  # the wide grid brackets every size
-    law = L.fit_lr_law(searched_points)
+    law = lr_search.fit_lr_law(searched_points)
     assert abs(law.exponent - DRY_RUN_LR_LAW["lr_g"]) < 0.05
     low, high = law.exponent_interval
     assert low < law.exponent < high
@@ -403,7 +403,7 @@ def test_the_report_names_each_points_best_multiplier_and_draws_optimal_lr(tmp_p
 
     folder = tmp_path / "sweep"
     _fake_sweep(folder, _four_budgets_loss, _four_budgets_plan())
-    text, figure = lr_search_report(R.load_results(folder))
+    text, figure = lr_search_report(results.load_results(folder))
     assert text.count("| C") == 20 and text.count("NO: LR not bracketed") == 1
     assert "| C1e+12-s3 | lr-not-bracketed | 4 |" in text and "| C1e+11-s1 | ok | 1 |" in text
     # every bracketed optimum is the rule's 1e-2 (the valley is at 1x): a flat fitted rule
@@ -425,7 +425,7 @@ def test_lr_rule_takes_the_rule_fitted_to_an_lr_searched_sweep(tmp_path, capsys)
     target = lambda p: 1.2e-2 * (p.params / 1e4) ** -0.4  # noqa: E731
     _fake_sweep(folder, lambda p, m: 2.0 + 0.2 * math.log(1e-2 * m / target(p)) ** 2, _four_budgets_plan())
     rule = learning_rate(argparse.Namespace(lr=3e-3, lr_rule=str(folder)))
-    assert isinstance(rule, H.PowerLaw) and rule.exponent == pytest.approx(0.4, abs=0.02)
+    assert isinstance(rule, hyperparameters.PowerLaw) and rule.exponent == pytest.approx(0.4, abs=0.02)
     assert rule(1e4, 1e6, 6e10) == pytest.approx(1.2e-2, rel=0.05)
     assert "Learning rate from" in capsys.readouterr().out
     assert learning_rate(argparse.Namespace(lr=3e-3, lr_rule=None)) == 3e-3
@@ -438,6 +438,7 @@ def _in_process_run_sweep(calls, law):
     peak LR, as the Ray dry run draws them): the point of these tests is the flow between
     the two sweeps, not Ray (tests/test_lr_search_sweep.py runs the searched sweep on Ray)."""
     from flops_fit.execute import trial_points
+    from flops_fit.lr_search import collapse
 
     def run_sweep(task, plan, name, storage_path, lr_search=None, **_):
         calls.append({"budgets": sorted({p.budget for p in plan}), "name": name, "lr_search": lr_search,
@@ -451,9 +452,9 @@ def _in_process_run_sweep(calls, law):
                              "error": ""})
         raw = pd.DataFrame(rows)
         if not lr_search:
-            return R.SweepResults(raw, str(Path(storage_path) / name), plan)
-        raw, points = L.collapse(raw)
-        return R.SweepResults(points, str(Path(storage_path) / name), plan, siblings=raw)
+            return results.SweepResults(raw, str(Path(storage_path) / name), plan)
+        raw, points = collapse(raw)
+        return results.SweepResults(points, str(Path(storage_path) / name), plan, siblings=raw)
 
     return run_sweep
 
@@ -471,7 +472,7 @@ def test_lr_rule_fitted_searches_the_small_budgets_then_trains_the_rest_with_the
     args = sweep.parse_args(["--budgets", "1e11", "3e11", "1e12", "3e12", "--sizes", "1", "2", "3", "4", "5",
                              "--lr", "1e-2", "--lr-search", *map(str, WIDE_SEARCH), "--lr-rule", "fitted",
                              "--storage-path", str(tmp_path), "--name", "tuned"])
-    results = plan_and_run(tiny_task(tmp_path, lr=args.lr), args)
+    swept = plan_and_run(tiny_task(tmp_path, lr=args.lr), args)
     searched, rest = calls
     assert searched["budgets"] == [1e11, 3e11] and searched["name"] == "tuned-lr-search"
     assert list(searched["lr_search"]) == list(WIDE_SEARCH) and searched["lr"] == 1e-2
@@ -479,15 +480,15 @@ def test_lr_rule_fitted_searches_the_small_budgets_then_trains_the_rest_with_the
     # the larger budgets train with the rule lr_opt = c N^-g fitted to the searched points,
     # which follows the dry run's LR valley lr*(N) = 0.9 N^-0.47 (within the noise of 10
     # tiny points, whose loss noise is of the size of the LR term)
-    law = L.fit_lr_law(results.table[results.table["budget"] < 1e12])
-    assert isinstance(rest["lr"], H.PowerLaw)
+    law = lr_search.fit_lr_law(swept.table[swept.table["budget"] < 1e12])
+    assert isinstance(rest["lr"], hyperparameters.PowerLaw)
     assert (rest["lr"].coefficient, rest["lr"].exponent) == pytest.approx((law.coefficient, law.exponent))
     assert rest["lr"].exponent == pytest.approx(DRY_RUN_LR_LAW["lr_g"], abs=0.1)
-    table = results.table
+    table = swept.table
     assert sorted(table["budget"].unique()) == [1e11, 3e11, 1e12, 3e12] and len(table) == 20
     assert table.loc[table["budget"] >= 1e12, "lr_multiplier"].isna().all()
-    assert results.path == str(tmp_path / "tuned") and len(results.siblings) == 10 * len(WIDE_SEARCH)
-    text, _ = lr_search_report(results)  # the report lists the searched points only
+    assert swept.path == str(tmp_path / "tuned") and len(swept.siblings) == 10 * len(WIDE_SEARCH)
+    text, _ = lr_search_report(swept)  # the report lists the searched points only
     assert text.count("| C") == 10
     assert "(LR search)" in capsys.readouterr().out
 
@@ -518,7 +519,7 @@ def test_the_sweep_script_exits_non_zero_on_failed_points_or_no_fit():
     from flops_fit.sweep_script import exit_status
 
     table = pd.DataFrame({"status": ["ok", "diverged", "lr-not-bracketed", "skipped"]})
-    assert exit_status(R.SweepResults(table, "/x"), laws=object()) == 0
-    assert exit_status(R.SweepResults(table, "/x"), laws=None) == 1
+    assert exit_status(results.SweepResults(table, "/x"), laws=object()) == 0
+    assert exit_status(results.SweepResults(table, "/x"), laws=None) == 1
     for bad in ("failed", "incomplete"):
-        assert exit_status(R.SweepResults(table.assign(status=["ok", bad, "ok", "ok"]), "/x"), object()) == 1
+        assert exit_status(results.SweepResults(table.assign(status=["ok", bad, "ok", "ok"]), "/x"), object()) == 1

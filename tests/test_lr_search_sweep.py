@@ -57,12 +57,12 @@ def test_a_searched_dry_run_trains_each_sibling_once_and_keeps_them_all(ray_sess
 
 
 def test_each_point_trains_with_the_batch_its_rule_gives(ray_session, tmp_path):
-    from flops_fit import hyperparameters as H
+    from flops_fit import hyperparameters
 
     probe = ff.plan_sweep(tiny_task(tmp_path), [1e10], sizes=[1, 2])
     small = min(p.params for p in probe)
     # 12 samples per step at the smaller size, about 6 at the larger one (N^-0.5)
-    task = tiny_task(tmp_path, batch_size=H.power_law(12 * small ** 0.5, 0.5, of="N"))
+    task = tiny_task(tmp_path, batch_size=hyperparameters.power_law(12 * small ** 0.5, 0.5, of="N"))
     plan = ff.plan_sweep(task, [1e10], sizes=[1, 2])
     planned = {p.point_id: p for p in plan}
     assert len({p.batch_size for p in plan}) == 2

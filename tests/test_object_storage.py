@@ -15,7 +15,7 @@ import pytest
 
 import flops_fit as ff
 from flops_fit import lease
-from flops_fit import sweep_folder as F
+from flops_fit import sweep_folder
 from flops_fit.sweep_folder import SweepFolder
 from driver_side import JOBS
 
@@ -39,7 +39,7 @@ def test_a_killed_driver_of_an_object_store_sweep_is_resumed_by_the_next(ray_ses
     deadline = time.time() + 240
     done_before = {}
     while time.time() < deadline and first.poll() is None and not done_before:
-        if s3_server.keys("sweeps", f"runs/on-s3/{F.FINISHED_DIR}/"):
+        if s3_server.keys("sweeps", f"runs/on-s3/{sweep_folder.FINISHED_DIR}/"):
             done_before = SweepFolder(sweep).finished_records()
         time.sleep(0.5)
     first.send_signal(signal.SIGKILL)
@@ -59,7 +59,7 @@ def test_a_killed_driver_of_an_object_store_sweep_is_resumed_by_the_next(ray_ses
         assert final.loc[point_id, "started_at"] == pytest.approx(before["started_at"], abs=1e-3)
         assert final.loc[point_id, "attempts"] == before["attempts"]
     keys = set(s3_server.keys("sweeps", "runs/on-s3/"))
-    assert {f"runs/on-s3/{name}" for name in (F.RESULTS_CSV, F.PLAN_FILE, F.TASK_FILE)} <= keys
-    assert {f"runs/on-s3/{F.FINISHED_DIR}/{p}.json" for p in final.index} <= keys
+    assert {f"runs/on-s3/{name}" for name in (sweep_folder.RESULTS_CSV, sweep_folder.PLAN_FILE, sweep_folder.TASK_FILE)} <= keys
+    assert {f"runs/on-s3/{sweep_folder.FINISHED_DIR}/{p}.json" for p in final.index} <= keys
     assert any(k.startswith("runs/on-s3/train/") for k in keys)  # Train's runs, in the bucket too
     assert f"runs/on-s3/{lease.LEASE_FILE}" not in keys  # released by the driver that finished

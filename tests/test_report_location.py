@@ -3,7 +3,7 @@
 
 import types
 
-import flops_fit.results as R
+from flops_fit import results
 from flops_fit import storage
 from conftest import synthetic_sweep
 from driver_side import load_example
@@ -16,9 +16,9 @@ def test_report_of_a_sweep_in_storage_given_as_uri_goes_to_the_sweep_folder(tmp_
     monkeypatch.chdir(cwd)
     table = synthetic_sweep()
     folder = tmp_path / "bucket" / "runs" / "my-sweep"
-    results = R.SweepResults(table=table, path=f"file://{folder}")
+    swept = results.SweepResults(table=table, path=f"file://{folder}")
     args = types.SimpleNamespace(bootstrap=20, budgets=sorted(table.budget.unique()), name="my-sweep")
-    assert sweep.report(results, args) is not None
+    assert sweep.report(swept, args) is not None
     out = capsys.readouterr().out
     for name in ("summary.txt", "table.md", "prediction.csv", "isoflop_curves.png", "optima_vs_compute.png"):
         assert (folder / "report" / name).stat().st_size > 0, name
@@ -37,9 +37,9 @@ def test_report_of_a_sweep_in_object_storage_goes_to_the_bucket(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     table = synthetic_sweep()
     uri = s3_server.bucket("reports") + "/runs/my-sweep"
-    results = R.SweepResults(table=table, path=uri)
+    swept = results.SweepResults(table=table, path=uri)
     args = types.SimpleNamespace(bootstrap=20, budgets=sorted(table.budget.unique()), name="my-sweep")
-    assert sweep.report(results, args) is not None
+    assert sweep.report(swept, args) is not None
     out = capsys.readouterr().out
     keys = set(s3_server.keys("reports", "runs/my-sweep/report/"))
     for name in ("summary.txt", "table.md", "prediction.csv", "isoflop_curves.png", "optima_vs_compute.png"):

@@ -17,10 +17,10 @@ from dataclasses import asdict
 import pandas as pd
 import pytest
 
-from flops_fit import results as R
+from flops_fit import results
 from flops_fit import storage
 from flops_fit import lease
-from flops_fit import sweep_folder as F
+from flops_fit import sweep_folder
 from flops_fit.sweep_folder import SweepFolder
 from flops_fit.plan import SweepPlan, SweepPoint, point_id
 from flops_fit.task import Task
@@ -95,7 +95,7 @@ def stored_sweep(tmp_path):
     plan = make_plan()
     root = tmp_path / "storage" / "my-sweep"
     root.mkdir(parents=True)
-    plan.to_json(root / F.PLAN_FILE)
+    plan.to_json(root / sweep_folder.PLAN_FILE)
     p1, p2, p3, p4, _ = plan.points
     # folders written out of plan order: the table must follow the plan, not the disk
     write_trial(root, p4, [progress(p4, 10), progress(p4, 20, 2)])  # interrupted
@@ -116,8 +116,8 @@ def stored_sweep(tmp_path):
 
 def test_one_row_per_planned_point_in_plan_order(stored_sweep):
     root, plan = stored_sweep
-    res = R.load_results(root)
-    assert list(res.table.columns) == R.COLUMNS
+    res = results.load_results(root)
+    assert list(res.table.columns) == results.COLUMNS
     assert list(res.table["point_id"]) == [p.point_id for p in plan]
     assert list(res.table["status"]) == ["ok", "diverged", "failed", "incomplete", "incomplete"]
     assert res.plan == plan
@@ -127,7 +127,7 @@ def test_one_row_per_planned_point_in_plan_order(stored_sweep):
 
 def test_rows_carry_the_last_report_and_the_plan(stored_sweep):
     root, plan = stored_sweep
-    t = R.load_results(root).table.set_index("point_id")
+    t = results.load_results(root).table.set_index("point_id")
     p1, p2, p3, p4, p5 = plan.points
     ok = t.loc[p1.point_id]
     assert ok["loss"] == 2.75 and ok["error"] == ""
@@ -148,7 +148,7 @@ def test_rows_carry_the_last_report_and_the_plan(stored_sweep):
 
 def test_a_failed_trial_shows_the_exception_not_the_frames(stored_sweep):
     root, plan = stored_sweep
-    row = R.load_results(root).table.set_index("point_id").loc[plan.points[2].point_id]
+    row = results.load_results(root).table.set_index("point_id").loc[plan.points[2].point_id]
     assert row["status"] == "failed" and math.isnan(row["loss"])
     assert row["error"].endswith("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
     assert 'File "' not in row["error"] and "raise skipped" not in row["error"]
@@ -160,15 +160,15 @@ def test_a_final_result_wins_over_a_stale_error(tmp_path):
     plan = make_plan((2,))
     (p,) = plan.points
     write_trial(tmp_path, p, [progress(p, 10), final(p, attempts=2)], error=TRACEBACK)
-    plan.to_json(tmp_path / F.PLAN_FILE)
-    row = R.load_results(tmp_path).table.iloc[0]
+    plan.to_json(tmp_path / sweep_folder.PLAN_FILE)
+    row = results.load_results(tmp_path).table.iloc[0]
     assert (row["status"], row["loss"], row["error"], row["attempts"]) == ("ok", 2.75, "", 2)
 
 
 def test_an_error_without_any_report_is_failed(tmp_path):
     (p,) = make_plan((3,)).points
     write_trial(tmp_path, p, [], error="Failure # 1\nValueError: model_fn(3) raised\n")
-    row = R.load_results(tmp_path).table.iloc[0]
+    row = results.load_results(tmp_path).table.iloc[0]
     assert (row["status"], row["error"]) == ("failed", "ValueError: model_fn(3) raised")
     assert pd.isna(row["tokens"])
 
@@ -177,8 +177,8 @@ def test_trials_without_a_plan_still_load(tmp_path):
     p1, p2 = make_plan((1, 2)).points
     write_trial(tmp_path, p1, [final(p1)])
     write_trial(tmp_path, p2, [progress(p2, 5)])
-    res = R.load_results(tmp_path)
-    assert res.plan is None and list(res.table.columns) == R.COLUMNS
+    res = results.load_results(tmp_path)
+    assert res.plan is None and list(res.table.columns) == results.COLUMNS
     assert sorted(zip(res.table["point_id"], res.table["status"])) == [
         (p1.point_id, "ok"), (p2.point_id, "incomplete")
     ]
@@ -189,22 +189,22 @@ def test_trials_without_a_plan_come_sorted_by_budget_then_size(tmp_path):
     # written in an order no listing would sort back: larger budget and size first
     for p in (large[1], small[2], large[0], small[0], small[1]):
         write_trial(tmp_path, p, [final(p)])
-    t = R.load_results(tmp_path).table
+    t = results.load_results(tmp_path).table
     assert list(zip(t["budget"], t["size"])) == [(BUDGET, 1), (BUDGET, 2), (BUDGET, 3), (3 * BUDGET, 1), (3 * BUDGET, 2)]
 
 
 def test_a_plan_without_trials_lists_every_point_as_not_started(tmp_path):
     plan = make_plan()
-    plan.to_json(tmp_path / F.PLAN_FILE)
-    t = R.load_results(tmp_path).table
+    plan.to_json(tmp_path / sweep_folder.PLAN_FILE)
+    t = results.load_results(tmp_path).table
     assert list(t["point_id"]) == [p.point_id for p in plan]
     assert set(t["status"]) == {"incomplete"} and set(t["error"]) == {"not started"}
 
 
 def test_a_file_uri_reads_like_a_path(stored_sweep):
     root, _ = stored_sweep
-    by_path = R.load_results(root).table
-    by_uri = R.load_results(f"file://{root}").table
+    by_path = results.load_results(root).table
+    by_uri = results.load_results(f"file://{root}").table
     pd.testing.assert_frame_equal(by_uri, by_path)
 
 
@@ -216,7 +216,7 @@ def test_a_last_line_cut_short_by_a_crash_is_skipped(tmp_path):
     whole = json.dumps(progress(p, 30)) + "\n"
     cut = json.dumps(final(p))[:40]  # the process died while writing the final report
     write_trial(tmp_path, p, raw_results=whole + cut)
-    row = R.load_results(tmp_path).table.iloc[0]
+    row = results.load_results(tmp_path).table.iloc[0]
     assert row["status"] == "incomplete" and row["tokens"] == 30 * BATCH_TOKENS
 
 
@@ -225,7 +225,7 @@ def test_a_cut_short_last_line_followed_by_blank_lines_is_still_skipped(tmp_path
     whole = json.dumps(progress(p, 30)) + "\n"
     cut = json.dumps(final(p))[:40]
     write_trial(tmp_path, p, raw_results=whole + "\n" + cut + "\n\n  \n")
-    row = R.load_results(tmp_path).table.iloc[0]
+    row = results.load_results(tmp_path).table.iloc[0]
     assert row["status"] == "incomplete" and row["tokens"] == 30 * BATCH_TOKENS
 
 
@@ -234,7 +234,7 @@ def test_a_corrupt_line_in_the_middle_is_an_error_naming_the_file(tmp_path):
     text = json.dumps(progress(p, 10)) + "\n{garbage\n" + json.dumps(final(p)) + "\n"
     folder = write_trial(tmp_path, p, raw_results=text)
     with pytest.raises(ValueError, match="line 2") as e:
-        R.load_results(tmp_path)
+        results.load_results(tmp_path)
     assert str(folder / "result.json") in str(e.value)
 
 
@@ -243,26 +243,26 @@ def test_a_corrupt_params_file_is_an_error_naming_it(tmp_path):
     folder = write_trial(tmp_path, p, [final(p)])
     (folder / "params.json").write_text('{"not_point": 1}')
     with pytest.raises(ValueError, match="Corrupt trial file") as e:
-        R.load_results(tmp_path)
+        results.load_results(tmp_path)
     assert str(folder / "params.json") in str(e.value)
 
 
 def test_a_missing_sweep_folder_is_named(tmp_path):
     missing = tmp_path / "no-such-sweep"
     with pytest.raises(FileNotFoundError, match="no-such-sweep"):
-        R.load_results(missing)
+        results.load_results(missing)
 
 
 def test_a_folder_that_is_not_a_sweep_is_refused(tmp_path):
     (tmp_path / "something").mkdir()
     with pytest.raises(ValueError, match="no sweep trials"):
-        R.load_results(tmp_path)
+        results.load_results(tmp_path)
 
 
 def test_an_empty_plan_file_is_reported_as_a_corrupt_plan(tmp_path):
-    (tmp_path / F.PLAN_FILE).write_text("")
+    (tmp_path / sweep_folder.PLAN_FILE).write_text("")
     with pytest.raises(ValueError):
-        R.load_results(tmp_path)
+        results.load_results(tmp_path)
 
 
 # --- results.csv --------------------------------------------------------------------------
@@ -270,16 +270,16 @@ def test_an_empty_plan_file_is_reported_as_a_corrupt_plan(tmp_path):
 
 def test_results_csv_is_written_atomically_and_round_trips(stored_sweep):
     root, plan = stored_sweep
-    res = R.load_results(root)
-    (root / F.RESULTS_CSV).write_text("stale table\n")  # replaced, not appended to
-    path = R.write_results_csv(res)
-    assert path == str(root / F.RESULTS_CSV)
+    res = results.load_results(root)
+    (root / sweep_folder.RESULTS_CSV).write_text("stale table\n")  # replaced, not appended to
+    path = results.write_results_csv(res)
+    assert path == str(root / sweep_folder.RESULTS_CSV)
     # no temporary file is left beside the table
     assert sorted(f.name for f in root.iterdir() if f.is_file()) == sorted(
-        [F.PLAN_FILE, F.RESULTS_CSV, "task.json", "experiment_state-2026-11-25_10-00-00.json"]
+        [sweep_folder.PLAN_FILE, sweep_folder.RESULTS_CSV, "task.json", "experiment_state-2026-11-25_10-00-00.json"]
     )
     back = pd.read_csv(path)
-    assert list(back.columns) == R.COLUMNS
+    assert list(back.columns) == results.COLUMNS
     for col in ("point_id", "status", "budget", "size", "params", "planned_tokens"):
         assert list(back[col]) == list(res.table[col])
     pd.testing.assert_series_equal(back["loss"], res.table["loss"])  # NaN stays NaN
@@ -291,7 +291,7 @@ def test_results_csv_is_readable_as_the_umask_allows(stored_sweep):
     root, _ = stored_sweep
     old = os.umask(0o022)
     try:
-        path = R.write_results_csv(R.load_results(root))
+        path = results.write_results_csv(results.load_results(root))
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
@@ -322,22 +322,22 @@ def test_claim_creates_the_folder_and_records_plan_and_task(tmp_path, task):
     plan = make_plan()
     sweep_dir = tmp_path / "storage" / "nested" / "my-sweep"
     SweepFolder(str(sweep_dir)).claim(plan, task)
-    assert SweepPlan.from_json(sweep_dir / F.PLAN_FILE) == plan
-    recorded = json.loads((sweep_dir / F.TASK_FILE).read_text())
+    assert SweepPlan.from_json(sweep_dir / sweep_folder.PLAN_FILE) == plan
+    recorded = json.loads((sweep_dir / sweep_folder.TASK_FILE).read_text())
     assert recorded["batch_size"] == 4 and recorded["lr"] == 2e-3 and recorded["betas"] == [0.9, 0.95]
     assert "no_model" in recorded["model_fn"]  # factories are recorded by name
     # write probe removed; the lock and the task's fingerprint beside plan and task
-    assert sorted(os.listdir(sweep_dir)) == sorted([lease.LOCK_FILE, F.PLAN_FILE, F.TASK_FILE, F.TASK_FINGERPRINT_FILE])
+    assert sorted(os.listdir(sweep_dir)) == sorted([lease.LOCK_FILE, sweep_folder.PLAN_FILE, sweep_folder.TASK_FILE, sweep_folder.TASK_FINGERPRINT_FILE])
     # the folder loads as a sweep with every point still to run
-    assert set(R.load_results(sweep_dir).table["error"]) == {"not started"}
+    assert set(results.load_results(sweep_dir).table["error"]) == {"not started"}
 
 
 def test_claim_accepts_the_same_plan_again(tmp_path, task):
     plan = make_plan()
     SweepFolder(str(tmp_path / "s")).claim(plan, task)
-    before = (tmp_path / "s" / F.PLAN_FILE).read_text()
+    before = (tmp_path / "s" / sweep_folder.PLAN_FILE).read_text()
     SweepFolder(str(tmp_path / "s")).claim(SweepPlan.from_json(before), task)  # resume
-    assert (tmp_path / "s" / F.PLAN_FILE).read_text() == before
+    assert (tmp_path / "s" / sweep_folder.PLAN_FILE).read_text() == before
 
 
 @pytest.mark.parametrize("existing", ["other plan", "{not json"])
@@ -345,13 +345,13 @@ def test_claim_refuses_a_different_plan_and_says_what_to_do(tmp_path, task, exis
     sweep_dir = tmp_path / "s"
     sweep_dir.mkdir()
     old = make_plan((1, 2, 3)).to_json() if existing == "other plan" else existing
-    (sweep_dir / F.PLAN_FILE).write_text(old)
+    (sweep_dir / sweep_folder.PLAN_FILE).write_text(old)
     with pytest.raises(ValueError, match="different plan") as e:
         SweepFolder(str(sweep_dir)).claim(make_plan(), task)
     message = str(e.value)
     assert str(sweep_dir) in message
     assert "To resume it" in message and "plan.json" in message and "another name" in message
-    assert (sweep_dir / F.PLAN_FILE).read_text() == old  # the existing sweep is left as it was
+    assert (sweep_dir / sweep_folder.PLAN_FILE).read_text() == old  # the existing sweep is left as it was
 
 
 def test_claim_refuses_a_path_that_cannot_be_a_folder(tmp_path, task):
@@ -461,7 +461,7 @@ def test_a_finished_point_is_recorded_once_and_its_record_wins(stored_sweep):
     assert SweepFolder(str(root)).finished_ids() == {p.point_id}
     # Its trial folder may say otherwise (a later attempt's rows, an old error): the record wins.
     (root / p.point_id / "error.txt").write_text("RuntimeError: an earlier attempt failed\n")
-    row = R.load_results(root).table.set_index("point_id").loc[p.point_id]
+    row = results.load_results(root).table.set_index("point_id").loc[p.point_id]
     assert (row.status, row.loss, row.error) == ("ok", 3.25, "")
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from flops_fit import lease as F
+from flops_fit import lease
 from flops_fit.sweep_folder import SweepFolder
 from flops_fit.task import Task
 from test_results import make_plan, no_data, no_loss, no_model
@@ -20,8 +20,8 @@ SETTLE_S = 1.5  # the local S3 server on a busy 2-core machine answers a read an
 
 @pytest.fixture
 def fast_lease(monkeypatch):
-    monkeypatch.setattr(F, "HEARTBEAT_S", BEAT_S)
-    monkeypatch.setattr(F, "SETTLE_S", SETTLE_S)
+    monkeypatch.setattr(lease, "HEARTBEAT_S", BEAT_S)
+    monkeypatch.setattr(lease, "SETTLE_S", SETTLE_S)
 
 
 @pytest.fixture
@@ -35,14 +35,14 @@ def task():
 
 
 def lease_of(s3_server, sweep: str) -> dict | None:
-    key = sweep.split("/", 3)[3] + "/" + F.LEASE_FILE
+    key = sweep.split("/", 3)[3] + "/" + lease.LEASE_FILE
     if key not in s3_server.keys("leases", key):
         return None
     return json.loads(s3_server.client().get_object(Bucket="leases", Key=key)["Body"].read())
 
 
 def put_lease(s3_server, sweep: str, record: dict) -> None:
-    key = sweep.split("/", 3)[3] + "/" + F.LEASE_FILE
+    key = sweep.split("/", 3)[3] + "/" + lease.LEASE_FILE
     s3_server.client().put_object(Bucket="leases", Key=key, Body=json.dumps(record).encode())
 
 
@@ -74,10 +74,10 @@ def test_a_lease_whose_heartbeat_stopped_is_taken_over(s3_server, bucket, fast_l
     sweep = f"{bucket}/runs/stale"
     put_lease(s3_server, sweep, foreign())  # a driver killed after writing its lease
     started = time.monotonic()
-    claim = F.claim(sweep)
+    claim = lease.claim(sweep)
     try:
         waited = time.monotonic() - started
-        assert waited >= F.STALE_HEARTBEATS * BEAT_S  # watched its owner's beats first
+        assert waited >= lease.STALE_HEARTBEATS * BEAT_S  # watched its owner's beats first
         assert lease_of(s3_server, sweep)["pid"] == os.getpid()
         beat = lease_of(s3_server, sweep)["beat"]
         time.sleep(3 * BEAT_S)
@@ -104,7 +104,7 @@ def test_an_owner_that_keeps_beating_is_live_whatever_its_clock_says(s3_server, 
     owner.start()
     try:
         with pytest.raises(RuntimeError, match="pid 4242 on node-elsewhere, started 2001-02-03 04:05:06 UTC"):
-            F.claim(sweep)
+            lease.claim(sweep)
     finally:
         stop.set()
         owner.join()
@@ -120,7 +120,7 @@ def test_two_drivers_racing_for_one_sweep_end_with_one_owner(s3_server, bucket, 
         def take():
             start.wait()
             try:
-                claims.append(F.claim(sweep))
+                claims.append(lease.claim(sweep))
             except RuntimeError as e:
                 refusals.append(str(e))
 
@@ -140,7 +140,7 @@ def test_two_drivers_racing_for_one_sweep_end_with_one_owner(s3_server, bucket, 
 
 def test_an_owner_whose_lease_was_taken_notices_and_leaves_it(s3_server, bucket, fast_lease):
     sweep = f"{bucket}/runs/taken"
-    claim = F.claim(sweep)
+    claim = lease.claim(sweep)
     put_lease(s3_server, sweep, foreign(heartbeat_s=60.0))  # another driver took it over
     with pytest.warns(RuntimeWarning, match="taken over by another driver"):
         deadline = time.monotonic() + 20 * BEAT_S

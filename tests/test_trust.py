@@ -241,11 +241,11 @@ def test_bad_flags_are_one_line_errors(data_dir, capsys, args, message):
 
 
 def test_row_bound(monkeypatch, sweep, tmp_path):
-    from flops_fit.fitting import inputs as table
+    from flops_fit.fitting import inputs
 
     path = tmp_path / "s.csv"
     sweep.to_csv(path, index=False)
-    monkeypatch.setattr(table, "MAX_ROWS", 10)
+    monkeypatch.setattr(inputs, "MAX_ROWS", 10)
     with pytest.raises(FitError, match=rf"{len(sweep)} rows, more than the 10 this fit reads"):
         fit(path, bootstrap=0)
 

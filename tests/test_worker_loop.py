@@ -15,7 +15,7 @@ import torch
 
 import flops_fit as ff
 from flops_fit import checkpointing, device, prefetch
-from flops_fit import train as T
+from flops_fit import train
 from flops_fit.hardware import PEAK_FLOPS, TFLOPS, choose_precision, peak_flops
 from flops_fit.plan import SweepPoint
 from driver_side import KillWorkerOnce, job_result, load_example
@@ -137,14 +137,14 @@ def _run(task, scaler=None, data=None, steps=10):
         accelerator.scaler = scaler
     torch.manual_seed(task.seed)
     net = task.model_fn(1)
-    optimizer = T.adamw(net, task, 1e-2)
+    optimizer = train.adamw(net, task, 1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: T.lr_multiplier(s, steps, task.warmup_fraction, task.min_lr_fraction))
+        optimizer, lambda s: train.lr_multiplier(s, steps, task.warmup_fraction, task.min_lr_fraction))
     model, optimizer = accelerator.prepare(net, optimizer)
     point = SweepPoint(point_id="p", budget=1.0, size=1, params=5, tokens=steps * task.batch_tokens,
                        steps=steps, flops=1.0, flops_per_token=30.0)
     data = data or _Data()
-    return T.Run(point=point, task=task, rank=0, world=1, accum=task.accumulation_steps(1),
+    return train.Run(point=point, task=task, rank=0, world=1, accum=task.accumulation_steps(1),
                   accelerator=accelerator, model=model, net=net, optimizer=optimizer, scheduler=scheduler,
                   train_set=data, val_set=data, peak_flops=None, meta={"started_at": 0.0, "attempts": 1})
 
@@ -159,7 +159,7 @@ def _task(**kw):
 def _train_steps(run, steps):
     batches = prefetch.Prefetcher(run)
     try:
-        return [T.optimizer_step(run, batches.next()).item() for _ in range(steps)]
+        return [train.optimizer_step(run, batches.next()).item() for _ in range(steps)]
     finally:
         batches.close()
 
@@ -201,7 +201,7 @@ def test_compiled_model_trains_like_the_eager_one():
     eager, compiled = _run(_task()), _run(_task(compile=True))
     for run in (eager, compiled):  # as _setup builds them
         settings = {"lr": 1e-2, "warmup": run.task.warmup_fraction}  # the peak LR _run uses
-        run.net, run.model, run.optimizer, run.scheduler = T.build(run.point, run.task, run.accelerator, settings)
+        run.net, run.model, run.optimizer, run.scheduler = train.build(run.point, run.task, run.accelerator, settings)
     assert type(compiled.model).__name__ == "OptimizedModule" and compiled.model is not compiled.net
     assert _train_steps(compiled, 3) == pytest.approx(_train_steps(eager, 3), rel=1e-5)
     # The bare module holds the trained weights (what checkpoints and evaluation use).
@@ -272,7 +272,7 @@ def test_fp16_skipped_step_leaves_the_schedule_alone_and_the_scale_is_checkpoint
     lr_before, weights_before = run.scheduler.get_last_lr()[0], run.net.weight.detach().clone()
     batches = prefetch.Prefetcher(run)  # resumes at step 1: the bad batch
     try:
-        T.optimizer_step(run, batches.next())
+        train.optimizer_step(run, batches.next())
     finally:
         batches.close()
     assert run.optimizer.step_was_skipped

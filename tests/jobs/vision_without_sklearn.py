@@ -12,9 +12,9 @@ import sys
 
 def main() -> None:
     sys.modules["sklearn"] = None  # `import sklearn` now raises ImportError, as where it is not installed
-    import flops_fit.vision as v
+    from flops_fit import vision
 
-    f = v.DigitsImages()
+    f = vision.DigitsImages()
     assert f.num_classes == 10
     try:
         f()

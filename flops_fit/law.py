@@ -35,9 +35,10 @@ def parametric_loss(params, tokens, E, A, B, alpha, beta):
 
 def compute_optimal_allocation(flops, A, B, alpha, beta,
                                flops_per_param_token=FLOPS_PER_PARAM_TOKEN):
-    """N_opt and D_opt minimising L(N, D) subject to C = k*N*D (Hoffmann et al. 2022 eq. 4).
+    """N_opt and D_opt minimising L(N, D) subject to C = f*N*D, f = flops_per_param_token
+    (Hoffmann et al. 2022 eq. 4, where f = 6).
 
-    N_opt = G (C/k)^a, D_opt = G^-1 (C/k)^b, G = (alpha A / (beta B))^(1/(alpha+beta)),
+    N_opt = G (C/f)^a, D_opt = G^-1 (C/f)^b, G = (alpha A / (beta B))^(1/(alpha+beta)),
     a = beta/(alpha+beta), b = alpha/(alpha+beta). Returns (parameters, tokens) as float
     arrays. Taken in logs: exponents near zero put G beyond a float, and a law that gives
     no finite allocation returns inf or 0 there (callers state it), never an OverflowError.

@@ -122,12 +122,12 @@ def _search_direction(gi, history, idx, memory):
     downhill, capped at LBFGS_MAX_STEP per coordinate; slope = p . gi."""
     s_hist, y_hist, rho = history["s"], history["y"], history["rho"]
     q = gi.copy()
-    k = history["stored"][idx]
+    stored = history["stored"][idx]
     alphas = np.zeros((idx.size, memory))
 
     def pair(back):
         """(s, y, rho) of the update `back` steps ago; rho 0 where there is none yet."""
-        slot_pos = k - 1 - back
+        slot_pos = stored - 1 - back
         slot = np.mod(slot_pos, memory)
         return s_hist[idx, slot], y_hist[idx, slot], np.where(slot_pos >= 0, rho[idx, slot], 0.0)
 
@@ -136,12 +136,12 @@ def _search_direction(gi, history, idx, memory):
         al = r * np.einsum("ij,ij->i", s, q)
         alphas[:, back] = al
         q -= al[:, None] * y
-    last = np.mod(k - 1, memory)
+    last = np.mod(stored - 1, memory)
     s_l = s_hist[idx, last]
     y_l = y_hist[idx, last]
     yy = np.einsum("ij,ij->i", y_l, y_l)
     sy = np.einsum("ij,ij->i", s_l, y_l)
-    gamma = np.where((k > 0) & (yy > 0), sy / np.where(yy > 0, yy, 1.0), 1.0)
+    gamma = np.where((stored > 0) & (yy > 0), sy / np.where(yy > 0, yy, 1.0), 1.0)
     q *= gamma[:, None]
     for back in reversed(range(memory)):
         s, y, r = pair(back)
@@ -250,8 +250,8 @@ def fit_parametric_params(log_n, log_d, log_loss, *, delta=HUBER_DELTA, tie_expo
     bounds = [(None if np.isinf(lo) else lo, None if np.isinf(hi) else hi) for lo, hi in bounds]
     found = []
     # L-BFGS-B's linear algebra is on 5x5 matrices: a BLAS thread pool only spin-waits there,
-    # and on a busy machine that doubled the whole 4,852-row fit (6.8 s -> 3.8 s with one
-    # BLAS thread, benchmarks/RESULTS.md "Parametric fit speed, 2026-11-30").
+    # and on a busy machine that made the whole fit slower (benchmarks/RESULTS.md,
+    # "Parametric fit speed").
     with threadpool_limits(limits=1, user_api="blas"):
         for i in candidates:
             res = minimize(scalar, xs[i][:dims], jac=True, method="L-BFGS-B", bounds=bounds,

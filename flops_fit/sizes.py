@@ -64,20 +64,20 @@ def prior_optimum(budget, tokens_per_param) -> float:
     return math.sqrt(budget / (flops.FLOPS_PER_PARAM_TOKEN * tokens_per_param))
 
 
-def sizes_around_prior(budget, candidates, k, tokens_per_param, spread, probe) -> list:
-    """k candidate sizes around the prior optimum N*: the one nearest each point of a
+def sizes_around_prior(budget, candidates, count, tokens_per_param, spread, probe) -> list:
+    """`count` candidate sizes around the prior optimum N*: the one nearest each point of a
     log-spaced grid N*/spread .. N*·spread, then, where a coarse dial maps several grid
-    points to one size, the unused sizes nearest N* until there are k."""
+    points to one size, the unused sizes nearest N* until there are `count`."""
     log_star = math.log(prior_optimum(budget, tokens_per_param))
     logs = {s: math.log(probe.params(s)) for s in candidates}
-    targets = [log_star + math.log(spread) * (2 * i / (k - 1) - 1) for i in range(k)]
+    targets = [log_star + math.log(spread) * (2 * i / (count - 1) - 1) for i in range(count)]
     chosen = []
     for t in targets:
         best = min(logs, key=lambda s: abs(logs[s] - t))
         if best not in chosen:
             chosen.append(best)
     for s in sorted(logs, key=lambda s: abs(logs[s] - log_star)):
-        if len(chosen) >= k:
+        if len(chosen) >= count:
             break
         if s not in chosen:
             chosen.append(s)

@@ -120,8 +120,8 @@ def _check_fitted_rule(p, args) -> None:
     if n < 2:
         p.error("--lr-rule fitted searches the smallest budgets and trains the others with the fitted "
                 "rule: give at least 2 --budgets")
-    k = args.lr_search_budgets
-    if k is not None and not 1 <= k < n:
+    searched = args.lr_search_budgets
+    if searched is not None and not 1 <= searched < n:
         p.error(f"--lr-search-budgets must be between 1 and {n - 1} (the number of --budgets less one), "
                 "so that some budgets are searched and some use the fitted rule")
 

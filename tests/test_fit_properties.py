@@ -210,8 +210,10 @@ def test_rows_no_log_axis_can_draw_refuse_the_plots_in_one_line(tmp_path, capsys
 
 # Seeds of plausible-looking random tables (sizes 1e6..1e9, tokens 1e8..1e11, loss 2..4)
 # whose parametric fit sends ln A or ln B past the largest float: math.exp raised
-# OverflowError inside fit() until that became a FitError.
-DIVERGING_SEEDS = (27, 30)
+# OverflowError inside fit() until that became a FitError. Each runs off far past the float
+# range (A = e^2189, B = e^1.03e4), so its outcome does not hang on the machine's last bits
+# (the test perturbs the losses to show it): a seed whose optimum sits near e^709 flips.
+DIVERGING_SEEDS = (26, 69)
 
 
 def _plausible(seed):
@@ -223,9 +225,13 @@ def _plausible(seed):
 
 @pytest.mark.parametrize("seed", DIVERGING_SEEDS)
 def test_a_parametric_law_beyond_the_floats_is_a_fit_error(seed):
+    table = _plausible(seed)
+    noise = np.random.default_rng(1).standard_normal((3, len(table)))
+    tables = [table] + [table.assign(loss=table["loss"] * (1 + 1e-9 * eps)) for eps in noise]
     for approach in ("parametric", "auto"):  # auto: no IsoFLOP budgets here to stand alone
-        with pytest.raises(FitError, match=r"^parametric: the fit ran off to [AB] = e\^[0-9.e+]+, beyond a float"):
-            fit(_plausible(seed), bootstrap=5, approach=approach)
+        for rows in tables:
+            with pytest.raises(FitError, match=r"^parametric: the fit ran off to [AB] = e\^[0-9.e+]+, beyond a float"):
+                fit(rows, bootstrap=5, approach=approach)
 
 
 def test_with_isoflop_laws_a_diverged_parametric_law_is_a_warning(sweep, monkeypatch):

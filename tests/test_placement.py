@@ -108,6 +108,9 @@ def test_each_point_trains_with_its_own_worker_group(ray_session, tmp_path):
     assert t.loc[1, "num_processes"] == 1 and t.loc[2, "num_processes"] == 2, t.num_processes
 
 
+CHECKPOINT_EVERY = 40  # steps: the killed point saves a few checkpoints before its last step
+
+
 @pytest.mark.slow
 @pytest.mark.oldest_ray
 def test_a_killed_trial_driver_resumes_its_point_and_a_failed_point_is_not_retrained(ray_session, tmp_path):
@@ -118,7 +121,7 @@ def test_a_killed_trial_driver_resumes_its_point_and_a_failed_point_is_not_retra
 
     calls = tmp_path / "model-calls.txt"
     task = tiny_task(tmp_path, model_fn=functools.partial(gpt_failing, calls=str(calls)),
-                     checkpoint_every=40, report_every=20)
+                     checkpoint_every=CHECKPOINT_EVERY, report_every=20)
     plan = ff.plan_sweep(task, [1e10], sizes=[FAILING_SIZE, 2])
     survivor = next(p for p in plan if p.size != FAILING_SIZE)
     killer = KillDriver(survivor.point_id)
@@ -130,9 +133,12 @@ def test_a_killed_trial_driver_resumes_its_point_and_a_failed_point_is_not_retra
     ok = t.loc[survivor.size]
     assert ok.status == "ok", ok.error
     assert ok.tokens == survivor.tokens
-    # Resumed from its checkpoint (a second attempt that started past step 0), not from scratch.
+    # Resumed from a checkpoint (a second attempt that started past step 0), not from scratch.
+    # Not necessarily the one the driver was killed after: the orphaned worker group trains on
+    # until Train's cleaner removes it, and may save a later one first.
     final = json.loads((Path(res.path) / "finished" / f"{survivor.point_id}.json").read_text())
-    assert final["attempts"] == 2 and 0 < final["restored_from_step"] <= killer.killed, final
+    restored = final["restored_from_step"]
+    assert final["attempts"] == 2 and 0 < restored < final["steps"] and restored % CHECKPOINT_EVERY == 0, final
     # The failing point: failed with its error, and trained once (max_failures=0), although
     # Tune may retry its trial TRIAL_RETRIES times.
     bad = t.loc[FAILING_SIZE]

@@ -1,3 +1,7 @@
+"""Data sources: token windows, text corpora and token files, local and in object storage
+(fixture s3_server), read the same from any working directory; the pre-flight check's
+per-node probe (flops_fit/preflight.py) names what a node cannot open."""
+
 import pickle
 import time
 from pathlib import Path

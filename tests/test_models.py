@@ -1,3 +1,6 @@
+"""The example GPT (flops_fit/models.py): parameter counts against the meta device and known
+values, the size dial, shapes, pickling for Ray, and the loss at initialisation."""
+
 import functools
 import math
 import pickle

@@ -1,4 +1,5 @@
-"""One driver per sweep folder in object storage: the lease (flops_fit/sweep_folder.py),
+"""One driver per sweep folder in object storage: the lease (flops_fit/lease.py, taken by
+SweepFolder.claim),
 against a local S3 server (fixture s3_server). No Ray."""
 
 import json

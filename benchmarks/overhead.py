@@ -26,8 +26,9 @@ and shuts it down after. Prints, per arm, the median wall time and its spread, t
 the floor paired repeat by repeat, the per-trial latencies (Tune's trial start -> the
 worker's first step, last step -> Tune's trial end) and the CPU seconds per point by kind of
 Ray process started by this script (its title: ray::ImplicitFunc is a trial driver,
-ray::RayTrainWorker a training worker, ...). Writes its section of benchmarks/RESULTS.md
-(replaced on a rerun) unless --no-write.
+ray::RayTrainWorker a training worker, ...). Unless --no-write, writes the figures into its
+section of benchmarks/RESULTS.md as one table (a column per arm) and the paired ratios,
+replacing the last run's and keeping the section's introduction.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -397,6 +397,63 @@ def summarise(arms: list, runs: dict, plan, loads: list) -> list:
     return lines
 
 
+# The processes Ray Train starts for every TorchTrainer.fit() (and Tune's trial driver):
+# the cost of the required shape, summed in RESULTS.md's table.
+PER_POINT_PROCESSES = ("ray::TrainController", "ray::PlacementGroupCleaner", "ray::ImplicitFunc",
+                       "ray::DatasetManager", "ray::SynchronizationActor", "ray::_QueueActor",
+                       "ray::TrainStateActor")
+WORKER_PROCESS = "ray::RayTrainWorker"
+
+
+def cpu_per_point(repeats: list, titles, points: int) -> float:
+    """CPU seconds per point of the processes titled `titles` (None: all), median over repeats."""
+    return statistics.median(sum(v for t, v in r["cpu"].items() if titles is None or t in titles)
+                             for r in repeats) / points
+
+
+def markdown_table(arms: list, runs: dict, plan) -> list:
+    """RESULTS.md's form of a run: one column per arm, medians over repeats; then each arm's
+    wall time over the floor's, paired repeat by repeat."""
+    n = len(plan)
+    cells = defaultdict(dict)
+    med = {a: statistics.median(r["wall"] for r in runs[a]) for a in arms}
+    paired = {}
+    for a in arms:
+        walls = [r["wall"] for r in runs[a]]
+        cells["wall, median (range)"][a] = f"{med[a]:.1f} s ({min(walls):.1f}-{max(walls):.1f})"
+        pairs = [r["wall"] / f["wall"] for r, f in zip(runs[a], runs[FLOOR])] if FLOOR in runs and a != PLAIN else []
+        ratios = ([f"{med[a] / med[PLAIN]:.2f}"] if PLAIN in runs else []) + \
+                 ([f"{statistics.median(pairs):.2f}"] if pairs else [])
+        if PLAIN in runs or FLOOR in runs:
+            cells[", ".join(x for x, on in (("/ plain", PLAIN in runs), ("/ floor", FLOOR in runs)) if on)][a] = \
+                ", ".join(ratios)
+        if pairs:
+            extra = [(r["wall"] - f["wall"]) / n for r, f in zip(runs[a], runs[FLOOR])]
+            cells["per point vs floor"][a] = f"{statistics.median(extra):+.1f} s" + (
+                f" (ratio {min(pairs):.2f}-{max(pairs):.2f})" if a != FLOOR else "")
+            if a != FLOOR:
+                paired[a] = pairs
+        if a == PLAIN:
+            continue
+        first = [x for r in runs[a] for x in r["to_first"]]
+        last = [x for r in runs[a] for x in r["from_last"]]
+        cells["trial start -> first step, median over points and repeats"][a] = \
+            f"{statistics.median(first):.1f} s (max {max(first):.1f})"
+        cells["last step -> trial end, median"][a] = f"{statistics.median(last):.1f} s (max {max(last):.1f})"
+        cells["CPU seconds per point, all processes (median over repeats)"][a] = \
+            f"{cpu_per_point(runs[a], None, n):.2f}"
+        cells["of which Ray Train's per-point processes and the trial driver"][a] = \
+            f"{cpu_per_point(runs[a], PER_POINT_PROCESSES, n):.2f}"
+        cells[f"of which `{WORKER_PROCESS}`"][a] = f"{cpu_per_point(runs[a], (WORKER_PROCESS,), n):.2f}"
+    lines = ["| | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    lines += [f"| {row} | " + " | ".join(by_arm.get(a, "") for a in arms) + " |" for row, by_arm in cells.items()]
+    if paired:
+        lines += ["", "Wall time over the floor's, paired by repeat (goal for flops_fit: <= 1.10):", ""]
+        lines += [f"- {a}: {', '.join(f'{x:.2f}' for x in pairs)} (median {statistics.median(pairs):.2f})"
+                  for a, pairs in paired.items()]
+    return lines
+
+
 def git_commit() -> str:
     def git(*args):
         return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout.strip()
@@ -406,30 +463,32 @@ def git_commit() -> str:
     return commit + (" (working tree with uncommitted changes)" if dirty else "")
 
 
-def write_section(title: str, command: str, lines: list, loads: list) -> None:
-    """Replace the section `## title` of RESULTS.md (or append it): the figures of the last run."""
+def write_section(title: str, command: str, table: list, loads: list, plan, results: Path = RESULTS) -> None:
+    """Replace the figures of the section `## title` of RESULTS.md (or append the section):
+    the text between its heading and its "Command:" line (what it measures) is kept; the
+    command, commit, date, machine and the table of the last run replace the rest."""
     import ray
     import torch
 
-    loaded = max(loads) > os.cpu_count()
-    body = [
-        f"## {title}", "",
+    figures = [
         f"Command: `{command}`  ",
-        f"Commit: {git_commit()}  ",
-        f"Machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, "
-        f"torch {torch.__version__}, ray {ray.__version__}"
-        + (f"; a loaded machine (load average up to {max(loads):.1f}: other programs shared it)" if loaded else ""),
-        "", "```", *lines, "```", "",
+        f"Commit: {git_commit()}, {time.strftime('%Y-%m-%d')}  ",
+        f"Machine: {os.cpu_count()} CPUs, Ray {ray.__version__}, torch {torch.__version__}; "
+        f"load average {min(loads):.1f}-{max(loads):.1f} at the arms' starts (the arms' own processes "
+        f"count in it); points: {len(plan)} ({', '.join(f'{q.point_id}: {q.steps} steps' for q in plan)})",
+        "", *table, "",
     ]
-    text = RESULTS.read_text()
+    text = results.read_text()
     head = f"## {title}\n"
     start = text.find(head)
     if start < 0:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(body)
+        text = text.rstrip("\n") + "\n\n" + "\n".join([head, *figures])
     else:
         end = text.find("\n## ", start + len(head))
-        text = text[:start] + "\n".join(body) + ("\n" + text[end + 1:] if end >= 0 else "")
-    RESULTS.write_text(text)
+        section = text[start:end + 1] if end >= 0 else text[start:]
+        intro = section[:section.index("Command:")] if "Command:" in section else head + "\n"
+        text = text[:start] + intro + "\n".join(figures) + ("\n" + text[end + 1:] if end >= 0 else "")
+    results.write_text(text)
 
 
 def main(argv=None):
@@ -479,7 +538,7 @@ def main(argv=None):
         command = "python benchmarks/overhead.py" + ("".join(f" {a}" for a in sys.argv[1:]) if argv is None
                                                      else "".join(f" {a}" for a in argv))
         title = "Orchestration overhead against Ray's floor" + (": Ray settings" if args.settings else "")
-        write_section(title, command, lines, loads)
+        write_section(title, command, markdown_table(arms, runs, plan), loads, plan)
 
 
 if __name__ == "__main__":

@@ -350,53 +350,6 @@ def run_plain(plan, task, concurrency: int) -> dict:
 # --- the report --------------------------------------------------------------------------------
 
 
-def spread(values) -> str:
-    return f"{statistics.median(values):7.1f} s  ({min(values):.1f}-{max(values):.1f})"
-
-
-def summarise(arms: list, runs: dict, plan, loads: list) -> list:
-    n = len(plan)
-    lines = [
-        f"points: {n} ({', '.join(f'{q.point_id}: {q.steps} steps' for q in plan)}); "
-        f"{len(next(iter(runs.values())))} repeats, arms interleaved",
-        f"load average (1 min) at the arms' starts: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs",
-        "",
-        f"{'arm':<28} {'wall, median (range)':>24} {'/ plain':>8} {'/ floor':>8} {'per point vs floor':>19}",
-    ]
-    med = {a: statistics.median(r["wall"] for r in runs[a]) for a in arms}
-    for a in arms:
-        row = f"{a:<28} {spread([r['wall'] for r in runs[a]]):>24}"
-        row += f" {med[a] / med[PLAIN]:8.2f}" if PLAIN in runs else f" {'':>8}"
-        if FLOOR in runs and a != PLAIN:
-            # paired: the arm's wall over the floor's of the same repeat (the same background)
-            pairs = [r["wall"] / f["wall"] for r, f in zip(runs[a], runs[FLOOR])]
-            extra = [(r["wall"] - f["wall"]) / n for r, f in zip(runs[a], runs[FLOOR])]
-            row += f" {statistics.median(pairs):8.2f}  {statistics.median(extra):+6.1f} s"
-            if a != FLOOR:
-                row += f" (ratio {min(pairs):.2f}-{max(pairs):.2f})"
-        lines.append(row)
-    ray_arms = [a for a in arms if a != PLAIN]
-    if ray_arms:
-        lines += ["", "per point, medians over points and repeats: trial start -> first step; last step -> trial end"]
-        for a in ray_arms:
-            first = [x for r in runs[a] for x in r["to_first"]]
-            last = [x for r in runs[a] for x in r["from_last"]]
-            lines.append(f"  {a:<26} {statistics.median(first):5.1f} s (max {max(first):.1f});"
-                         f"  {statistics.median(last):4.1f} s (max {max(last):.1f})")
-        lines += ["", "CPU seconds per point by process (median over repeats; >= 0.05 in some arm):"]
-        titles = sorted({t for a in ray_arms for r in runs[a] for t in r["cpu"]})
-        cpu = {a: {t: statistics.median(r["cpu"].get(t, 0.0) for r in runs[a]) / n for t in titles}
-               for a in ray_arms}
-        totals = {a: statistics.median(sum(r["cpu"].values()) for r in runs[a]) / n for a in ray_arms}
-        width = max(10, *(len(a) for a in ray_arms))
-        lines.append(f"  {'':<34}" + "".join(f" {a:>{width}}" for a in ray_arms))
-        for t in sorted(titles, key=lambda t: -max(cpu[a][t] for a in ray_arms)):
-            if max(cpu[a][t] for a in ray_arms) >= 0.05:
-                lines.append(f"  {t:<34}" + "".join(f" {cpu[a][t]:>{width}.2f}" for a in ray_arms))
-        lines.append(f"  {'total':<34}" + "".join(f" {totals[a]:>{width}.2f}" for a in ray_arms))
-    return lines
-
-
 # The processes Ray Train starts for every TorchTrainer.fit() (and Tune's trial driver):
 # the cost of the required shape, summed in RESULTS.md's table.
 PER_POINT_PROCESSES = ("ray::TrainController", "ray::PlacementGroupCleaner", "ray::ImplicitFunc",
@@ -451,6 +404,30 @@ def markdown_table(arms: list, runs: dict, plan) -> list:
         lines += ["", "Wall time over the floor's, paired by repeat (goal for flops_fit: <= 1.10):", ""]
         lines += [f"- {a}: {', '.join(f'{x:.2f}' for x in pairs)} (median {statistics.median(pairs):.2f})"
                   for a, pairs in paired.items()]
+    return lines
+
+
+def summarise(arms: list, runs: dict, plan, loads: list) -> list:
+    """What a run prints: RESULTS.md's table, then the CPU seconds per point by process."""
+    n = len(plan)
+    lines = [
+        f"points: {n} ({', '.join(f'{q.point_id}: {q.steps} steps' for q in plan)}); "
+        f"{len(next(iter(runs.values())))} repeats, arms interleaved",
+        f"load average (1 min) at the arms' starts: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs",
+        "", *markdown_table(arms, runs, plan),
+    ]
+    ray_arms = [a for a in arms if a != PLAIN]
+    if ray_arms:
+        lines += ["", "CPU seconds per point by process (median over repeats; >= 0.05 in some arm):"]
+        titles = sorted({t for a in ray_arms for r in runs[a] for t in r["cpu"]})
+        cpu = {a: {t: cpu_per_point(runs[a], (t,), n) for t in titles} for a in ray_arms}
+        width = max(10, *(len(a) for a in ray_arms))
+        lines.append(f"  {'':<34}" + "".join(f" {a:>{width}}" for a in ray_arms))
+        for t in sorted(titles, key=lambda t: -max(cpu[a][t] for a in ray_arms)):
+            if max(cpu[a][t] for a in ray_arms) >= 0.05:
+                lines.append(f"  {t:<34}" + "".join(f" {cpu[a][t]:>{width}.2f}" for a in ray_arms))
+        lines.append(f"  {'total':<34}" + "".join(f" {cpu_per_point(runs[a], None, n):>{width}.2f}"
+                                                    for a in ray_arms))
     return lines
 
 

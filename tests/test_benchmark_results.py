@@ -85,3 +85,13 @@ def test_a_new_title_is_appended_as_its_own_section(overhead, tmp_path):
     text = results.read_text()
     assert text.startswith("# Benchmarks\n\n## Other\n\nIts text.\n\n## Overhead: Ray settings\n")
     assert "| | floor | flops_fit |" in text
+
+
+def test_the_printout_is_the_table_then_each_process_per_point(overhead):
+    table = overhead.markdown_table(["plain", "floor", "flops_fit"], RUNS, PLAN)
+    printed = overhead.summarise(["plain", "floor", "flops_fit"], RUNS, PLAN, [0.5, 3.0])
+    start = printed.index(table[0])
+    assert printed[start:start + len(table)] == table
+    by_process = {line.split()[0]: line.split()[1:] for line in printed[start + len(table):] if line.startswith("  ray")}
+    assert by_process["ray::RayTrainWorker"] == ["4.00", "5.00"]  # 8/2 and 10/2
+    assert by_process["ray::TrainController"] == ["2.00", "2.00"]

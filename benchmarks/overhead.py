@@ -407,14 +407,19 @@ def markdown_table(arms: list, runs: dict, plan) -> list:
     return lines
 
 
-def summarise(arms: list, runs: dict, plan, loads: list) -> list:
-    """What a run prints: RESULTS.md's table, then the CPU seconds per point by process."""
+def points_text(plan) -> str:
+    """The points and their steps, as the printout and RESULTS.md name them."""
+    return f"{len(plan)} ({', '.join(f'{q.point_id}: {q.steps} steps' for q in plan)})"
+
+
+def summarise(arms: list, runs: dict, plan, loads: list, table: list) -> list:
+    """What a run prints: RESULTS.md's table (markdown_table), then the CPU seconds per point
+    by process."""
     n = len(plan)
     lines = [
-        f"points: {n} ({', '.join(f'{q.point_id}: {q.steps} steps' for q in plan)}); "
-        f"{len(next(iter(runs.values())))} repeats, arms interleaved",
+        f"points: {points_text(plan)}; {len(next(iter(runs.values())))} repeats, arms interleaved",
         f"load average (1 min) at the arms' starts: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs",
-        "", *markdown_table(arms, runs, plan),
+        "", *table,
     ]
     ray_arms = [a for a in arms if a != PLAIN]
     if ray_arms:
@@ -452,7 +457,7 @@ def write_section(title: str, command: str, table: list, loads: list, plan, resu
         f"Commit: {git_commit()}, {time.strftime('%Y-%m-%d')}  ",
         f"Machine: {os.cpu_count()} CPUs, Ray {ray.__version__}, torch {torch.__version__}; "
         f"load average {min(loads):.1f}-{max(loads):.1f} at the arms' starts (the arms' own processes "
-        f"count in it); points: {len(plan)} ({', '.join(f'{q.point_id}: {q.steps} steps' for q in plan)})",
+        f"count in it); points: {points_text(plan)}",
         "", *table, "",
     ]
     text = results.read_text()
@@ -509,13 +514,13 @@ def main(argv=None):
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    lines = summarise(arms, runs, plan, loads)
-    print("\n".join(lines))
+    table = markdown_table(arms, runs, plan)
+    print("\n".join(summarise(arms, runs, plan, loads, table)))
     if not args.no_write:
         command = "python benchmarks/overhead.py" + ("".join(f" {a}" for a in sys.argv[1:]) if argv is None
                                                      else "".join(f" {a}" for a in argv))
         title = "Orchestration overhead against Ray's floor" + (": Ray settings" if args.settings else "")
-        write_section(title, command, markdown_table(arms, runs, plan), loads, plan)
+        write_section(title, command, table, loads, plan)
 
 
 if __name__ == "__main__":

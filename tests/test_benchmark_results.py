@@ -89,7 +89,7 @@ def test_a_new_title_is_appended_as_its_own_section(overhead, tmp_path):
 
 def test_the_printout_is_the_table_then_each_process_per_point(overhead):
     table = overhead.markdown_table(["plain", "floor", "flops_fit"], RUNS, PLAN)
-    printed = overhead.summarise(["plain", "floor", "flops_fit"], RUNS, PLAN, [0.5, 3.0])
+    printed = overhead.summarise(["plain", "floor", "flops_fit"], RUNS, PLAN, [0.5, 3.0], table)
     start = printed.index(table[0])
     assert printed[start:start + len(table)] == table
     by_process = {line.split()[0]: line.split()[1:] for line in printed[start + len(table):] if line.startswith("  ray")}
